@@ -1,0 +1,100 @@
+"""Dynamic Efficient Graph Convolution (paper Sec. IV-A/B, Algorithm 2).
+
+partition (batched k-means + partition order) -> graph (k-NN inside each partition) ->
+global update (GATv2 over the centroids) -> local update (a G-GCN over each partition's graph).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kernels import batched_kmeans, partition, partition_knn, permute_rows
+from kernels._common import MAX_CLUSTERS, MAX_NEIGHBORS
+
+from .layers import LOCAL_UPDATES, GATv2GlobalUpdate
+
+__all__ = ["DEGC"]
+
+
+class DEGC(nn.Module):
+    """One DEGC layer: ``(B, C, H, W) -> (B, C_out, H, W)`` (``C_out = 2C`` in ClusterViG).
+
+    Args:
+        channels: C, input channels.
+        k: K, neighbours per node inside its partition (1..32).
+        num_clusters: kappa, partitions per image (1..64, at most H*W).
+        out_channels: output channels (default 2C).
+        local_update: ``"mrgcn"`` (G-MRGCN, default), ``"edgeconv"``, ``"graphsage"`` or ``"gin"``.
+        groups: channel groups of the local-update MLP (1 = dense).
+        kmeans_iters: cap on Lloyd iterations (the paper uses 20).
+
+    Node features are mean-centred per image and channel before clustering, and every later step
+    uses the centred features (as the authors' code does). k-means runs without gradient; k-NN
+    runs on the L2-normalised centred features, so its distance is ``2 - 2 cos``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        k: int = 9,
+        num_clusters: int = 4,
+        out_channels: int | None = None,
+        local_update: str = "mrgcn",
+        groups: int = 1,
+        kmeans_iters: int = 20,
+    ):
+        super().__init__()
+        if not 1 <= k <= MAX_NEIGHBORS:
+            raise ValueError(f"DEGC: argument 'k' must be in [1, {MAX_NEIGHBORS}], got {k}")
+        if not 1 <= num_clusters <= MAX_CLUSTERS:
+            raise ValueError(
+                f"DEGC: argument 'num_clusters' must be in [1, {MAX_CLUSTERS}], got {num_clusters}"
+            )
+        if kmeans_iters < 1:
+            raise ValueError(f"DEGC: argument 'kmeans_iters' must be >= 1, got {kmeans_iters}")
+        if local_update not in LOCAL_UPDATES:
+            raise ValueError(
+                f"DEGC: argument 'local_update' must be one of {sorted(LOCAL_UPDATES)}, "
+                f"got {local_update!r}"
+            )
+        self.channels = channels
+        self.out_channels = out_channels or 2 * channels
+        self.k = k
+        self.num_clusters = num_clusters
+        self.kmeans_iters = kmeans_iters
+        self.global_update = GATv2GlobalUpdate(channels)
+        self.local_update = LOCAL_UPDATES[local_update](channels, self.out_channels, groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        N = H * W
+        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C), node n = h * W + w
+        tokens = (tokens - tokens.mean(dim=1, keepdim=True)).contiguous()
+
+        # (1) Partition: batched k-means, then the nodes in partition order (X_ua in the paper).
+        labels, centroids, _ = batched_kmeans(tokens, self.num_clusters, self.kmeans_iters)
+        perm, inverse, offsets, segment = partition(labels, self.num_clusters)
+        x_ua = permute_rows(tokens.reshape(B * N, C), perm, inverse)  # (B*N, C)
+
+        # (2) Graph: K nearest neighbours inside each partition.
+        nbr = partition_knn(F.normalize(x_ua, dim=-1), offsets, self.k, N)  # (B*N, K) int32
+
+        # (3) Global update: GATv2 over each image's complete centroid graph.
+        z = self.global_update(centroids).reshape(B * self.num_clusters, -1)  # (B*kappa, C)
+
+        # (4) Local update: a G-GCN on every partition, aware of its updated centroid.
+        segment = segment.long()
+        partition_size = (offsets[1:] - offsets[:-1])[segment]
+        degree = torch.clamp(partition_size, max=self.k)
+        out_ua = self.local_update(x_ua, nbr, z[segment], degree)  # (B*N, C_out)
+
+        out = permute_rows(out_ua, inverse, perm)  # back to image order
+        return out.reshape(B, N, -1).transpose(1, 2).reshape(B, -1, H, W)
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, out_channels={self.out_channels}, k={self.k}, "
+            f"num_clusters={self.num_clusters}, kmeans_iters={self.kmeans_iters}"
+        )

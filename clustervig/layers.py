@@ -1,0 +1,377 @@
+"""Building blocks of ClusterViG (paper Sec. IV, Fig. 4) and of the ViG baselines.
+
+Stem, Grapher (CPE, fc1, DEGC, fc2), FFN and head follow the paper and the authors' code as
+``shared/REFERENCE.md`` describes it; the global update is GATv2 (paper Eq. 2-3) and the local
+updates are the four G-GCNs of paper Table II. Node-level layers take rows ``(M, C)``, the nodes of
+all partitions of the batch in partition order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kernels import max_aggregate
+
+__all__ = [
+    "ConvBN",
+    "CViGStem",
+    "FFN",
+    "GATv2GlobalUpdate",
+    "GroupedLinear",
+    "GMRGCN",
+    "GEdgeConv",
+    "GGraphSAGE",
+    "GGIN",
+    "LOCAL_UPDATES",
+    "ClassifierHead",
+    "DropPath",
+    "check_images",
+]
+
+
+def check_images(
+    model: str,
+    x: object,
+    in_channels: int,
+    reduction: int,
+    *,
+    min_nodes: int = 1,
+    needs: str = "",
+    check_finite: bool = True,
+) -> None:
+    """Validate a batch of images ``(B, in_channels, H, W)`` for a model whose stem and stages
+    divide H and W by ``reduction``; raise ``ValueError`` naming the argument ``x``.
+    ``min_nodes`` is the fewest nodes the coarsest stage may have, ``needs`` says why.
+
+    The NaN/Inf check syncs with the device, so it runs in eager mode only (not under
+    ``torch.compile``) and only when ``check_finite`` is set.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(
+            f"{model}: argument 'x' must be a 4-D tensor (B, {in_channels}, H, W), got {shape}"
+        )
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"{model}: argument 'x' must have {in_channels} channels (B, {in_channels}, H, W), "
+            f"got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{model}: argument 'x' must be float32, float16 or bfloat16, got {x.dtype}"
+        )
+    h, w = x.shape[2], x.shape[3]
+    if h == 0 or w == 0 or h % reduction or w % reduction:
+        raise ValueError(
+            f"{model}: argument 'x' must have H and W that are positive multiples of "
+            f"{reduction} (the stem and stages divide them by {reduction}), got {h}x{w}"
+        )
+    nodes = (h // reduction) * (w // reduction)
+    if nodes < min_nodes:
+        side = reduction * math.ceil(math.sqrt(min_nodes))
+        raise ValueError(
+            f"{model}: argument 'x' of {h}x{w} gives {nodes} nodes at the coarsest stage, fewer "
+            f"than the {min_nodes} needed ({needs}); use images of at least {side}x{side}"
+        )
+    if check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{model}: argument 'x' contains NaN or Inf; images must be finite")
+
+
+class ConvBN(nn.Sequential):
+    """``Conv2d -> BatchNorm2d`` (-> GELU when ``act``), the unit of stems, fc layers and FFNs."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        act: bool = False,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=kernel_size // 2,
+                groups=groups,
+            ),
+            nn.BatchNorm2d(out_channels),
+        ]
+        if act:
+            layers.append(nn.GELU())
+        super().__init__(*layers)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the residual branch of a whole sample with probability ``p``."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"DropPath: argument 'p' must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class CViGStem(nn.Module):
+    """ClusterViG stem (paper Fig. 4b, authors' channel plan).
+
+    Four 3x3 conv + BN + GELU layers with ``max(C // 8, 64), max(C // 4, 64), C // 2, C``
+    channels, the first ``log2(img_size / grid)`` of them with stride 2, then a 3x3 conv + BN
+    without activation. ``(B, 3, H, W) -> (B, C, H / 2^r, W / 2^r)``.
+    """
+
+    def __init__(self, out_channels: int, img_size: int = 224, grid: int = 14, in_channels: int = 3):
+        super().__init__()
+        ratio = img_size // grid if grid > 0 else 0
+        if grid < 1 or img_size % grid or ratio & (ratio - 1):
+            raise ValueError(
+                f"CViGStem: img_size / grid must be a power of two, got img_size={img_size}, grid={grid}"
+            )
+        self.num_halvings = ratio.bit_length() - 1
+        if self.num_halvings > 4:
+            raise ValueError(
+                f"CViGStem: at most 4 stride-2 layers (img_size / grid <= 16), got {ratio}"
+            )
+        c = out_channels
+        widths = [max(c // 8, 64), max(c // 4, 64), c // 2, c]
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for i, width in enumerate(widths):
+            layers.append(
+                ConvBN(prev, width, 3, stride=2 if i < self.num_halvings else 1, act=True)
+            )
+            prev = width
+        layers.append(ConvBN(c, c, 3))
+        self.convs = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.convs(x)
+
+
+class FFN(nn.Module):
+    """``Z = Y + fc2(GELU(fc1(Y)))`` with 1x1 conv + BN layers (paper Eq. 6), hidden ``4C``."""
+
+    def __init__(self, channels: int, hidden: int | None = None, drop_path: float = 0.0):
+        super().__init__()
+        hidden = hidden or 4 * channels
+        self.fc1 = ConvBN(channels, hidden, act=True)
+        self.fc2 = ConvBN(hidden, channels)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.drop_path(self.fc2(self.fc1(x)))
+
+
+class ClassifierHead(nn.Module):
+    """Average pool -> 1x1 conv to ``hidden`` + BN + GELU -> classifier(s).
+
+    With ``distillation`` a second classifier is trained against a teacher (DeiT style): in
+    training mode both logits are returned, in eval mode their mean.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_classes: int = 1000,
+        hidden: int = 1024,
+        distillation: bool = False,
+        drop_rate: float = 0.0,
+    ):
+        super().__init__()
+        self.prediction = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, hidden, 1),
+            nn.BatchNorm2d(hidden),
+            nn.GELU(),
+            nn.Dropout(drop_rate),
+        )
+        self.head = nn.Conv2d(hidden, num_classes, 1)
+        self.dist_head = nn.Conv2d(hidden, num_classes, 1) if distillation else None
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        h = self.prediction(x)
+        logits = self.head(h).flatten(1)
+        if self.dist_head is None:
+            return logits
+        dist = self.dist_head(h).flatten(1)
+        if self.training:
+            return logits, dist
+        return (logits + dist) / 2
+
+
+# --------------------------------------------------------------------------------------------
+# Global update: GATv2 over the complete centroid graph (paper Eq. 2-3)
+# --------------------------------------------------------------------------------------------
+class GATv2GlobalUpdate(nn.Module):
+    """One GATv2 layer (1 head) over the complete graph of an image's kappa centroids.
+
+    ``z'_i = sum_j alpha_ij (W_l z_j + b_l) + b``, ``alpha_ij = softmax_j(a . LeakyReLU(W_r z_i +
+    b_r + W_l z_j + b_l))``, j over all centroids of the image including i.
+    ``(B, kappa, C) -> (B, kappa, C_out)``.
+    """
+
+    def __init__(self, channels: int, out_channels: int | None = None, negative_slope: float = 0.2):
+        super().__init__()
+        out_channels = out_channels or channels
+        self.lin_l = nn.Linear(channels, out_channels)
+        self.lin_r = nn.Linear(channels, out_channels)
+        self.att = nn.Parameter(torch.empty(out_channels))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.negative_slope = negative_slope
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # GATv2's usual init: Glorot weights and attention vector, uniform biases, zero output bias.
+        for lin in (self.lin_l, self.lin_r):
+            nn.init.xavier_uniform_(lin.weight)
+            bound = 1.0 / math.sqrt(lin.in_features)
+            nn.init.uniform_(lin.bias, -bound, bound)
+        bound = math.sqrt(6.0 / (1 + self.att.numel()))
+        nn.init.uniform_(self.att, -bound, bound)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, z: Tensor) -> Tensor:
+        source = self.lin_l(z)  # (B, kappa, C'): messages W_l z_j + b_l
+        target = self.lin_r(z)  # (B, kappa, C'): W_r z_i + b_r
+        pair = F.leaky_relu(target.unsqueeze(2) + source.unsqueeze(1), self.negative_slope)
+        score = pair @ self.att  # (B, kappa_i, kappa_j)
+        alpha = torch.softmax(score, dim=-1)
+        return alpha @ source + self.bias
+
+
+# --------------------------------------------------------------------------------------------
+# Local update: the G-GCNs of paper Table II. Rows are nodes in partition order.
+#   forward(x (M, C), nbr (M, K) int32, z (M, C) = z'_{p(v)}, degree (M,) = min(K, |partition|))
+# --------------------------------------------------------------------------------------------
+class GroupedLinear(nn.Module):
+    """Linear layer whose input and output channels are split into ``groups`` independent blocks
+    (a 1x1 grouped convolution on rows). ``(M, in) -> (M, out)``."""
+
+    def __init__(self, in_features: int, out_features: int, groups: int = 1):
+        super().__init__()
+        if groups < 1 or in_features % groups or out_features % groups:
+            raise ValueError(
+                f"GroupedLinear: 'groups' must divide in_features={in_features} and "
+                f"out_features={out_features}, got {groups}"
+            )
+        self.in_features, self.out_features, self.groups = in_features, out_features, groups
+        fan_in = in_features // groups
+        self.weight = nn.Parameter(torch.empty(groups, out_features // groups, fan_in))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        # nn.Linear's default init, per group.
+        nn.init.kaiming_uniform_(self.weight.view(-1, fan_in), a=math.sqrt(5))
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.groups == 1:
+            return F.linear(x, self.weight[0], self.bias)
+        m = x.shape[0]
+        xg = x.reshape(m, self.groups, -1).transpose(0, 1)  # (G, M, in/G)
+        out = torch.bmm(xg, self.weight.transpose(1, 2))  # (G, M, out/G)
+        return out.transpose(0, 1).reshape(m, self.out_features) + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, groups={self.groups}"
+
+
+class _NodeMLP(nn.Sequential):
+    """``Linear(groups) -> BatchNorm1d over all nodes -> GELU``: the G-GCN update MLP."""
+
+    def __init__(self, in_features: int, out_features: int, groups: int = 1):
+        super().__init__(
+            GroupedLinear(in_features, out_features, groups),
+            nn.BatchNorm1d(out_features),
+            nn.GELU(),
+        )
+
+
+def _interleave(a: Tensor, b: Tensor) -> Tensor:
+    """``(M, C), (M, C) -> (M, 2C)`` as ``a_0, b_0, a_1, b_1, ...`` (the authors' channel order)."""
+    return torch.stack([a, b], dim=-1).flatten(1)
+
+
+class GMRGCN(nn.Module):
+    """G-MRGCN: ``x'_v = MLP([x_v | max_u (x_u - x_v) | z'_p(v)])``; x and the max interleaved."""
+
+    def __init__(self, channels: int, out_channels: int, groups: int = 1):
+        super().__init__()
+        self.mlp = _NodeMLP(3 * channels, out_channels, groups)
+
+    def forward(self, x: Tensor, nbr: Tensor, z: Tensor, degree: Tensor) -> Tensor:
+        relative_max = max_aggregate(x, nbr, relative=True)
+        return self.mlp(torch.cat([_interleave(x, relative_max), z], dim=1))
+
+
+class GEdgeConv(nn.Module):
+    """G-EdgeConv: ``x'_v = max_u MLP([x_v | x_u - x_v | z'_p(v)])``, the MLP applied per edge."""
+
+    def __init__(self, channels: int, out_channels: int, groups: int = 1):
+        super().__init__()
+        self.mlp = _NodeMLP(3 * channels, out_channels, groups)
+
+    def forward(self, x: Tensor, nbr: Tensor, z: Tensor, degree: Tensor) -> Tensor:
+        m, k = nbr.shape
+        neighbours = x[nbr.long()]  # (M, K, C)
+        centre = x.unsqueeze(1).expand_as(neighbours)
+        edges = torch.cat([centre, neighbours - centre, z.unsqueeze(1).expand_as(neighbours)], -1)
+        messages = self.mlp(edges.reshape(m * k, -1)).reshape(m, k, -1)
+        return messages.amax(dim=1)  # repeated neighbours (small partitions) leave a max unchanged
+
+
+class GGraphSAGE(nn.Module):
+    """G-GraphSAGE: ``x'_v = MLP_psi([x_v | max_u MLP_phi(x_u) | z'_p(v)])``."""
+
+    def __init__(self, channels: int, out_channels: int, groups: int = 1):
+        super().__init__()
+        self.phi = _NodeMLP(channels, channels)
+        self.psi = _NodeMLP(3 * channels, out_channels, groups)
+
+    def forward(self, x: Tensor, nbr: Tensor, z: Tensor, degree: Tensor) -> Tensor:
+        pooled = max_aggregate(self.phi(x), nbr, relative=False)
+        return self.psi(torch.cat([x, pooled, z], dim=1))
+
+
+class GGIN(nn.Module):
+    """G-GIN: ``x'_v = MLP((1 + eps) x_v + sum_u x_u + (1 + delta) z'_p(v))``.
+
+    The sum runs over distinct neighbours: in a partition smaller than K the neighbour list
+    repeats members, and only its first ``degree`` slots are counted.
+    """
+
+    def __init__(self, channels: int, out_channels: int, groups: int = 1):
+        super().__init__()
+        self.eps = nn.Parameter(torch.zeros(()))
+        self.delta = nn.Parameter(torch.zeros(()))
+        self.mlp = _NodeMLP(channels, out_channels, groups)
+
+    def forward(self, x: Tensor, nbr: Tensor, z: Tensor, degree: Tensor) -> Tensor:
+        k = nbr.shape[1]
+        distinct = torch.arange(k, device=x.device) < degree.unsqueeze(1)  # (M, K)
+        neighbour_sum = (x[nbr.long()] * distinct.unsqueeze(-1).to(x.dtype)).sum(dim=1)
+        return self.mlp((1 + self.eps) * x + neighbour_sum + (1 + self.delta) * z)
+
+
+LOCAL_UPDATES: dict[str, type[nn.Module]] = {
+    "mrgcn": GMRGCN,
+    "edgeconv": GEdgeConv,
+    "graphsage": GGraphSAGE,
+    "gin": GGIN,
+}

@@ -1,0 +1,66 @@
+"""``create_model(name)``: every model of the project by name, ClusterViG and the baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from .baselines import IVIG_VARIANTS, PVIG_VARIANTS, IViG, PViG
+from .model import _ALIASES, VARIANTS, CViG
+
+__all__ = ["create_model", "list_models", "MODEL_FAMILIES"]
+
+#: Display name of every registered model (the paper's spelling).
+DISPLAY_NAMES = {
+    "cvig_ti": "CViG-Ti",
+    "cvig_s": "CViG-S",
+    "cvig_b": "CViG-B",
+    "cvig_b_hr": "CViG-B†",
+    "pvig_ti": "PViG-Ti",
+    "pvig_s": "PViG-S",
+    "pvig_m": "PViG-M",
+    "pvig_b": "PViG-B",
+    "ivig_ti": "IViG-Ti",
+    "ivig_s": "IViG-S",
+    "ivig_b": "IViG-B",
+}
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+for _name, _cfg in VARIANTS.items():
+    _BUILDERS[_name] = lambda _cfg=_cfg, **kw: CViG(_cfg, **kw)
+for _name, _cfg in PVIG_VARIANTS.items():
+    _BUILDERS[_name] = lambda _cfg=_cfg, **kw: PViG(_cfg, **kw)
+for _name, _cfg in IVIG_VARIANTS.items():
+    _BUILDERS[_name] = lambda _cfg=_cfg, **kw: IViG(_cfg, **kw)
+
+MODEL_FAMILIES = {"cvig": list(VARIANTS), "pvig": list(PVIG_VARIANTS), "ivig": list(IVIG_VARIANTS)}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return list(_BUILDERS)
+
+
+def canonical_name(name: str) -> str:
+    """``"CViG-B†"``, ``"cvig-b-hr"``, ``"b†"`` ... -> the registry key (``"cvig_b_hr"``)."""
+    key = name.strip().lower().replace("-", "_")
+    for registry_key, display in DISPLAY_NAMES.items():
+        if key == display.lower().replace("-", "_"):
+            return registry_key
+    key = _ALIASES.get(key, key)
+    if key not in _BUILDERS:
+        raise ValueError(
+            f"create_model: argument 'name' must be one of {list_models()} (or a display name "
+            f"such as 'CViG-Ti'), got {name!r}"
+        )
+    return key
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a model by name (``cvig_ti``, ``pvig_s``, ``ivig_b``, ``CViG-B†``, ...).
+
+    Keyword arguments override the variant's config (``num_classes``, ``drop_path_rate``,
+    ``img_size``, and for ClusterViG ``num_clusters``, ``local_update``, ``groups``, ...).
+    """
+    return _BUILDERS[canonical_name(name)](**kwargs)

@@ -1,0 +1,27 @@
+"""Triton kernels of the DEGC layer, each with a pure-torch reference, behind torch custom ops.
+
+The model calls only the ops re-exported here (see ``kernels/ops.py``):
+
+- :func:`batched_kmeans`: cluster every image's nodes (``kernels/kmeans.py``)
+- :func:`partition`: partition order of the nodes (``kernels/permute.py``)
+- :func:`permute_rows`: image order <-> partition order (``kernels/permute.py``)
+- :func:`partition_knn`: K nearest neighbours inside each partition (``kernels/knn.py``)
+- :func:`max_aggregate`: fused gather + max(-relative) aggregation (``kernels/aggregate.py``)
+
+CUDA tensors run the Triton kernels; CPU tensors run ``kernels/reference.py`` unless
+:func:`use_backend` selects ``"triton"`` under the Triton interpreter (``TRITON_INTERPRET=1``).
+"""
+
+from ._common import backend, interpreter_active, use_backend
+from .ops import batched_kmeans, max_aggregate, partition, partition_knn, permute_rows
+
+__all__ = [
+    "backend",
+    "batched_kmeans",
+    "interpreter_active",
+    "max_aggregate",
+    "partition",
+    "partition_knn",
+    "permute_rows",
+    "use_backend",
+]

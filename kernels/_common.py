@@ -1,0 +1,128 @@
+"""Shared helpers for the kernel package: argument validation, dtype tables, backend selection.
+
+Every public op validates its arguments here so that a bad call fails with a ``ValueError`` that
+names the op, the argument and what is accepted, instead of a shape error deep inside a kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+
+import torch
+
+FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
+INDEX_DTYPE = torch.int32
+
+#: The largest K that ``partition_knn`` and ``max_aggregate`` support (the model uses 9..18).
+MAX_NEIGHBORS = 32
+#: The largest number of clusters the k-means kernel supports (the paper caps kappa at 6).
+MAX_CLUSTERS = 64
+
+
+def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(
+    op: str,
+    name: str,
+    t: object,
+    *,
+    ndim: int | None = None,
+    dtypes: Sequence[torch.dtype] | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Validate one tensor argument and return it.
+
+    Raises ``ValueError`` naming ``op`` and ``name`` with the accepted rank / dtypes / device.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{op}: argument '{name}' must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(
+            f"{op}: argument '{name}' must have {ndim} dimensions, got shape {tuple(t.shape)}"
+        )
+    if dtypes is not None and t.dtype not in dtypes:
+        raise ValueError(
+            f"{op}: argument '{name}' must have dtype in ({_dtype_names(dtypes)}), got "
+            f"{str(t.dtype).replace('torch.', '')}"
+        )
+    if device is not None and t.device != device:
+        raise ValueError(
+            f"{op}: argument '{name}' must be on {device} (the device of the first input), "
+            f"got {t.device}"
+        )
+    return t
+
+
+def check_int(op: str, name: str, value: object, *, low: int, high: int | None = None) -> int:
+    """Validate an integer argument in ``[low, high]`` (``high`` inclusive, ``None`` = unbounded)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{op}: argument '{name}' must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{op}: argument '{name}' must be in {bound}, got {value}")
+    return value
+
+
+def check_finite(op: str, name: str, t: torch.Tensor) -> None:
+    """Raise if ``t`` holds NaN or Inf. Costs a device sync, so ops call it on CPU tensors only."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{op}: argument '{name}' contains NaN or Inf; inputs must be finite")
+
+
+# --------------------------------------------------------------------------------------------
+# Backend selection
+# --------------------------------------------------------------------------------------------
+_BACKENDS = ("auto", "reference", "triton")
+_backend_override: str | None = None
+
+
+def interpreter_active() -> bool:
+    """True when Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def backend() -> str:
+    """The backend for CPU tensors: ``reference`` (default) or ``triton`` (interpreter only).
+
+    CUDA tensors always run the Triton kernels. Set with :func:`use_backend` or the environment
+    variable ``CLUSTERVIG_BACKEND`` (``auto`` | ``reference`` | ``triton``).
+    """
+    value = _backend_override or os.environ.get("CLUSTERVIG_BACKEND", "auto")
+    if value not in _BACKENDS:
+        raise ValueError(f"CLUSTERVIG_BACKEND must be one of {_BACKENDS}, got {value!r}")
+    return value
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Temporarily choose the backend for CPU tensors (``triton`` needs ``TRITON_INTERPRET=1``)."""
+    global _backend_override
+    if name not in _BACKENDS:
+        raise ValueError(f"use_backend: argument 'name' must be one of {_BACKENDS}, got {name!r}")
+    previous, _backend_override = _backend_override, name
+    try:
+        yield
+    finally:
+        _backend_override = previous
+
+
+def runs_triton(t: torch.Tensor) -> bool:
+    """Whether an op on ``t`` launches the Triton kernel (else it runs the torch reference)."""
+    if t.is_cuda:
+        return True
+    if t.device.type == "cpu" and backend() == "triton":
+        if not interpreter_active():
+            raise RuntimeError(
+                "backend 'triton' on CPU tensors needs the Triton interpreter: set "
+                "TRITON_INTERPRET=1 before importing the kernels package"
+            )
+        return True
+    return False
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()

@@ -1,0 +1,343 @@
+"""The DEGC ops as ``torch.library`` custom ops: the only kernel entry points the model calls.
+
+Each op validates its arguments, then runs the Triton kernel on CUDA tensors (and on CPU tensors
+under the Triton interpreter when the backend is ``triton``, see :func:`kernels.use_backend`) or
+the pure-torch reference (``kernels/reference.py``) otherwise. ``register_fake`` gives
+``torch.compile`` their output shapes, so a compiled model sees each op as one graph node;
+``permute_rows`` and ``max_aggregate`` carry their gradients.
+
+| op | inputs | outputs |
+|---|---|---|
+| ``batched_kmeans`` | x (B, N, C) float, kappa, max_iters | labels (B, N) i32, centroids (B, kappa, C), iterations (B,) i32 |
+| ``partition`` | labels (B, N) i32, kappa | perm (M,), inverse (M,), offsets (B*kappa+1,), segment (M,) i32 |
+| ``permute_rows`` | x (M, C), index (M,), inverse (M,) i32 | x[index] (M, C) |
+| ``partition_knn`` | x (M, C) float, offsets i32, K, max_partition_size | nbr (M, K) i32 |
+| ``max_aggregate`` | x (M, C) float, nbr (M, K) i32, relative | out (M, C), argslot (M, C) u8 |
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from . import reference
+from ._common import (
+    FLOAT_DTYPES,
+    INDEX_DTYPE,
+    MAX_CLUSTERS,
+    MAX_NEIGHBORS,
+    check_finite,
+    check_int,
+    check_tensor,
+    runs_triton,
+)
+
+__all__ = ["batched_kmeans", "partition", "permute_rows", "partition_knn", "max_aggregate"]
+
+_INDEX = (INDEX_DTYPE,)
+
+
+# --------------------------------------------------------------------------------------------
+# kmeans
+# --------------------------------------------------------------------------------------------
+def _check_kmeans(x: Tensor, num_clusters: int, max_iters: int) -> None:
+    check_tensor("kmeans", "x", x, ndim=3, dtypes=FLOAT_DTYPES)
+    n = x.shape[1]
+    check_int("kmeans", "num_clusters", num_clusters, low=1, high=MAX_CLUSTERS)
+    if num_clusters > n:
+        raise ValueError(
+            f"kmeans: argument 'num_clusters' must be in [1, N] with N = {n} nodes, got {num_clusters}"
+        )
+    check_int("kmeans", "max_iters", max_iters, low=1)
+
+
+@torch.library.custom_op("clustervig::kmeans", mutates_args=())
+def _kmeans_op(x: Tensor, num_clusters: int, max_iters: int) -> tuple[Tensor, Tensor, Tensor]:
+    _check_kmeans(x, num_clusters, max_iters)
+    if runs_triton(x):
+        from . import kmeans as kmeans_kernel
+
+        return kmeans_kernel.kmeans(x, num_clusters, max_iters)
+    check_finite("kmeans", "x", x)
+    return reference.kmeans(x, num_clusters, max_iters)
+
+
+@_kmeans_op.register_fake
+def _(x: Tensor, num_clusters: int, max_iters: int) -> tuple[Tensor, Tensor, Tensor]:
+    _check_kmeans(x, num_clusters, max_iters)
+    B, N, C = x.shape
+    return (
+        x.new_empty(B, N, dtype=INDEX_DTYPE),
+        x.new_empty(B, num_clusters, C),
+        x.new_empty(B, dtype=INDEX_DTYPE),
+    )
+
+
+def batched_kmeans(
+    x: Tensor, num_clusters: int, max_iters: int = 20
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Batched k-means (no gradient). See :func:`kernels.reference.kmeans` for the contract.
+
+    x ``(B, N, C)`` -> labels ``(B, N)`` int32, centroids ``(B, kappa, C)``, iterations ``(B,)``.
+    """
+    return _kmeans_op(x.detach(), num_clusters, max_iters)
+
+
+# --------------------------------------------------------------------------------------------
+# partition
+# --------------------------------------------------------------------------------------------
+def _check_partition(labels: Tensor, num_clusters: int) -> None:
+    check_tensor("partition", "labels", labels, ndim=2, dtypes=_INDEX)
+    check_int("partition", "num_clusters", num_clusters, low=1, high=MAX_CLUSTERS)
+
+
+@torch.library.custom_op("clustervig::partition", mutates_args=())
+def _partition_op(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_partition(labels, num_clusters)
+    if runs_triton(labels):
+        from . import permute
+
+        return permute.partition(labels, num_clusters)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_clusters):
+        raise ValueError(
+            f"partition: argument 'labels' must hold values in [0, {num_clusters}), got "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
+    return reference.partition(labels, num_clusters)
+
+
+@_partition_op.register_fake
+def _(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_partition(labels, num_clusters)
+    B, N = labels.shape
+    m = B * N
+    return (
+        labels.new_empty(m),
+        labels.new_empty(m),
+        labels.new_empty(B * num_clusters + 1),
+        labels.new_empty(m),
+    )
+
+
+def partition(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Partition order of the nodes: ``(perm, inverse, offsets, segment)``, all int32.
+
+    See :func:`kernels.reference.partition` for the contract.
+    """
+    return _partition_op(labels, num_clusters)
+
+
+# --------------------------------------------------------------------------------------------
+# permute_rows
+# --------------------------------------------------------------------------------------------
+def _check_permute(x: Tensor, index: Tensor, inverse: Tensor) -> None:
+    check_tensor("permute_rows", "x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("permute_rows", "index", index, ndim=1, dtypes=_INDEX, device=x.device)
+    check_tensor("permute_rows", "inverse", inverse, ndim=1, dtypes=_INDEX, device=x.device)
+    if index.shape[0] != x.shape[0] or inverse.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"permute_rows: arguments 'index' and 'inverse' must have x.shape[0] = {x.shape[0]} "
+            f"entries, got {index.shape[0]} and {inverse.shape[0]}"
+        )
+
+
+@torch.library.custom_op("clustervig::permute_rows", mutates_args=())
+def _permute_rows_op(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+    _check_permute(x, index, inverse)
+    if runs_triton(x):
+        from . import permute
+
+        return permute.permute_rows(x, index)
+    return reference.permute_rows(x, index)
+
+
+@_permute_rows_op.register_fake
+def _(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+    _check_permute(x, index, inverse)
+    return x.new_empty(x.shape)
+
+
+def _permute_setup(ctx, inputs, output) -> None:
+    _, index, inverse = inputs
+    ctx.save_for_backward(index, inverse)
+
+
+def _permute_backward(ctx, grad: Tensor):
+    index, inverse = ctx.saved_tensors
+    # out[i] = x[index[i]] with index a permutation, so dx[j] = grad[inverse[j]].
+    return _permute_rows_op(grad.contiguous(), inverse, index), None, None
+
+
+_permute_rows_op.register_autograd(_permute_backward, setup_context=_permute_setup)
+
+
+def permute_rows(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+    """Rows of ``x (M, C)`` in a new order: ``out[i] = x[index[i]]`` (differentiable).
+
+    ``index`` must be a permutation of ``range(M)`` and ``inverse`` its inverse (both int32, as
+    :func:`partition` returns them). Image order -> partition order is
+    ``permute_rows(x, perm, inverse)``; back is ``permute_rows(y, inverse, perm)``.
+    """
+    return _permute_rows_op(x, index, inverse)
+
+
+# --------------------------------------------------------------------------------------------
+# partition_knn
+# --------------------------------------------------------------------------------------------
+def _check_knn(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> None:
+    check_tensor("partition_knn", "x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("partition_knn", "offsets", offsets, ndim=1, dtypes=_INDEX, device=x.device)
+    if offsets.shape[0] < 2:
+        raise ValueError(
+            f"partition_knn: argument 'offsets' must have at least 2 entries, got {offsets.shape[0]}"
+        )
+    check_int("partition_knn", "k", k, low=1, high=MAX_NEIGHBORS)
+    check_int("partition_knn", "max_partition_size", max_partition_size, low=1)
+
+
+@torch.library.custom_op("clustervig::partition_knn", mutates_args=())
+def _partition_knn_op(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> Tensor:
+    _check_knn(x, offsets, k, max_partition_size)
+    if runs_triton(x):
+        from . import knn
+
+        return knn.partition_knn(x, offsets, k, max_partition_size)
+    check_finite("partition_knn", "x", x)
+    sizes = offsets[1:] - offsets[:-1]
+    if int(offsets[0]) != 0 or int(offsets[-1]) != x.shape[0] or bool((sizes < 0).any()):
+        raise ValueError(
+            "partition_knn: argument 'offsets' must rise from 0 to x.shape[0] = "
+            f"{x.shape[0]}, got [{int(offsets[0])} .. {int(offsets[-1])}]"
+        )
+    if sizes.numel() and int(sizes.max()) > max_partition_size:
+        raise ValueError(
+            f"partition_knn: a partition has {int(sizes.max())} nodes, more than "
+            f"'max_partition_size' = {max_partition_size}"
+        )
+    return reference.partition_knn(x, offsets, k)
+
+
+@_partition_knn_op.register_fake
+def _(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> Tensor:
+    _check_knn(x, offsets, k, max_partition_size)
+    return x.new_empty(x.shape[0], k, dtype=INDEX_DTYPE)
+
+
+def partition_knn(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> Tensor:
+    """K nearest neighbours of every row inside its partition: ``(M, K)`` int32 (no gradient).
+
+    ``max_partition_size`` bounds every partition's size (N, the nodes per image, in the model);
+    it sizes the kernel grid without a device sync. See :func:`kernels.reference.partition_knn`.
+    """
+    return _partition_knn_op(x.detach(), offsets, k, max_partition_size)
+
+
+# --------------------------------------------------------------------------------------------
+# max_aggregate
+# --------------------------------------------------------------------------------------------
+def _check_aggregate(x: Tensor, nbr: Tensor) -> None:
+    check_tensor("max_aggregate", "x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("max_aggregate", "nbr", nbr, ndim=2, dtypes=_INDEX, device=x.device)
+    if nbr.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"max_aggregate: argument 'nbr' must have x.shape[0] = {x.shape[0]} rows, "
+            f"got {nbr.shape[0]}"
+        )
+    check_int("max_aggregate", "nbr.shape[1]", nbr.shape[1], low=1, high=MAX_NEIGHBORS)
+
+
+@torch.library.custom_op("clustervig::max_aggregate", mutates_args=())
+def _max_aggregate_op(
+    x: Tensor, nbr: Tensor, relative: bool, with_argslot: bool
+) -> tuple[Tensor, Tensor]:
+    _check_aggregate(x, nbr)
+    if runs_triton(x):
+        from . import aggregate
+
+        return aggregate.max_aggregate(x, nbr, relative, with_argslot)
+    out, argslot = reference.max_aggregate(x, nbr, relative)
+    return out, argslot if with_argslot else argslot.new_empty(0)
+
+
+@_max_aggregate_op.register_fake
+def _(x: Tensor, nbr: Tensor, relative: bool, with_argslot: bool) -> tuple[Tensor, Tensor]:
+    _check_aggregate(x, nbr)
+    slot_shape = x.shape if with_argslot else (0,)
+    return x.new_empty(x.shape), x.new_empty(slot_shape, dtype=torch.uint8)
+
+
+@torch.library.custom_op("clustervig::max_aggregate_backward", mutates_args=())
+def _max_aggregate_backward_op(
+    grad: Tensor, nbr: Tensor, argslot: Tensor, relative: bool
+) -> Tensor:
+    if argslot.shape != grad.shape:
+        raise RuntimeError(
+            "max_aggregate: backward needs the argmax slots; call it with with_argslot=True "
+            "(the public max_aggregate() does so whenever x requires grad)"
+        )
+    if runs_triton(grad):
+        from . import aggregate
+
+        return aggregate.max_aggregate_backward(grad, nbr, argslot, relative)
+    return reference.max_aggregate_backward(grad, nbr, argslot, relative)
+
+
+@_max_aggregate_backward_op.register_fake
+def _(grad: Tensor, nbr: Tensor, argslot: Tensor, relative: bool) -> Tensor:
+    return grad.new_empty(grad.shape)
+
+
+def _aggregate_setup(ctx, inputs, output) -> None:
+    _, nbr, relative, _ = inputs
+    _, argslot = output
+    ctx.relative = relative
+    ctx.save_for_backward(nbr, argslot)
+
+
+def _aggregate_backward(ctx, grad_out: Tensor, _grad_argslot):
+    nbr, argslot = ctx.saved_tensors
+    grad_x = _max_aggregate_backward_op(grad_out.contiguous(), nbr, argslot, ctx.relative)
+    return grad_x, None, None, None
+
+
+_max_aggregate_op.register_autograd(_aggregate_backward, setup_context=_aggregate_setup)
+
+
+def max_aggregate(x: Tensor, nbr: Tensor, relative: bool = True) -> Tensor:
+    """Max over neighbours, ``(M, C)``: ``max_k x[nbr[v, k]] - x[v]`` (relative) or the plain max.
+
+    Differentiable in ``x``; the argmax slots (uint8) are kept only when ``x`` requires grad.
+    """
+    with_argslot = x.requires_grad and torch.is_grad_enabled()
+    return _max_aggregate_op(x, nbr, relative, with_argslot)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# FLOP formulas, so that torch.utils.flop_counter.FlopCounterMode counts the work these ops do.
+# They read the real outputs (get_raw): the k-means iterations each image ran and the partition
+# sizes. Under fake tensors the k-means count falls back to the iteration cap.
+# --------------------------------------------------------------------------------------------
+def _concrete_int(t: Tensor) -> int | None:
+    try:
+        return int(t.sum())
+    except Exception:  # fake / meta tensors have no data
+        return None
+
+
+@register_flop_formula(torch.ops.clustervig.kmeans, get_raw=True)
+def _kmeans_flops(x: Tensor, num_clusters: int, max_iters: int, *args, out_val=None, **kwargs) -> int:
+    B, N, C = x.shape
+    passes = _concrete_int(out_val[2]) if out_val is not None else None
+    passes = B * (max_iters + 1) if passes is None else passes + B
+    # Each pass: distances to the centroids (N x kappa x C) and the segmented mean (same size).
+    return 2 * 2 * passes * N * num_clusters * C
+
+
+@register_flop_formula(torch.ops.clustervig.partition_knn, get_raw=True)
+def _partition_knn_flops(x: Tensor, offsets: Tensor, k: int, *args, out_val=None, **kwargs) -> int:
+    sizes = (offsets[1:] - offsets[:-1]).to(torch.int64)
+    squares = _concrete_int(sizes * sizes)
+    if squares is None:  # balanced partitions
+        squares = x.shape[0] * x.shape[0] // max(1, offsets.shape[0] - 1)
+    return 2 * squares * x.shape[1]

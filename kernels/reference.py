@@ -1,0 +1,240 @@
+"""Pure-torch references of every DEGC op: the CPU path of the model and the oracle of the kernels.
+
+The contracts here are the contracts of the Triton kernels (``kernels/*.py``) and of the custom ops
+(``kernels/ops.py``). Shapes use B images, N nodes per image, C channels, kappa clusters,
+M = B*N rows in partition order, P = B*kappa partitions, K neighbours. Index tensors are int32.
+
+Precision: distances and means are computed in float64 so the reference is an oracle, then
+results are cast back to the input dtype. Ties are broken towards the lowest index everywhere
+(argmin over clusters, neighbour order, argmax over neighbour slots), as the kernels do.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import INDEX_DTYPE
+
+__all__ = [
+    "kmeans",
+    "kmeans_init_index",
+    "partition",
+    "permute_rows",
+    "partition_knn",
+    "max_aggregate",
+    "max_aggregate_backward",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# k-means
+# --------------------------------------------------------------------------------------------
+def kmeans_init_index(num_nodes: int, num_clusters: int) -> torch.Tensor:
+    """Deterministic initial centroids: nodes spread evenly over the raster order.
+
+    Centroid ``k`` starts at node ``((2k + 1) * N) // (2 * kappa)``, the middle of the k-th of
+    kappa equal runs of nodes, so the start is reproducible and needs no RNG.
+    Returns int64 ``(kappa,)``.
+    """
+    k = torch.arange(num_clusters, dtype=torch.int64)
+    return ((2 * k + 1) * num_nodes) // (2 * num_clusters)
+
+
+def _assign(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Nearest centroid of every node. x (B, N, C), z (B, kappa, C), both float64 -> (B, N) int64.
+
+    |x|^2 is the same for every centroid of a node, so the argmin only needs |z|^2 - 2 x.z;
+    ``argmin`` returns the first minimum, i.e. ties go to the lowest cluster index.
+    """
+    dist = (z * z).sum(-1).unsqueeze(1) - 2.0 * torch.bmm(x, z.transpose(1, 2))
+    return dist.argmin(dim=-1)
+
+
+def _segment_mean(
+    x: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor, num_clusters: int
+) -> torch.Tensor:
+    """Mean of the nodes of every cluster; an empty cluster keeps its ``previous`` centroid."""
+    B, N, C = x.shape
+    sums = torch.zeros(B, num_clusters, C, dtype=x.dtype, device=x.device)
+    sums.scatter_add_(1, labels.unsqueeze(-1).expand(B, N, C), x)
+    counts = torch.zeros(B, num_clusters, dtype=x.dtype, device=x.device)
+    counts.scatter_add_(1, labels, torch.ones_like(labels, dtype=x.dtype))
+    counts = counts.unsqueeze(-1)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), previous)
+
+
+def kmeans(
+    x: torch.Tensor, num_clusters: int, max_iters: int = 20
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched Lloyd k-means, one deterministic initialisation per image.
+
+    Args:
+        x: ``(B, N, C)`` float node features (the model passes mean-centred features).
+        num_clusters: kappa, ``1 <= kappa <= N``.
+        max_iters: cap on centroid updates per image (>= 1).
+
+    Returns:
+        labels ``(B, N)`` int32 in ``[0, kappa)``; centroids ``(B, kappa, C)`` in ``x.dtype``;
+        iterations ``(B,)`` int32, the centroid updates each image ran.
+
+    Per image: ``labels = assign(z0)``; then while labels changed in the last assignment and
+    fewer than ``max_iters`` updates ran: ``z = mean(labels)``, ``labels = assign(z)``. The
+    returned centroids are always the means of the returned partition (an image that hit the cap
+    gets one more mean), and an empty cluster keeps its previous centroid. Each image stops on its
+    own, so a batch gives every image the same result as running it alone.
+    """
+    B, N, C = x.shape
+    xd = x.detach().to(torch.float64)
+    z = xd[:, kmeans_init_index(N, num_clusters).to(x.device)]
+    labels = _assign(xd, z)
+    active = torch.ones(B, dtype=torch.bool, device=x.device)
+    iterations = torch.zeros(B, dtype=torch.int32, device=x.device)
+    for _ in range(max_iters):
+        if not bool(active.any()):
+            break
+        z = torch.where(active[:, None, None], _segment_mean(xd, labels, z, num_clusters), z)
+        new_labels = _assign(xd, z)
+        changed = (new_labels != labels).any(dim=1)
+        labels = torch.where(active[:, None], new_labels, labels)
+        iterations += active.to(torch.int32)
+        active = active & changed
+    # Images that hit the cap: their centroids belong to the previous labels; re-average.
+    z = torch.where(active[:, None, None], _segment_mean(xd, labels, z, num_clusters), z)
+    return labels.to(INDEX_DTYPE), z.to(x.dtype), iterations
+
+
+# --------------------------------------------------------------------------------------------
+# Partition layout and permutation
+# --------------------------------------------------------------------------------------------
+def partition(
+    labels: torch.Tensor, num_clusters: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Partition order of the nodes: sorted by (image, cluster), stable inside a cluster.
+
+    Args:
+        labels: ``(B, N)`` integer cluster of every node, in ``[0, kappa)``.
+
+    Returns (all int32):
+        perm ``(M,)``: ``perm[p]`` = flat image-order index ``b*N + n`` of the node at partition
+        position ``p``, so ``x_ua = x.reshape(M, C)[perm]``.
+        inverse ``(M,)``: ``inverse[b*N + n]`` = partition position of node n of image b.
+        offsets ``(P + 1,)``: partition ``q = b*kappa + k`` holds positions
+        ``[offsets[q], offsets[q+1])``; ``offsets[P] = M``. Empty partitions have equal offsets.
+        segment ``(M,)``: partition id ``b*kappa + label`` of every position.
+    """
+    B, N = labels.shape
+    device = labels.device
+    lab = labels.to(torch.int64)
+    order = torch.sort(lab, dim=1, stable=True).indices
+    base = torch.arange(B, device=device, dtype=torch.int64).unsqueeze(1)
+    perm = (order + base * N).reshape(-1)
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(B * N, device=device, dtype=torch.int64)
+    counts = torch.zeros(B, num_clusters, dtype=torch.int64, device=device)
+    counts.scatter_add_(1, lab, torch.ones_like(lab))
+    offsets = torch.zeros(B * num_clusters + 1, dtype=torch.int64, device=device)
+    offsets[1:] = counts.reshape(-1).cumsum(0)
+    segment = (lab + base * num_clusters).reshape(-1)[perm]
+    return (
+        perm.to(INDEX_DTYPE),
+        inverse.to(INDEX_DTYPE),
+        offsets.to(INDEX_DTYPE),
+        segment.to(INDEX_DTYPE),
+    )
+
+
+def permute_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``out[i] = x[index[i]]`` for a 2-D ``x (M, C)`` and a permutation ``index (M,)``."""
+    return x[index.long()].contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# In-partition k-NN
+# --------------------------------------------------------------------------------------------
+def partition_knn(x: torch.Tensor, offsets: torch.Tensor, k: int) -> torch.Tensor:
+    """K nearest nodes of every node inside its own partition (itself included).
+
+    Args:
+        x: ``(M, C)`` float features in partition order (the model passes L2-normalised ones).
+        offsets: ``(P + 1,)`` int partition boundaries (see :func:`partition`).
+        k: K >= 1.
+
+    Returns:
+        ``(M, K)`` int32 row indices into ``x``, nearest first by squared Euclidean distance,
+        ties to the lower index. A node whose partition has ``s < K`` members gets those s members
+        in distance order, repeated cyclically: slot ``j`` holds the member of rank ``j % s``.
+        (Max aggregation over the list is unchanged by the repeats; sum aggregation must
+        weight slot ``j`` by ``j < s``.)
+    """
+    M, C = x.shape
+    out = torch.empty(M, k, dtype=INDEX_DTYPE, device=x.device)
+    if M == 0:
+        return out
+    starts = offsets[:-1].to(torch.int64)
+    sizes = (offsets[1:] - offsets[:-1]).to(torch.int64)
+    keep = sizes > 0
+    starts, sizes = starts[keep], sizes[keep]
+    S = int(sizes.max())
+    xd = x.detach().to(torch.float64)
+    # Chunks of partitions keep the dense (chunk, S, S) distance block bounded.
+    chunk = max(1, (1 << 24) // (S * S))
+    ar = torch.arange(S, device=x.device)
+    for lo in range(0, starts.numel(), chunk):
+        st, sz = starts[lo : lo + chunk], sizes[lo : lo + chunk]
+        valid = ar.unsqueeze(0) < sz.unsqueeze(1)  # (Q, S)
+        rows = torch.where(valid, st.unsqueeze(1) + ar, 0)  # (Q, S)
+        xp = xd[rows]  # (Q, S, C)
+        sq = (xp * xp).sum(-1)
+        dist = sq.unsqueeze(2) + sq.unsqueeze(1) - 2.0 * torch.bmm(xp, xp.transpose(1, 2))
+        dist = dist.masked_fill(~valid.unsqueeze(1), float("inf"))
+        order = torch.sort(dist, dim=-1, stable=True).indices  # (Q, S, S)
+        rank = torch.arange(k, device=x.device).unsqueeze(0) % sz.unsqueeze(1)  # (Q, K)
+        nbr = torch.gather(order, 2, rank.unsqueeze(1).expand(-1, S, -1))  # (Q, S, K)
+        nbr = nbr + st.view(-1, 1, 1)
+        out[rows[valid]] = nbr[valid].to(INDEX_DTYPE)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Max aggregation over neighbours
+# --------------------------------------------------------------------------------------------
+def max_aggregate(
+    x: torch.Tensor, nbr: torch.Tensor, relative: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max over the neighbours of every node, optionally relative to the node (MRConv).
+
+    Args:
+        x: ``(M, C)`` float features.
+        nbr: ``(M, K)`` int row indices into ``x``.
+        relative: ``True`` -> ``out[v] = max_k x[nbr[v, k]] - x[v]``; ``False`` -> the plain max.
+
+    Returns:
+        out ``(M, C)`` in ``x.dtype``; argslot ``(M, C)`` uint8: the neighbour slot k that won
+        channel c (the first slot among equal maxima), saved for the backward pass.
+    """
+    gathered = x[nbr.long()]  # (M, K, C)
+    values, slot = gathered.max(dim=1)
+    # torch.max(dim) picks *a* maximal index; make the tie rule explicit: the first slot.
+    first = (gathered == values.unsqueeze(1)).to(torch.uint8).argmax(dim=1)
+    del slot
+    if relative:
+        values = (values.double() - x.double()).to(x.dtype)
+    return values.contiguous(), first.to(torch.uint8)
+
+
+def max_aggregate_backward(
+    grad: torch.Tensor, nbr: torch.Tensor, argslot: torch.Tensor, relative: bool = True
+) -> torch.Tensor:
+    """Gradient of :func:`max_aggregate` w.r.t. ``x``: route ``grad`` to the winning neighbours.
+
+    ``grad_x[nbr[v, argslot[v, c]], c] += grad[v, c]`` and, if relative, ``grad_x[v, c] -= grad[v, c]``.
+    Accumulates in float64, returns ``grad.dtype``.
+    """
+    M, C = grad.shape
+    source = torch.gather(nbr.long(), 1, argslot.long())  # (M, C) winning row per channel
+    g = grad.to(torch.float64)
+    grad_x = torch.zeros(M, C, dtype=torch.float64, device=grad.device)
+    grad_x.scatter_add_(0, source, g)
+    if relative:
+        grad_x -= g
+    return grad_x.to(grad.dtype)

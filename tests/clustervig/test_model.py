@@ -1,0 +1,140 @@
+"""ClusterViG and baseline models: sizes against the published tables, forward/backward, input
+validation, determinism and torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clustervig import CViG, count_gmacs, count_parameters, create_model, list_models
+from clustervig.model import neighbour_schedule
+from clustervig.paper import COUNTER_GMACS, PAPER_PARAMS_M
+
+CVIG = ["cvig_ti", "cvig_s", "cvig_b", "cvig_b_hr"]
+CHECKED_PARAMS = CVIG + ["pvig_ti", "pvig_s", "pvig_b", "ivig_ti", "ivig_s", "ivig_b"]
+
+
+@pytest.mark.parametrize("name", CHECKED_PARAMS)
+def test_trainable_parameters_within_3_percent_of_the_paper(name):
+    with torch.device("meta"):
+        model = create_model(name)
+    millions = count_parameters(model) / 1e6
+    assert abs(millions - PAPER_PARAMS_M[name]) <= 0.03 * PAPER_PARAMS_M[name], millions
+
+
+@pytest.mark.parametrize("name", sorted(COUNTER_GMACS))
+def test_gmacs_within_10_percent_of_the_flop_counter_target(name):
+    torch.manual_seed(0)
+    gmacs = count_gmacs(create_model(name))
+    target = COUNTER_GMACS[name]
+    assert abs(gmacs - target) <= 0.10 * target, gmacs
+
+
+def test_neighbour_schedules_match_the_authors():
+    assert neighbour_schedule(12) == [9, 9, 10, 11, 12, 13, 13, 14, 15, 16, 17, 18]
+    assert neighbour_schedule(16) == [9, 9, 10, 10, 11, 12, 12, 13, 13, 14, 15, 15, 16, 16, 17, 18]
+
+
+def test_variant_structure():
+    model = CViG.from_variant("b†")
+    degc = model.degc_layers()
+    assert len(degc) == 16 and {d.num_clusters for d in degc} == {6}
+    assert [d.k for d in degc] == neighbour_schedule(16)
+    assert model.pos_embed.shape == (1, 640, 28, 28)
+    assert model.stem.num_halvings == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models())
+def test_forward_and_backward_on_cpu(name):
+    model = create_model(name).train()
+    x = torch.randn(2, 3, 224, 224)
+    out = model(x)
+    logits = out[0] if isinstance(out, tuple) else out
+    assert logits.shape == (2, 1000)
+    loss = sum(o.logsumexp(-1).mean() for o in (out if isinstance(out, tuple) else (out,)))
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == (2, 1000)
+
+
+def test_training_mode_returns_both_heads_and_eval_their_mean():
+    torch.manual_seed(0)
+    model = create_model("cvig_ti", img_size=64, grid=4)
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        h = model.head.prediction(model.forward_features(x))
+        expected = (model.head.head(h) + model.head.dist_head(h)).flatten(1) / 2
+        torch.testing.assert_close(model(x), expected)
+    model.train()
+    head, dist = model(x)
+    assert head.shape == dist.shape == (2, 1000)
+
+
+def test_outputs_are_deterministic_for_a_fixed_seed():
+    def run():
+        torch.manual_seed(1234)
+        model = create_model("cvig_ti").eval()
+        x = torch.randn(2, 3, 224, 224)
+        with torch.no_grad():
+            return model(x)
+
+    assert torch.equal(run(), run())
+
+
+def test_other_image_sizes_resize_the_position_embedding():
+    model = create_model("cvig_ti").eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 160, 192)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize(
+    "x,match",
+    [
+        (torch.randn(3, 224, 224), "4-D"),
+        (torch.randn(1, 1, 224, 224), "3 channels"),
+        (torch.randint(0, 255, (1, 3, 224, 224), dtype=torch.uint8), "float"),
+        (torch.randn(1, 3, 200, 224), "multiples of 16"),
+        (torch.randn(1, 3, 16, 16), "num_clusters"),
+        (torch.full((1, 3, 224, 224), float("nan")), "NaN"),
+    ],
+)
+def test_bad_input_raises_a_clear_error(x, match):
+    model = create_model("cvig_ti").eval()
+    with pytest.raises(ValueError, match=match) as info:
+        model(x)
+    assert "'x'" in str(info.value)
+
+
+def test_bad_construction_arguments():
+    with pytest.raises(ValueError, match="'name'"):
+        create_model("cvig_xl")
+    with pytest.raises(ValueError, match="num_clusters"):
+        create_model("cvig_ti", num_clusters=0)
+    with pytest.raises(ValueError, match="'k'"):
+        create_model("cvig_ti", k_max=40)
+    with pytest.raises(ValueError, match="power of two"):
+        create_model("cvig_ti", img_size=200)
+
+
+def test_create_model_accepts_display_names():
+    assert isinstance(create_model("CViG-B†", num_classes=10), CViG)
+    assert create_model("cvig-ti").config.channels == 192
+
+
+@pytest.mark.slow
+def test_compiled_cvig_ti_matches_eager_fullgraph():
+    torch.manual_seed(0)
+    model = create_model("cvig_ti").eval()
+    x = torch.randn(2, 3, 224, 224)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model, fullgraph=True)(x)
+    # Inductor reorders float32 reductions: allow 1e-4 of the output's scale.
+    scale = eager.abs().max()
+    torch.testing.assert_close(compiled, eager, atol=1e-4 * float(scale), rtol=1e-4)

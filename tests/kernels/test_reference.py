@@ -1,0 +1,221 @@
+"""The pure-torch references against brute-force, loop-by-loop computations of their contracts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import reference
+from tests.helpers import integer_features, offsets_from_sizes, random_partition_sizes
+
+
+# --------------------------------------------------------------------------------------------
+# k-means
+# --------------------------------------------------------------------------------------------
+def brute_force_kmeans(x: torch.Tensor, kappa: int, max_iters: int):
+    """Lloyd on one image with Python loops (float64): the contract of reference.kmeans."""
+    n, c = x.shape
+    xs = [x[i].double() for i in range(n)]
+    z = [xs[((2 * k + 1) * n) // (2 * kappa)].clone() for k in range(kappa)]
+
+    def assign(z):
+        out = []
+        for i in range(n):
+            d = [float(((xs[i] - z[k]) ** 2).sum()) for k in range(kappa)]
+            out.append(min(range(kappa), key=lambda k: (d[k], k)))
+        return out
+
+    def means(labels, previous):
+        new = []
+        for k in range(kappa):
+            members = [xs[i] for i in range(n) if labels[i] == k]
+            new.append(torch.stack(members).mean(0) if members else previous[k].clone())
+        return new
+
+    labels = assign(z)
+    iters, converged = 0, False
+    while iters < max_iters:
+        z = means(labels, z)
+        new = assign(z)
+        iters += 1
+        if new == labels:
+            converged = True
+            break
+        labels = new
+    if not converged:
+        z = means(labels, z)
+    return torch.tensor(labels), torch.stack(z), iters
+
+
+@pytest.mark.parametrize("B,N,C,kappa", [(1, 49, 5, 4), (3, 37, 7, 3), (2, 64, 3, 6), (2, 10, 4, 10)])
+def test_kmeans_matches_brute_force(B, N, C, kappa):
+    x = torch.randn(B, N, C)
+    labels, centroids, iters = reference.kmeans(x, kappa, max_iters=20)
+    assert labels.dtype == torch.int32 and labels.shape == (B, N)
+    assert centroids.shape == (B, kappa, C) and centroids.dtype == x.dtype
+    for b in range(B):
+        lab, z, it = brute_force_kmeans(x[b], kappa, 20)
+        assert torch.equal(labels[b].long(), lab)
+        torch.testing.assert_close(centroids[b].double(), z, atol=1e-6, rtol=1e-6)
+        assert int(iters[b]) == it
+
+
+def test_kmeans_iteration_cap_gives_means_of_returned_labels():
+    x = torch.randn(2, 96, 6)
+    labels, centroids, iters = reference.kmeans(x, 5, max_iters=1)
+    assert iters.tolist() == [1, 1]
+    for b in range(2):
+        lab, z, _ = brute_force_kmeans(x[b], 5, 1)
+        assert torch.equal(labels[b].long(), lab)
+        torch.testing.assert_close(centroids[b].double(), z, atol=1e-6, rtol=1e-6)
+        for k in range(5):
+            members = x[b][labels[b] == k]
+            if len(members):
+                torch.testing.assert_close(centroids[b, k], members.mean(0), atol=1e-5, rtol=1e-5)
+
+
+def empty_cluster_case(C: int = 4, dtype=torch.float32) -> torch.Tensor:
+    """N=12, kappa=3: initial centroids are nodes 2, 6, 10. Nodes 2 and 6 share the far point A,
+    the rest is a cloud near the origin. Nodes 2 and 6 tie between clusters 0 and 1 (exactly:
+    same features) and go to 0, so cluster 1 never gets a member and must keep its centroid A."""
+    x = 0.1 * torch.randn(1, 12, C)
+    x[0, 2] = x[0, 6] = torch.full((C,), 100.0)
+    return x.to(dtype)
+
+
+def test_kmeans_empty_cluster_keeps_its_centroid():
+    x = empty_cluster_case()
+    labels, centroids, iters = reference.kmeans(x, 3, max_iters=20)
+    expected = torch.full((12,), 2, dtype=torch.int32)
+    expected[[2, 6]] = 0
+    assert torch.equal(labels[0], expected)
+    assert torch.equal(centroids[0, 1], x[0, 6])  # empty: kept exactly
+    torch.testing.assert_close(centroids[0, 2], x[0, expected == 2].mean(0))
+    assert int(iters[0]) == 1
+    lab, z, _ = brute_force_kmeans(x[0], 3, 20)
+    assert torch.equal(labels[0].long(), lab)
+
+
+def test_kmeans_images_are_independent_of_the_batch():
+    x = torch.randn(4, 50, 6)
+    labels, centroids, iters = reference.kmeans(x, 4)
+    for b in range(4):
+        lb, cb, ib = reference.kmeans(x[b : b + 1], 4)
+        assert torch.equal(labels[b], lb[0]) and torch.equal(centroids[b], cb[0])
+        assert iters[b] == ib[0]
+
+
+# --------------------------------------------------------------------------------------------
+# partition + permutation
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("B,N,kappa", [(1, 49, 4), (3, 31, 5), (2, 200, 6), (2, 7, 7)])
+def test_partition_matches_brute_force(B, N, kappa):
+    labels = torch.randint(0, kappa, (B, N), dtype=torch.int32)
+    labels[0, :] = labels[0, :].clamp(max=kappa - 2) if kappa > 1 else 0  # an empty cluster
+    perm, inverse, offsets, segment = reference.partition(labels, kappa)
+    expected_perm, expected_offsets, expected_segment = [], [0], []
+    for b in range(B):
+        for k in range(kappa):
+            members = [b * N + n for n in range(N) if int(labels[b, n]) == k]
+            expected_perm += members
+            expected_segment += [b * kappa + k] * len(members)
+            expected_offsets.append(expected_offsets[-1] + len(members))
+    assert perm.tolist() == expected_perm
+    assert offsets.tolist() == expected_offsets
+    assert segment.tolist() == expected_segment
+    assert all(t.dtype == torch.int32 for t in (perm, inverse, offsets, segment))
+    assert torch.equal(perm[inverse.long()], torch.arange(B * N, dtype=torch.int32))
+
+
+def test_permute_rows_roundtrip():
+    labels = torch.randint(0, 4, (2, 30), dtype=torch.int32)
+    perm, inverse, _, _ = reference.partition(labels, 4)
+    x = torch.randn(60, 5)
+    x_ua = reference.permute_rows(x, perm)
+    for p in range(60):
+        assert torch.equal(x_ua[p], x[int(perm[p])])
+    assert torch.equal(reference.permute_rows(x_ua, inverse), x)
+
+
+# --------------------------------------------------------------------------------------------
+# partition k-NN
+# --------------------------------------------------------------------------------------------
+def brute_force_knn(x: torch.Tensor, offsets: torch.Tensor, k: int) -> list[list[int]]:
+    out = []
+    bounds = offsets.tolist()
+    part_of = {}
+    for q in range(len(bounds) - 1):
+        for i in range(bounds[q], bounds[q + 1]):
+            part_of[i] = (bounds[q], bounds[q + 1])
+    for i in range(x.shape[0]):
+        lo, hi = part_of[i]
+        d = [(float(((x[i].double() - x[j].double()) ** 2).sum()), j) for j in range(lo, hi)]
+        ranked = [j for _, j in sorted(d)]
+        out.append([ranked[s % len(ranked)] for s in range(k)])
+    return out
+
+
+@pytest.mark.parametrize(
+    "B,N,C,kappa,K",
+    [(1, 49, 8, 4, 9), (2, 37, 5, 3, 9), (2, 60, 3, 6, 18), (1, 20, 4, 4, 32), (3, 11, 6, 5, 4)],
+)
+def test_partition_knn_matches_brute_force(B, N, C, kappa, K):
+    sizes = random_partition_sizes(B, N, kappa)
+    sizes[0, 0], sizes[0, -1] = 1, sizes[0, -1] + sizes[0, 0] - 1  # a single-node partition
+    offsets = offsets_from_sizes(sizes)
+    x = integer_features(B * N, C, torch.float32)  # exact distances: ties by lowest index
+    nbr = reference.partition_knn(x, offsets, K)
+    assert nbr.dtype == torch.int32 and nbr.shape == (B * N, K)
+    assert nbr.tolist() == brute_force_knn(x, offsets, K)
+
+
+def test_partition_knn_small_partition_repeats_members_cyclically():
+    offsets = torch.tensor([0, 3, 10], dtype=torch.int32)
+    x = torch.tensor([[0.0], [1.0], [3.0]] + [[float(10 + i * i)] for i in range(7)])
+    nbr = reference.partition_knn(x, offsets, 7)
+    assert nbr[0].tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert nbr[2].tolist() == [2, 1, 0, 2, 1, 0, 2]
+    assert all(3 <= j < 10 for j in nbr[3:].flatten().tolist())
+
+
+# --------------------------------------------------------------------------------------------
+# max aggregation
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("relative", [True, False])
+def test_max_aggregate_matches_brute_force(relative):
+    M, C, K = 23, 7, 5
+    x = torch.randn(M, C)
+    nbr = torch.randint(0, M, (M, K), dtype=torch.int32)
+    out, slot = reference.max_aggregate(x, nbr, relative)
+    for v in range(M):
+        for c in range(C):
+            vals = [float(x[int(nbr[v, k]), c]) for k in range(K)]
+            best = max(range(K), key=lambda k: (vals[k], -k))
+            assert int(slot[v, c]) == best
+            expected = vals[best] - (float(x[v, c]) if relative else 0.0)
+            assert abs(float(out[v, c]) - expected) < 1e-6
+
+
+def test_max_aggregate_ties_pick_the_first_slot():
+    x = torch.randn(4, 3)
+    nbr = torch.tensor([[1, 1, 2], [3, 0, 3], [2, 2, 2], [0, 1, 0]], dtype=torch.int32)
+    _, slot = reference.max_aggregate(x, nbr, True)
+    for v in range(4):
+        for c in range(3):
+            rows = nbr[v].tolist()
+            vals = [float(x[r, c]) for r in rows]
+            assert int(slot[v, c]) == vals.index(max(vals))
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_max_aggregate_backward_matches_autograd(relative):
+    M, C, K = 19, 6, 4
+    x = torch.randn(M, C, dtype=torch.float64, requires_grad=True)
+    nbr = torch.randint(0, M, (M, K), dtype=torch.int32)
+    gathered = x[nbr.long()]
+    expected_out = gathered.max(dim=1).values - (x if relative else 0)
+    grad = torch.randn(M, C, dtype=torch.float64)
+    (expected,) = torch.autograd.grad(expected_out, x, grad)
+    _, slot = reference.max_aggregate(x.detach(), nbr, relative)
+    got = reference.max_aggregate_backward(grad, nbr, slot, relative)
+    torch.testing.assert_close(got, expected)
