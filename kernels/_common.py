@@ -12,7 +12,10 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+#: Feature dtypes of the Triton kernels.
 FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
+#: Feature dtypes the ops accept: float64 runs on the reference path only (gradcheck, oracles).
+OP_DTYPES: tuple[torch.dtype, ...] = FLOAT_DTYPES + (torch.float64,)
 INDEX_DTYPE = torch.int32
 
 #: The largest K that ``partition_knn`` and ``max_aggregate`` support (the model uses 9..18).
@@ -110,11 +113,19 @@ def use_backend(name: str) -> Iterator[None]:
         _backend_override = previous
 
 
-def runs_triton(t: torch.Tensor) -> bool:
+def runs_triton(t: torch.Tensor, op: str = "op") -> bool:
     """Whether an op on ``t`` launches the Triton kernel (else it runs the torch reference)."""
+    use = t.is_cuda or (t.device.type == "cpu" and backend() == "triton")
+    if use and t.is_floating_point() and t.dtype not in FLOAT_DTYPES:
+        if t.device.type == "cpu":
+            return False  # float64 on the CPU: the reference, whatever the backend
+        raise ValueError(
+            f"{op}: the Triton kernels take float32, float16 or bfloat16 features, got "
+            f"{str(t.dtype).replace('torch.', '')} on {t.device}"
+        )
     if t.is_cuda:
         return True
-    if t.device.type == "cpu" and backend() == "triton":
+    if use:
         if not interpreter_active():
             raise RuntimeError(
                 "backend 'triton' on CPU tensors needs the Triton interpreter: set "
@@ -122,6 +133,18 @@ def runs_triton(t: torch.Tensor) -> bool:
             )
         return True
     return False
+
+
+def dot_precision(dtype: torch.dtype) -> tuple[str, bool]:
+    """``(input_precision, upcast)`` for a kernel's ``tl.dot`` on inputs of ``dtype``.
+
+    float32 products use full IEEE precision (no TF32 rounding: neighbour and cluster choices
+    then agree with the float32 reference); fp16/bf16 run on the tensor cores with float32
+    accumulation. ``upcast`` works around the Triton interpreter, whose bf16 ``tl.dot`` returns
+    garbage: under the interpreter bf16 operands are converted to float32 first.
+    """
+    upcast = dtype == torch.bfloat16 and interpreter_active()
+    return ("ieee" if dtype == torch.float32 else "tf32"), upcast
 
 
 def next_power_of_2(n: int) -> int:

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import reference
 from ._common import (
-    FLOAT_DTYPES,
+    OP_DTYPES,
     INDEX_DTYPE,
     MAX_CLUSTERS,
     MAX_NEIGHBORS,
@@ -42,7 +42,7 @@ _INDEX = (INDEX_DTYPE,)
 # kmeans
 # --------------------------------------------------------------------------------------------
 def _check_kmeans(x: Tensor, num_clusters: int, max_iters: int) -> None:
-    check_tensor("kmeans", "x", x, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor("kmeans", "x", x, ndim=3, dtypes=OP_DTYPES)
     n = x.shape[1]
     check_int("kmeans", "num_clusters", num_clusters, low=1, high=MAX_CLUSTERS)
     if num_clusters > n:
@@ -55,7 +55,7 @@ def _check_kmeans(x: Tensor, num_clusters: int, max_iters: int) -> None:
 @torch.library.custom_op("clustervig::kmeans", mutates_args=())
 def _kmeans_op(x: Tensor, num_clusters: int, max_iters: int) -> tuple[Tensor, Tensor, Tensor]:
     _check_kmeans(x, num_clusters, max_iters)
-    if runs_triton(x):
+    if runs_triton(x, "kmeans"):
         from . import kmeans as kmeans_kernel
 
         return kmeans_kernel.kmeans(x, num_clusters, max_iters)
@@ -95,7 +95,7 @@ def _check_partition(labels: Tensor, num_clusters: int) -> None:
 @torch.library.custom_op("clustervig::partition", mutates_args=())
 def _partition_op(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_partition(labels, num_clusters)
-    if runs_triton(labels):
+    if runs_triton(labels, "partition"):
         from . import permute
 
         return permute.partition(labels, num_clusters)
@@ -132,7 +132,7 @@ def partition(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Tensor
 # permute_rows
 # --------------------------------------------------------------------------------------------
 def _check_permute(x: Tensor, index: Tensor, inverse: Tensor) -> None:
-    check_tensor("permute_rows", "x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("permute_rows", "x", x, ndim=2, dtypes=OP_DTYPES)
     check_tensor("permute_rows", "index", index, ndim=1, dtypes=_INDEX, device=x.device)
     check_tensor("permute_rows", "inverse", inverse, ndim=1, dtypes=_INDEX, device=x.device)
     if index.shape[0] != x.shape[0] or inverse.shape[0] != x.shape[0]:
@@ -145,7 +145,7 @@ def _check_permute(x: Tensor, index: Tensor, inverse: Tensor) -> None:
 @torch.library.custom_op("clustervig::permute_rows", mutates_args=())
 def _permute_rows_op(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
     _check_permute(x, index, inverse)
-    if runs_triton(x):
+    if runs_triton(x, "permute_rows"):
         from . import permute
 
         return permute.permute_rows(x, index)
@@ -186,7 +186,7 @@ def permute_rows(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
 # partition_knn
 # --------------------------------------------------------------------------------------------
 def _check_knn(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> None:
-    check_tensor("partition_knn", "x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("partition_knn", "x", x, ndim=2, dtypes=OP_DTYPES)
     check_tensor("partition_knn", "offsets", offsets, ndim=1, dtypes=_INDEX, device=x.device)
     if offsets.shape[0] < 2:
         raise ValueError(
@@ -199,7 +199,7 @@ def _check_knn(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> N
 @torch.library.custom_op("clustervig::partition_knn", mutates_args=())
 def _partition_knn_op(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> Tensor:
     _check_knn(x, offsets, k, max_partition_size)
-    if runs_triton(x):
+    if runs_triton(x, "partition_knn"):
         from . import knn
 
         return knn.partition_knn(x, offsets, k, max_partition_size)
@@ -237,7 +237,7 @@ def partition_knn(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -
 # max_aggregate
 # --------------------------------------------------------------------------------------------
 def _check_aggregate(x: Tensor, nbr: Tensor) -> None:
-    check_tensor("max_aggregate", "x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("max_aggregate", "x", x, ndim=2, dtypes=OP_DTYPES)
     check_tensor("max_aggregate", "nbr", nbr, ndim=2, dtypes=_INDEX, device=x.device)
     if nbr.shape[0] != x.shape[0]:
         raise ValueError(
@@ -252,7 +252,7 @@ def _max_aggregate_op(
     x: Tensor, nbr: Tensor, relative: bool, with_argslot: bool
 ) -> tuple[Tensor, Tensor]:
     _check_aggregate(x, nbr)
-    if runs_triton(x):
+    if runs_triton(x, "max_aggregate"):
         from . import aggregate
 
         return aggregate.max_aggregate(x, nbr, relative, with_argslot)
@@ -276,7 +276,7 @@ def _max_aggregate_backward_op(
             "max_aggregate: backward needs the argmax slots; call it with with_argslot=True "
             "(the public max_aggregate() does so whenever x requires grad)"
         )
-    if runs_triton(grad):
+    if runs_triton(grad, "max_aggregate"):
         from . import aggregate
 
         return aggregate.max_aggregate_backward(grad, nbr, argslot, relative)

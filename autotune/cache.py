@@ -1,0 +1,276 @@
+"""Per-GPU autotune cache: one JSON file per (GPU model, compute capability, Triton version).
+
+File ``<gpu-slug>-sm<cc>-triton<major.minor>.json``::
+
+    {"format": 1,
+     "device": {"name": "NVIDIA H100 80GB HBM3", "capability": "9.0", "triton": "3.6"},
+     "torch": "2.11.0", "updated": "2026-11-24T12:00:00+00:00",
+     "entries": {"<op>": {"<bucket>": {"config": {...}, "time_ms": 0.012,
+                                        "source_hash": "...", "space_hash": "...",
+                                        "tuned_at": "..."}}}}
+
+Lookup order: the user cache directory (``$CLUSTERVIG_AUTOTUNE_DIR``, else
+``$XDG_CACHE_HOME/clustervig/autotune``, else ``~/.cache/clustervig/autotune``), then the defaults
+shipped in ``autotune/defaults/``. A file that is corrupt, from another GPU or Triton version, or
+of another format is ignored with one warning; an entry whose kernel source or search space
+changed, or whose config is not in the space, is ignored with one warning per op. Writes go to a
+temporary file in the same directory and are renamed over the target (atomic), under a lock so
+that concurrent tuners merge rather than overwrite each other's entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from kernels._tuning import Tunable
+
+__all__ = [
+    "AutotuneCacheWarning",
+    "FORMAT_VERSION",
+    "cache_dir",
+    "cache_path",
+    "device_identity",
+    "load",
+    "lookup",
+    "save_entries",
+    "shipped_dir",
+]
+
+FORMAT_VERSION = 1
+ENV_DIR = "CLUSTERVIG_AUTOTUNE_DIR"
+INTERPRETER_DEVICE = {"name": "triton-interpreter", "capability": "cpu"}
+
+
+class AutotuneCacheWarning(UserWarning):
+    """A cache file or entry was ignored (corrupt, foreign or stale)."""
+
+
+_warned: set[str] = set()
+_loaded: dict[tuple, dict] = {}
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, AutotuneCacheWarning, stacklevel=3)
+
+
+def reset() -> None:
+    """Forget loaded files and issued warnings (tests; after writing a cache file)."""
+    _warned.clear()
+    _loaded.clear()
+    from kernels._tuning import REGISTRY
+
+    for tunable in REGISTRY.values():
+        tunable.forget()
+
+
+# --------------------------------------------------------------------------------------------
+# Identity and paths
+# --------------------------------------------------------------------------------------------
+def triton_version() -> str:
+    try:
+        import triton
+    except ImportError:  # pragma: no cover - triton is a dependency on Linux x86-64
+        return "none"
+    return ".".join(triton.__version__.split(".")[:2])
+
+
+def device_identity(device: torch.device) -> dict[str, str]:
+    """``{"name", "capability", "triton"}`` of a CUDA device, or of the CPU interpreter."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        ident = {"name": torch.cuda.get_device_name(index), "capability": f"{major}.{minor}"}
+    else:
+        ident = dict(INTERPRETER_DEVICE)
+    ident["triton"] = triton_version()
+    return ident
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def cache_filename(identity: dict[str, str]) -> str:
+    capability = identity["capability"].replace(".", "")
+    return f"{_slug(identity['name'])}-sm{capability}-triton{identity['triton']}.json"
+
+
+def cache_dir() -> Path:
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "clustervig" / "autotune"
+
+
+def shipped_dir() -> Path:
+    return Path(__file__).resolve().parent / "defaults"
+
+
+def cache_path(identity: dict[str, str], directory: Path | None = None) -> Path:
+    return (directory or cache_dir()) / cache_filename(identity)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+def _read_file(path: Path, identity: dict[str, str]) -> dict[str, Any]:
+    """The entries of one file, or ``{}`` (with one warning) when it cannot be trusted."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        _warn_once(str(path), f"autotune cache {path} is unreadable ({err}); ignoring it")
+        return {}
+    if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
+        _warn_once(
+            str(path),
+            f"autotune cache {path} has format {data.get('format') if isinstance(data, dict) else '?'}"
+            f", expected {FORMAT_VERSION}; ignoring it",
+        )
+        return {}
+    recorded = data.get("device")
+    if not isinstance(recorded, dict) or any(recorded.get(k) != v for k, v in identity.items()):
+        _warn_once(
+            str(path),
+            f"autotune cache {path} was written for {recorded}, not this device {identity}; "
+            "ignoring it",
+        )
+        return {}
+    entries = data.get("entries")
+    if not isinstance(entries, dict):
+        _warn_once(str(path), f"autotune cache {path} has no 'entries' table; ignoring it")
+        return {}
+    return entries
+
+
+def load(device: torch.device) -> dict[str, Any]:
+    """Entries for ``device``: the shipped defaults overlaid by the user cache (memoised)."""
+    identity = device_identity(device)
+    key = (tuple(sorted(identity.items())), str(cache_dir()))
+    if key not in _loaded:
+        merged: dict[str, Any] = {}
+        for path in (cache_path(identity, shipped_dir()), cache_path(identity)):
+            for op, buckets in _read_file(path, identity).items():
+                if isinstance(buckets, dict):
+                    merged.setdefault(op, {}).update(buckets)
+        _loaded[key] = merged
+    return _loaded[key]
+
+
+def _valid_config(entry: Any, tunable: Tunable, bucket: str) -> dict | None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+        return None
+    if entry.get("source_hash") != tunable.source_hash():
+        return None
+    if entry.get("space_hash") != tunable.space_hash():
+        return None
+    config = entry["config"]
+    width = bucket.split("/", 1)[0]
+    if config not in [dict(c) for c in (*tunable.space.get(width, ()), *tunable.interpret_space)]:
+        return None
+    return config
+
+
+def lookup(tunable: Tunable, device: torch.device, bucket: str) -> dict | None:
+    """The cached config of ``tunable`` for ``bucket`` on ``device``, or None.
+
+    An entry recorded for another kernel source or search space, or naming a config outside the
+    space, is never applied: it is ignored with one warning per op.
+    """
+    entry = load(device).get(tunable.name, {}).get(bucket)
+    if entry is None:
+        return None
+    config = _valid_config(entry, tunable, bucket)
+    if config is None:
+        _warn_once(
+            f"stale:{tunable.name}",
+            f"autotune cache entry for {tunable.name!r} was tuned for another kernel source or "
+            "search space; using the default config (re-run `python -m autotune --gpu`)",
+        )
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    lock = path.with_suffix(path.suffix + ".lock")
+    with open(lock, "a+") as handle:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except (ImportError, OSError):  # no POSIX locks: atomic rename still prevents truncation
+            pass
+        yield
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_json(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory + ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_entries(
+    identity: dict[str, str], new_entries: dict[str, dict[str, dict]], directory: Path | None = None
+) -> Path:
+    """Merge ``{op: {bucket: entry}}`` into the cache file of ``identity`` and write it atomically."""
+    path = cache_path(identity, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        existing = _read_file(path, identity) if path.exists() else {}
+        for op, buckets in new_entries.items():
+            existing.setdefault(op, {}).update(buckets)
+        atomic_write_json(
+            path,
+            {
+                "format": FORMAT_VERSION,
+                "device": identity,
+                "torch": torch.__version__,
+                "updated": _now(),
+                "entries": existing,
+            },
+        )
+    _loaded.clear()
+    return path
+
+
+def make_entry(tunable: Tunable, config: dict, time_ms: float) -> dict:
+    return {
+        "config": dict(config),
+        "time_ms": round(float(time_ms), 6),
+        "source_hash": tunable.source_hash(),
+        "space_hash": tunable.space_hash(),
+        "tuned_at": _now(),
+    }

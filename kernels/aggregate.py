@@ -1,0 +1,215 @@
+"""Fused gather + max(-relative) aggregation over K neighbours, and its backward.
+
+Forward: ``out[v, c] = max_k x[nbr[v, k], c] - x[v, c]`` (``relative``) or the plain max, without
+materialising the ``(M, K, C)`` gathered tensor: each program streams K neighbour rows of a tile
+and keeps a running max and the winning slot. The slot (uint8, first slot among equal maxima) is
+saved for the backward, which routes ``grad[v, c]`` to row ``nbr[v, slot[v, c]]`` with atomic adds
+(and subtracts it from row v when relative).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._tuning import TRITON_TYPES, Tunable, per_width, rows_bucket, split_launch_options
+
+
+@triton.jit
+def _max_aggregate_kernel(
+    x_ptr,  # *T (M, C): features, row stride stride_xm, unit column stride
+    nbr_ptr,  # *i32 (M, K): neighbour rows of every row
+    out_ptr,  # *T (M, C) contiguous: the aggregation
+    slot_ptr,  # *u8 (M, C) contiguous: winning neighbour slot (written if SAVE_SLOT)
+    M,
+    C,
+    stride_xm,
+    K: tl.constexpr,
+    RELATIVE: tl.constexpr,
+    SAVE_SLOT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_mask = rows < M
+    mask = row_mask[:, None] & (cols[None, :] < C)
+    rows64 = rows.to(tl.int64)
+    best = tl.full([BLOCK_M, BLOCK_C], float("-inf"), dtype=tl.float32)
+    best_slot = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.int32)
+    for k in range(K):
+        source = tl.load(nbr_ptr + rows64 * K + k, mask=row_mask, other=0).to(tl.int64)
+        values = tl.load(
+            x_ptr + source[:, None] * stride_xm + cols[None, :], mask=mask, other=float("-inf")
+        ).to(tl.float32)
+        better = values > best  # strict: the first slot keeps a tie
+        best = tl.where(better, values, best)
+        best_slot = tl.where(better, k, best_slot)
+    if RELATIVE:
+        best -= tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask).to(tl.float32)
+    offsets = rows64[:, None] * C + cols[None, :]
+    tl.store(out_ptr + offsets, best.to(out_ptr.dtype.element_ty), mask=mask)
+    if SAVE_SLOT:
+        tl.store(slot_ptr + offsets, best_slot.to(tl.uint8), mask=mask)
+
+
+@triton.jit
+def _max_aggregate_backward_kernel(
+    grad_ptr,  # *T (M, C) contiguous: gradient of the aggregation
+    nbr_ptr,  # *i32 (M, K)
+    slot_ptr,  # *u8 (M, C): winning slots from the forward
+    grad_x_ptr,  # *f32 (M, C) contiguous, zero-initialised: accumulated gradient of x
+    M,
+    C,
+    K: tl.constexpr,
+    RELATIVE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (rows < M)[:, None] & (cols[None, :] < C)
+    rows64 = rows.to(tl.int64)
+    offsets = rows64[:, None] * C + cols[None, :]
+    grad = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    slot = tl.load(slot_ptr + offsets, mask=mask, other=0).to(tl.int64)
+    source = tl.load(nbr_ptr + rows64[:, None] * K + slot, mask=mask, other=0).to(tl.int64)
+    # Several rows can share a neighbour: accumulate with atomics.
+    tl.atomic_add(grad_x_ptr + source * C + cols[None, :], grad, mask=mask)
+    if RELATIVE:
+        tl.atomic_add(grad_x_ptr + offsets, -grad, mask=mask)
+
+
+# Spill-free for sm_80 and sm_90 at every width (tests/kernels/test_aot_compile.py).
+_FORWARD_SPACE = [
+        {"BLOCK_M": 8, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 8, "BLOCK_C": 128, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 8, "BLOCK_C": 256, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 16, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 16, "BLOCK_C": 256, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 32, "BLOCK_C": 128, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 32, "BLOCK_C": 256, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 16, "BLOCK_C": 256, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_M": 32, "BLOCK_C": 128, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_M": 32, "BLOCK_C": 256, "num_warps": 8, "num_stages": 2},
+    ]
+_BACKWARD_SPACE = [
+        {"BLOCK_M": 8, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 8, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 8, "BLOCK_C": 256, "num_warps": 8, "num_stages": 1},
+        {"BLOCK_M": 16, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 16, "BLOCK_C": 256, "num_warps": 8, "num_stages": 1},
+        {"BLOCK_M": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 32, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 32, "BLOCK_C": 256, "num_warps": 8, "num_stages": 1},
+        {"BLOCK_M": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
+    ]
+
+_INTERPRET_SPACE = [
+    {"BLOCK_M": 8, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+    {"BLOCK_M": 16, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+]
+
+def _forward_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
+    t = TRITON_TYPES[dtype]
+    return (
+        {"x_ptr": f"*{t}", "nbr_ptr": "*i32", "out_ptr": f"*{t}", "slot_ptr": "*u8", "M": "i32",
+         "C": "i32", "stride_xm": "i32", "K": "constexpr", "RELATIVE": "constexpr",
+         "SAVE_SLOT": "constexpr", "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"},
+        {"K": 32, "RELATIVE": True, "SAVE_SLOT": True,
+         "BLOCK_M": config["BLOCK_M"], "BLOCK_C": config["BLOCK_C"]},
+    )
+
+
+def _backward_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
+    return (
+        {"grad_ptr": f"*{TRITON_TYPES[dtype]}", "nbr_ptr": "*i32", "slot_ptr": "*u8",
+         "grad_x_ptr": "*fp32", "M": "i32", "C": "i32", "K": "constexpr",
+         "RELATIVE": "constexpr", "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"},
+        {"K": 32, "RELATIVE": True, "BLOCK_M": config["BLOCK_M"], "BLOCK_C": config["BLOCK_C"]},
+    )
+
+
+MAX_AGGREGATE = Tunable(
+    name="max_aggregate",
+    kernels=[_max_aggregate_kernel],
+    space=per_width(_FORWARD_SPACE),
+    default=per_width({"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 2}),
+    interpret_space=_INTERPRET_SPACE,
+    bucket_fn=lambda M, C, K: f"C{C}/K{K}/M{rows_bucket(M)}",
+    signature_fn=_forward_signature,
+)
+
+MAX_AGGREGATE_BACKWARD = Tunable(
+    name="max_aggregate_backward",
+    kernels=[_max_aggregate_backward_kernel],
+    space=per_width(_BACKWARD_SPACE),
+    default=per_width({"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1}),
+    interpret_space=_INTERPRET_SPACE,
+    bucket_fn=lambda M, C, K: f"C{C}/K{K}/M{rows_bucket(M)}",
+    signature_fn=_backward_signature,
+)
+
+
+def max_aggregate(
+    x: torch.Tensor,
+    nbr: torch.Tensor,
+    relative: bool = True,
+    with_argslot: bool = True,
+    *,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    config: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward: x ``(M, C)``, nbr ``(M, K)`` int32 -> out ``(M, C)``, argslot ``(M, C)``
+    uint8 (empty ``(0,)`` unless ``with_argslot``)."""
+    M, C = x.shape
+    K = nbr.shape[1]
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    nbr = nbr.contiguous()
+    if out is None:
+        out = (
+            torch.empty(M, C, dtype=x.dtype, device=x.device),
+            torch.empty((M, C) if with_argslot else (0,), dtype=torch.uint8, device=x.device),
+        )
+    result, argslot = out
+    if M == 0 or C == 0:
+        return result, argslot
+    config = config or MAX_AGGREGATE.config(x.device, MAX_AGGREGATE.bucket(x.dtype, M=M, C=C, K=K))
+    meta, opts = split_launch_options(config)
+    grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_C"]))
+    _max_aggregate_kernel[grid](
+        x, nbr, result, argslot if with_argslot else result, M, C, x.stride(0),
+        K=K, RELATIVE=relative, SAVE_SLOT=with_argslot, **meta, **opts,
+    )
+    return result, argslot
+
+
+def max_aggregate_backward(
+    grad: torch.Tensor,
+    nbr: torch.Tensor,
+    argslot: torch.Tensor,
+    relative: bool = True,
+    *,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """Launch the backward: ``(M, C)`` gradient w.r.t. x, accumulated in float32."""
+    M, C = grad.shape
+    K = nbr.shape[1]
+    grad = grad.contiguous()
+    grad_x = torch.zeros(M, C, dtype=torch.float32, device=grad.device)
+    if M and C:
+        config = config or MAX_AGGREGATE_BACKWARD.config(
+            grad.device, MAX_AGGREGATE_BACKWARD.bucket(grad.dtype, M=M, C=C, K=K)
+        )
+        meta, opts = split_launch_options(config)
+        grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_C"]))
+        _max_aggregate_backward_kernel[grid](
+            grad, nbr.contiguous(), argslot, grad_x, M, C,
+            K=K, RELATIVE=relative, **meta, **opts,
+        )
+    return grad_x if grad.dtype == torch.float32 else grad_x.to(grad.dtype)

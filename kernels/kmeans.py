@@ -1,0 +1,256 @@
+"""Batched k-means: the whole Lloyd loop of one image in one program.
+
+One program per image runs: initial centroids (nodes spread over the raster order), then
+``assign`` (squared distance to every centroid via ``tl.dot``, argmin, count of changed labels)
+and ``update`` (segmented mean as a one-hot ``tl.dot``; an empty cluster keeps its centroid)
+until no label changes or ``max_iters`` updates ran. Each image stops on its own, the loop
+needs no host sync, and the whole k-means is one launch. Labels, centroids and the iteration
+count are the contract of :func:`kernels.reference.kmeans`.
+
+Distances skip ``|x|^2`` (the same for every centroid of a node): ``d = |z|^2 - 2 x.z``. float32
+features use IEEE float32 products; fp16/bf16 features multiply the centroids rounded to their
+dtype on the tensor cores (float32 accumulation), so labels can differ from the float64 reference
+for nodes almost equidistant from two centroids.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import INDEX_DTYPE, dot_precision, next_power_of_2
+from ._tuning import TRITON_TYPES, Tunable, batch_bucket, split_launch_options
+
+
+@triton.jit
+def _assign(
+    x_img, labels_img, z_img, norms_img, N, C, stride_xn,
+    FIRST: tl.constexpr, KAPPA: tl.constexpr, KAPPA_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Label every node of one image with its nearest centroid; return how many labels changed."""
+    ks = tl.arange(0, KAPPA_PAD)
+    k_mask = ks < KAPPA
+    z_norm = tl.load(norms_img + ks)
+    changed = tl.zeros([], dtype=tl.int32)
+    for n0 in range(0, N, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N)
+        row_mask = rows < N
+        dot = tl.zeros([BLOCK_N, KAPPA_PAD], dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            col_mask = cols[None, :] < C
+            xt = tl.load(
+                x_img + rows[:, None].to(tl.int64) * stride_xn + cols[None, :],
+                mask=row_mask[:, None] & col_mask, other=0.0,
+            )
+            zt = tl.load(z_img + ks[:, None] * C + cols[None, :], mask=k_mask[:, None] & col_mask,
+                         other=0.0)
+            if UPCAST:
+                xt = xt.to(tl.float32)
+            dot += tl.dot(xt, tl.trans(zt.to(xt.dtype)), input_precision=DOT_PRECISION)
+        d = tl.where(k_mask[None, :], z_norm[None, :] - 2.0 * dot, float("inf"))
+        nearest = tl.min(d, axis=1)
+        label = tl.min(tl.where(d == nearest[:, None], ks[None, :], KAPPA_PAD), axis=1)
+        if not FIRST:
+            old = tl.load(labels_img + rows, mask=row_mask, other=0)
+            changed += tl.sum(((label != old) & row_mask).to(tl.int32), axis=0)
+        tl.store(labels_img + rows, label.to(tl.int32), mask=row_mask)
+    if FIRST:
+        changed = N
+    return changed
+
+
+@triton.jit
+def _update(
+    x_img, labels_img, z_img, norms_img, N, C, stride_xn,
+    KAPPA: tl.constexpr, KAPPA_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Centroid of every cluster = mean of its nodes (kept when empty); refresh |z|^2."""
+    ks = tl.arange(0, KAPPA_PAD)
+    k_mask = ks < KAPPA
+    z_norm = tl.zeros([KAPPA_PAD], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        col_mask = cols[None, :] < C
+        sums = tl.zeros([KAPPA_PAD, BLOCK_C], dtype=tl.float32)
+        counts = tl.zeros([KAPPA_PAD], dtype=tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            rows = n0 + tl.arange(0, BLOCK_N)
+            row_mask = rows < N
+            label = tl.load(labels_img + rows, mask=row_mask, other=-1)
+            onehot = label[:, None] == ks[None, :]  # (BLOCK_N, KAPPA_PAD)
+            xt = tl.load(
+                x_img + rows[:, None].to(tl.int64) * stride_xn + cols[None, :],
+                mask=row_mask[:, None] & col_mask, other=0.0,
+            )
+            if UPCAST:
+                xt = xt.to(tl.float32)
+            sums += tl.dot(tl.trans(onehot.to(xt.dtype)), xt, input_precision=DOT_PRECISION)
+            counts += tl.sum(onehot.to(tl.float32), axis=0)
+        z_ptrs = z_img + ks[:, None] * C + cols[None, :]
+        z_mask = k_mask[:, None] & col_mask
+        previous = tl.load(z_ptrs, mask=z_mask, other=0.0)
+        z = tl.where(counts[:, None] > 0, sums / tl.maximum(counts, 1.0)[:, None], previous)
+        tl.store(z_ptrs, z, mask=z_mask)
+        z_norm += tl.sum(tl.where(z_mask, z * z, 0.0), axis=1)
+    tl.store(norms_img + ks, z_norm)
+
+
+@triton.jit
+def _kmeans_kernel(
+    x_ptr,  # *T (B, N, C): features, strides (stride_xb, stride_xn, 1)
+    labels_ptr,  # *i32 (B, N): out, cluster of every node
+    centroids_ptr,  # *f32 (B, KAPPA_PAD, C): out (rows >= KAPPA unused)
+    norms_ptr,  # *f32 (B, KAPPA_PAD): scratch, |z|^2 of every centroid
+    iterations_ptr,  # *i32 (B,): out, centroid updates run
+    N,
+    C,
+    stride_xb,
+    stride_xn,
+    max_iters,
+    KAPPA: tl.constexpr,
+    KAPPA_PAD: tl.constexpr,  # power of two >= max(KAPPA, 16) (tl.dot's minimum)
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    x_img = x_ptr + b * stride_xb
+    labels_img = labels_ptr + b * N
+    z_img = centroids_ptr + b * KAPPA_PAD * C
+    norms_img = norms_ptr + b * KAPPA_PAD
+
+    # Initial centroid k: node ((2k + 1) N) // (2 KAPPA).
+    ks = tl.arange(0, KAPPA_PAD)
+    k_mask = ks < KAPPA
+    seeds = ((2 * ks + 1) * N) // (2 * KAPPA)
+    z_norm = tl.zeros([KAPPA_PAD], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask = k_mask[:, None] & (cols[None, :] < C)
+        z = tl.load(x_img + seeds[:, None].to(tl.int64) * stride_xn + cols[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        tl.store(z_img + ks[:, None] * C + cols[None, :], z, mask=mask)
+        z_norm += tl.sum(z * z, axis=1)
+    tl.store(norms_img + ks, z_norm)
+    tl.debug_barrier()  # centroids are read by other threads of this program below
+
+    changed = _assign(x_img, labels_img, z_img, norms_img, N, C, stride_xn, True,
+                      KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST)
+    iterations = tl.zeros([], dtype=tl.int32)
+    while (changed > 0) & (iterations < max_iters):
+        tl.debug_barrier()
+        _update(x_img, labels_img, z_img, norms_img, N, C, stride_xn,
+                KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST)
+        tl.debug_barrier()
+        changed = _assign(x_img, labels_img, z_img, norms_img, N, C, stride_xn, False,
+                          KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST)
+        iterations += 1
+    if changed > 0:  # hit the cap: centroids belong to the previous labels, re-average
+        tl.debug_barrier()
+        _update(x_img, labels_img, z_img, norms_img, N, C, stride_xn,
+                KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST)
+    tl.store(iterations_ptr + b, iterations)
+
+
+# Every config compiles without register spills for sm_80 and sm_90 (tests/kernels/
+# test_aot_compile.py); float32 (FMA products) keeps thinner tiles.
+_SPACE_16BIT = [
+        {"BLOCK_N": 32, "BLOCK_C": 64, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_N": 32, "BLOCK_C": 128, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_N": 64, "BLOCK_C": 128, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_N": 128, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_N": 128, "BLOCK_C": 64, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_N": 128, "BLOCK_C": 128, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_N": 128, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_N": 128, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1},
+    ]
+_SPACE_32BIT = [
+        {"BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 8, "num_stages": 1},
+        {"BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_N": 64, "BLOCK_C": 16, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 1},
+        {"BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 8, "num_stages": 1},
+        {"BLOCK_N": 128, "BLOCK_C": 16, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_N": 128, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_N": 128, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_N": 128, "BLOCK_C": 64, "num_warps": 8, "num_stages": 1},
+    ]
+
+KMEANS = Tunable(
+    name="kmeans",
+    kernels=[_kmeans_kernel, _assign, _update],
+    space={"e2": _SPACE_16BIT, "e4": _SPACE_32BIT},
+    default={
+        "e2": {"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 8, "num_stages": 2},
+        "e4": {"BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
+    },
+    interpret_space=[
+        {"BLOCK_N": 16, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
+    ],
+    bucket_fn=lambda B, N, C, kappa: f"N{N}/C{C}/k{kappa}/B{batch_bucket(B)}",
+    signature_fn=lambda dtype, config: (
+        {"x_ptr": f"*{TRITON_TYPES[dtype]}", "labels_ptr": "*i32", "centroids_ptr": "*fp32",
+         "norms_ptr": "*fp32", "iterations_ptr": "*i32", "N": "i32", "C": "i32",
+         "stride_xb": "i32", "stride_xn": "i32", "max_iters": "i32", "KAPPA": "constexpr",
+         "KAPPA_PAD": "constexpr", "BLOCK_N": "constexpr", "BLOCK_C": "constexpr",
+         "DOT_PRECISION": "constexpr", "UPCAST": "constexpr"},
+        {"KAPPA": 6, "KAPPA_PAD": 16, "BLOCK_N": config["BLOCK_N"],
+         "BLOCK_C": config["BLOCK_C"], "DOT_PRECISION": dot_precision(dtype)[0],
+         "UPCAST": False},
+    ),
+)
+
+
+def kmeans(
+    x: torch.Tensor,
+    num_clusters: int,
+    max_iters: int = 20,
+    *,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    config: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch :func:`_kmeans_kernel`: x ``(B, N, C)`` -> labels ``(B, N)`` int32, centroids
+    ``(B, kappa, C)`` in ``x.dtype``, iterations ``(B,)`` int32.
+
+    ``out`` may pass preallocated ``(labels, iterations)``; ``config`` overrides the tuned one.
+    """
+    B, N, C = x.shape
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    kappa_pad = max(16, next_power_of_2(num_clusters))
+    if out is None:
+        out = (
+            torch.empty(B, N, dtype=INDEX_DTYPE, device=x.device),
+            torch.empty(B, dtype=INDEX_DTYPE, device=x.device),
+        )
+    labels, iterations = out
+    centroids = torch.empty(B, kappa_pad, C, dtype=torch.float32, device=x.device)
+    if B == 0 or N == 0:
+        return labels, centroids[:, :num_clusters].to(x.dtype), iterations
+    norms = torch.empty(B, kappa_pad, dtype=torch.float32, device=x.device)
+    config = config or KMEANS.config(
+        x.device, KMEANS.bucket(x.dtype, B=B, N=N, C=C, kappa=num_clusters)
+    )
+    meta, opts = split_launch_options(config)
+    precision, upcast = dot_precision(x.dtype)
+    _kmeans_kernel[(B,)](
+        x, labels, centroids, norms, iterations, N, C, x.stride(0), x.stride(1), max_iters,
+        KAPPA=num_clusters, KAPPA_PAD=kappa_pad, DOT_PRECISION=precision, UPCAST=upcast,
+        **meta, **opts,
+    )
+    return labels, centroids[:, :num_clusters].to(x.dtype), iterations

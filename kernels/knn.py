@@ -1,0 +1,217 @@
+"""Padded-ragged in-partition distance + top-K (the graph of every DEGC partition).
+
+Nodes arrive in partition order with partition boundaries ``offsets``. Each program takes
+``BLOCK_M`` rows of one partition, streams that partition's columns in ``BLOCK_N`` tiles,
+computes ``|q|^2 + |k|^2 - 2 q.k`` with ``tl.dot`` over ``BLOCK_C`` channel slices, and merges each
+tile into a running top-K held in registers (K passes of a row-wise min: cheap for K <= 32 and
+exact, including the lowest-index rule for equal distances). A tile whose nearest column is no
+closer than every row's current K-th neighbour is skipped. Partitions are ragged: the grid covers
+``max_partition_size`` rows per partition and programs past a partition's end exit at once, so
+no host sync is needed to size the grid. A partition of ``s < K`` nodes gives slot j the member
+of rank ``j % s`` (the reference's rule).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import INDEX_DTYPE, dot_precision, next_power_of_2
+from ._tuning import TRITON_TYPES, Tunable, rows_bucket, split_launch_options
+
+_NO_INDEX = 2**31 - 1  # "no neighbour" marker: larger than any row index
+
+
+@triton.jit
+def _partition_knn_kernel(
+    x_ptr,  # *T (M, C): features in partition order, row stride stride_xm, unit column stride
+    offsets_ptr,  # *i32 (P + 1,): partition p holds rows [offsets[p], offsets[p+1])
+    out_ptr,  # *i32 (M, K): out, neighbour rows nearest first
+    C,
+    stride_xm,
+    K: tl.constexpr,
+    K_PAD: tl.constexpr,  # next power of two >= K
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,  # convert operands to float32 before tl.dot (interpreter + bf16)
+):
+    part = tl.program_id(0)
+    start = tl.load(offsets_ptr + part)
+    end = tl.load(offsets_ptr + part + 1)
+    row_start = start + tl.program_id(1) * BLOCK_M
+    if row_start < end:
+        # Addresses: a 64-bit base per tile plus small int32 in-tile offsets (cheaper in
+        # registers than a 64-bit pointer per element).
+        local_m = tl.arange(0, BLOCK_M)
+        local_n = tl.arange(0, BLOCK_N)
+        chans = tl.arange(0, BLOCK_C)
+        slots = tl.arange(0, K_PAD)
+        row_mask = row_start + local_m < end
+        q_base = x_ptr + row_start.to(tl.int64) * stride_xm
+        q_offsets = local_m[:, None] * stride_xm + chans[None, :]
+        k_offsets = local_n[:, None] * stride_xm + chans[None, :]
+
+        q_norm = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            q = tl.load(q_base + c0 + q_offsets,
+                        mask=row_mask[:, None] & (c0 + chans < C)[None, :], other=0.0)
+            q = q.to(tl.float32)
+            q_norm += tl.sum(q * q, axis=1)
+
+        best_d = tl.full([BLOCK_M, K_PAD], float("inf"), dtype=tl.float32)
+        best_i = tl.full([BLOCK_M, K_PAD], 2147483647, dtype=tl.int32)
+        start64 = start.to(tl.int64)
+        for n0 in range(start, end, BLOCK_N):
+            cand = n0 + local_n
+            cand_mask = cand < end
+            k_base = x_ptr + (start64 + (n0 - start)) * stride_xm
+            # |k|^2 in its own pass: keeping it out of the product loop saves the registers of a
+            # float32 copy of every candidate tile there.
+            k_norm = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                kf = tl.load(k_base + c0 + k_offsets,
+                             mask=cand_mask[:, None] & (c0 + chans < C)[None, :], other=0.0)
+                kf = kf.to(tl.float32)
+                k_norm += tl.sum(kf * kf, axis=1)
+            dot = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                col_mask = (c0 + chans < C)[None, :]
+                q = tl.load(q_base + c0 + q_offsets, mask=row_mask[:, None] & col_mask, other=0.0)
+                kt = tl.load(k_base + c0 + k_offsets, mask=cand_mask[:, None] & col_mask, other=0.0)
+                if UPCAST:
+                    q = q.to(tl.float32)
+                    kt = kt.to(tl.float32)
+                dot += tl.dot(q, tl.trans(kt), input_precision=DOT_PRECISION)
+            d = q_norm[:, None] + k_norm[None, :] - 2.0 * dot
+            d = tl.where(cand_mask[None, :], d, float("inf"))
+
+            # Later tiles hold higher indices, so a tie with the current K-th neighbour loses:
+            # skip the tile when no row has a strictly closer candidate.
+            kth = tl.max(tl.where(slots[None, :] < K, best_d, float("-inf")), axis=1)
+            if tl.sum((tl.min(d, axis=1) < kth).to(tl.int32), axis=0) > 0:
+                new_d = tl.full([BLOCK_M, K_PAD], float("inf"), dtype=tl.float32)
+                new_i = tl.full([BLOCK_M, K_PAD], 2147483647, dtype=tl.int32)
+                for s in range(K):
+                    nearest = tl.minimum(tl.min(d, axis=1), tl.min(best_d, axis=1))
+                    i_tile = tl.min(tl.where(d == nearest[:, None], cand[None, :], 2147483647), axis=1)
+                    i_best = tl.min(tl.where(best_d == nearest[:, None], best_i, 2147483647), axis=1)
+                    chosen = tl.minimum(i_tile, i_best)
+                    d = tl.where(cand[None, :] == chosen[:, None], float("inf"), d)
+                    best_d = tl.where(best_i == chosen[:, None], float("inf"), best_d)
+                    new_d = tl.where(slots[None, :] == s, nearest[:, None], new_d)
+                    new_i = tl.where(slots[None, :] == s, chosen[:, None], new_i)
+                best_d = new_d
+                best_i = new_i
+
+        size = end - start
+        if size < K:
+            # Fewer members than K: slot s repeats the member of rank s % size.
+            ranked = best_i
+            for s in range(K):
+                member = tl.sum(tl.where(slots[None, :] == s % size, ranked, 0), axis=1)
+                best_i = tl.where(slots[None, :] == s, member[:, None], best_i)
+        out_base = out_ptr + row_start.to(tl.int64) * K
+        tl.store(out_base + local_m[:, None] * K + slots[None, :], best_i,
+                 mask=row_mask[:, None] & (slots[None, :] < K))
+
+
+# Every config compiles without register spills for sm_80 and sm_90 (tests/kernels/
+# test_aot_compile.py). float32 products run on FMA units with larger operand fragments, hence
+# thinner channel slices than the tensor-core fp16/bf16 space.
+_SPACE_16BIT = [
+        {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_C": 64, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 8, "num_stages": 2},
+    ]
+_SPACE_32BIT = [
+        {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
+    ]
+
+
+PARTITION_KNN = Tunable(
+    name="partition_knn",
+    kernels=[_partition_knn_kernel],
+    space={"e2": _SPACE_16BIT, "e4": _SPACE_32BIT},
+    default={
+        "e2": {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
+        "e4": {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+    },
+    interpret_space=[
+        {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+    ],
+    bucket_fn=lambda M, C, K, S: f"C{C}/K{next_power_of_2(K)}/S{next_power_of_2(S)}/M{rows_bucket(M)}",
+    signature_fn=lambda dtype, config: (
+        {"x_ptr": f"*{TRITON_TYPES[dtype]}", "offsets_ptr": "*i32", "out_ptr": "*i32",
+         "C": "i32", "stride_xm": "i32", "K": "constexpr", "K_PAD": "constexpr",
+         "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_C": "constexpr",
+         "DOT_PRECISION": "constexpr", "UPCAST": "constexpr"},
+        {"K": 32, "K_PAD": 32, "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
+         "BLOCK_C": config["BLOCK_C"], "DOT_PRECISION": dot_precision(dtype)[0],
+         "UPCAST": False},
+    ),
+)
+
+
+def partition_knn(
+    x: torch.Tensor,
+    offsets: torch.Tensor,
+    k: int,
+    max_partition_size: int,
+    *,
+    out: torch.Tensor | None = None,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """Launch :func:`_partition_knn_kernel`: x ``(M, C)``, offsets ``(P + 1,)`` -> ``(M, K)`` int32.
+
+    Every partition must hold at most ``max_partition_size`` rows (not checked on the GPU: rows
+    past it are left unwritten). ``out`` may pass a preallocated output; ``config`` overrides the
+    tuned config.
+    """
+    M, C = x.shape
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    out = torch.empty(M, k, dtype=INDEX_DTYPE, device=x.device) if out is None else out
+    num_parts = offsets.shape[0] - 1
+    if M == 0 or num_parts == 0:
+        return out
+    config = config or PARTITION_KNN.config(
+        x.device, PARTITION_KNN.bucket(x.dtype, M=M, C=C, K=k, S=max_partition_size)
+    )
+    meta, opts = split_launch_options(config)
+    precision, upcast = dot_precision(x.dtype)
+    grid = (num_parts, triton.cdiv(max_partition_size, meta["BLOCK_M"]))
+    _partition_knn_kernel[grid](
+        x, offsets, out, C, x.stride(0),
+        K=k, K_PAD=next_power_of_2(k), DOT_PRECISION=precision, UPCAST=upcast, **meta, **opts,
+    )
+    return out

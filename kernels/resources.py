@@ -1,0 +1,153 @@
+"""Ahead-of-time compilation of every kernel and config for NVIDIA targets, no GPU needed.
+
+``triton.compile`` builds a cubin for a ``GPUTarget`` without a device; ``cuobjdump -res-usage``
+(shipped with Triton) reports registers, shared memory, stack and local memory per kernel. A
+stack frame or local memory means the kernel spills registers (much slower): the tests fail on it.
+
+    python -m kernels.resources                 # default configs, sm_80 + sm_90, every dtype
+    python -m kernels.resources --all-configs   # every config of every search space
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from . import aggregate, kmeans, knn, permute  # noqa: F401  (registers the tunables)
+from ._tuning import REGISTRY, TRITON_TYPES, Tunable, width_tag
+
+ARCHS = (80, 90)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Resources of one compiled kernel."""
+
+    op: str
+    arch: int
+    dtype: str
+    config: dict
+    registers: int
+    shared: int  # bytes, Triton's static + dynamic shared memory
+    stack: int  # bytes of stack frame (spills land here)
+    local: int  # bytes of local memory
+
+    @property
+    def spills(self) -> bool:
+        return self.stack > 0 or self.local > 0
+
+
+def cuobjdump() -> str:
+    import triton
+
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"cuobjdump not found at {path} (it ships with Triton's CUDA backend)")
+    return path
+
+
+def compile_kernel(tunable: Tunable, config: dict, dtype: torch.dtype, arch: int):
+    """``triton.compile`` the tunable's main kernel for ``sm_<arch>``; returns the CompiledKernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, constexprs = tunable.signature_fn(dtype, config)
+    kernel = tunable.kernels[0]
+    # Specialise as the model's launches are: 16-byte aligned pointers, and channel counts and
+    # strides that are multiples of 16 (C = 192, 320, 640 and their multiples). This is what
+    # lets Triton vectorise loads; without it every element gets its own 64-bit address.
+    aligned = [
+        name for name, kind in signature.items()
+        if kind.startswith("*") or name == "C" or name.startswith("stride")
+    ]
+    attrs = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    options = {"num_warps": config["num_warps"], "num_stages": config["num_stages"]}
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+_FIELD = re.compile(r"(REG|STACK|SHARED|LOCAL):(\d+)")
+
+
+def resource_usage(tunable: Tunable, config: dict, dtype: torch.dtype, arch: int) -> Usage:
+    compiled = compile_kernel(tunable, config, dtype, arch)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(compiled.asm["cubin"])
+        handle.flush()
+        report = subprocess.run(
+            [cuobjdump(), "-res-usage", handle.name], capture_output=True, text=True, check=True
+        ).stdout
+    fields = {}
+    for line in report.splitlines():
+        if "REG:" in line:
+            fields = {k: int(v) for k, v in _FIELD.findall(line)}
+    return Usage(
+        op=tunable.name,
+        arch=arch,
+        dtype=TRITON_TYPES[dtype],
+        config=dict(config),
+        registers=fields.get("REG", -1),
+        shared=int(compiled.metadata.shared),
+        stack=fields.get("STACK", 0),
+        local=fields.get("LOCAL", 0),
+    )
+
+
+def survey(
+    ops: Iterable[str] | None = None,
+    all_configs: bool = False,
+    dtypes: Iterable[torch.dtype] = tuple(TRITON_TYPES),
+    archs: Iterable[int] = ARCHS,
+) -> Iterator[Usage]:
+    """Resource usage of the default config (or every config) of each op, per dtype and arch."""
+    for name in ops or sorted(REGISTRY):
+        tunable = REGISTRY[name]
+        for dtype in dtypes:
+            width = width_tag(dtype)
+            configs = tunable.space[width] if all_configs else [tunable.default[width]]
+            for config in configs:
+                for arch in archs:
+                    yield resource_usage(tunable, config, dtype, arch)
+
+
+def _config_text(config: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in config.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kernels.resources",
+        description="Compile every kernel ahead of time for sm_80/sm_90 (no GPU needed) and print "
+        "registers, shared memory and spills per kernel and config.",
+    )
+    parser.add_argument("--ops", nargs="+", choices=sorted(REGISTRY), help="ops (default: all)")
+    parser.add_argument("--all-configs", action="store_true", help="every config of every space")
+    parser.add_argument("--dtypes", nargs="+", choices=["fp32", "fp16", "bf16"],
+                        default=["fp32", "fp16", "bf16"])
+    parser.add_argument("--archs", nargs="+", type=int, choices=ARCHS, default=list(ARCHS))
+    args = parser.parse_args(argv)
+    by_name = {v: k for k, v in TRITON_TYPES.items()}
+    print(f"{'op':24s} {'sm':>3s} {'dtype':5s} {'regs':>4s} {'smem B':>7s} {'stack':>5s} "
+          f"{'local':>5s}  config", flush=True)
+    spills = 0
+    for usage in survey(args.ops, args.all_configs, [by_name[d] for d in args.dtypes], args.archs):
+        spills += usage.spills
+        flag = "  SPILLS" if usage.spills else ""
+        print(f"{usage.op:24s} {usage.arch:>3d} {usage.dtype:5s} {usage.registers:>4d} "
+              f"{usage.shared:>7d} {usage.stack:>5d} {usage.local:>5d}  "
+              f"{_config_text(usage.config)}{flag}", flush=True)
+    print(f"\n{spills} kernel build(s) spill registers" if spills else "\nno spills")
+    return 1 if spills else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Triton in-partition k-NN against the reference (interpreter on CPU, the real thing on a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import knn, reference
+from tests.helpers import (
+    DTYPES,
+    POISON_INT,
+    integer_features,
+    neighbour_distances,
+    offsets_from_sizes,
+    poisoned,
+    random_partition_sizes,
+)
+
+# (B, N, C, kappa, K): batch 1, N in {49, 196, 784}, C not a power of two, K from 1 to 32.
+SHAPES = [
+    (1, 49, 24, 4, 9),
+    (2, 49, 20, 4, 18),
+    (3, 30, 17, 6, 9),
+    (1, 196, 40, 4, 18),
+    (2, 20, 8, 4, 32),
+    (2, 13, 5, 3, 1),
+    (1, 784, 24, 6, 12),
+]
+
+
+def _sizes(B, N, kappa, *, single=True, empty=True):
+    sizes = random_partition_sizes(B, N, kappa, min_size=1)
+    if single and kappa > 1:  # a single-node partition
+        sizes[0, 1], sizes[0, 0] = 1, sizes[0, 0] + sizes[0, 1] - 1
+    if empty and kappa > 2:  # an empty partition
+        sizes[-1, 2], sizes[-1, 0] = 0, sizes[-1, 0] + sizes[-1, 2]
+    return sizes
+
+
+def _configs():
+    return knn.PARTITION_KNN.interpret_space
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,N,C,kappa,K", SHAPES)
+def test_integer_features_match_reference_exactly(device, B, N, C, kappa, K, dtype):
+    sizes = _sizes(B, N, kappa)
+    offsets = offsets_from_sizes(sizes).to(device)
+    x = integer_features(B * N, C, dtype).to(device)
+    expected = reference.partition_knn(x.cpu(), offsets.cpu(), K)
+    out = poisoned((B * N, K), torch.int32, device)
+    config = _configs()[0] if device.type == "cpu" else None
+    knn.partition_knn(x, offsets, K, N, out=out, config=config)
+    assert not (out == POISON_INT).any(), "unwritten outputs"
+    assert torch.equal(out.cpu(), expected)
+
+
+@pytest.mark.parametrize("config", _configs(), ids=lambda c: f"M{c['BLOCK_M']}N{c['BLOCK_N']}C{c['BLOCK_C']}")
+def test_every_interpreter_config(device, config):
+    B, N, C, kappa, K = 2, 75, 33, 3, 10
+    offsets = offsets_from_sizes(_sizes(B, N, kappa)).to(device)
+    x = integer_features(B * N, C, torch.float32).to(device)
+    out = poisoned((B * N, K), torch.int32, device)
+    knn.partition_knn(x, offsets, K, N, out=out, config=config)
+    assert torch.equal(out.cpu(), reference.partition_knn(x.cpu(), offsets.cpu(), K))
+
+
+# Distances between unit vectors: relative error of the kernel's distance per dtype.
+DIST_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,N,C,kappa,K", [(2, 49, 24, 4, 9), (1, 196, 40, 4, 18), (3, 30, 17, 6, 9)])
+def test_unit_features_give_the_nearest_neighbours(device, B, N, C, kappa, K, dtype):
+    """Model-like inputs (L2-normalised random rows): the chosen neighbours lie in the node's own
+    partition and their distances are the K smallest, up to the dtype's rounding. (Indices are
+    not compared: rounded distances can reorder near-equal neighbours.)"""
+    sizes = _sizes(B, N, kappa, empty=False)
+    offsets = offsets_from_sizes(sizes)
+    x = torch.nn.functional.normalize(torch.randn(B * N, C), dim=-1).to(dtype)
+    out = knn.partition_knn(x.to(device), offsets.to(device), K, N).cpu()
+    expected = reference.partition_knn(x, offsets, K)
+    part = torch.repeat_interleave(torch.arange(len(sizes.reshape(-1))), sizes.reshape(-1))
+    assert torch.equal(part[out.long()], part.unsqueeze(1).expand(-1, K))
+    got_d = neighbour_distances(x, out).sort(dim=1).values
+    exp_d = neighbour_distances(x, expected).sort(dim=1).values
+    torch.testing.assert_close(got_d, exp_d, atol=4 * DIST_TOL[dtype], rtol=0)
+    assert (out[:, 0] == torch.arange(B * N)).float().mean() > 0.95  # a node is its own nearest
+
+
+def test_small_partition_repeats_members(device):
+    offsets = torch.tensor([0, 2, 3, 10], dtype=torch.int32, device=device)
+    x = torch.tensor([[0.0], [1.0], [5.0]] + [[float(20 + i * i)] for i in range(7)], device=device)
+    out = knn.partition_knn(x, offsets, 5, 8, config=_configs()[0] if device.type == "cpu" else None)
+    assert out[0].tolist() == [0, 1, 0, 1, 0]
+    assert out[1].tolist() == [1, 0, 1, 0, 1]
+    assert out[2].tolist() == [2, 2, 2, 2, 2]
+    assert torch.equal(out.cpu(), reference.partition_knn(x.cpu(), offsets.cpu(), 5))
