@@ -60,9 +60,14 @@ def check_tensor(
     return t
 
 
-def check_int(op: str, name: str, value: object, *, low: int, high: int | None = None) -> int:
-    """Validate an integer argument in ``[low, high]`` (``high`` inclusive, ``None`` = unbounded)."""
-    if isinstance(value, bool) or not isinstance(value, int):
+def check_int(
+    op: str, name: str, value: object, *, low: int, high: int | None = None
+) -> int | torch.SymInt:
+    """Validate an integer argument in ``[low, high]`` (``high`` inclusive, ``None`` = unbounded).
+
+    A ``torch.SymInt`` (a shape under ``torch.compile`` with dynamic shapes) is checked too.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
         raise ValueError(f"{op}: argument '{name}' must be an int, got {type(value).__name__}")
     if value < low or (high is not None and value > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Tunable", "LAUNCHES", "REGISTRY", "WIDTHS", "batch_bucket", "per_width", "rows_bucket", "width_tag"]
+__all__ = ["Tunable", "LAUNCHES", "REGISTRY", "tunables", "WIDTHS", "batch_bucket", "per_width", "rows_bucket", "width_tag"]
 
 #: Every tunable kernel by op name (filled as the kernel modules are imported).
 REGISTRY: dict[str, "Tunable"] = {}
@@ -25,6 +25,13 @@ REGISTRY: dict[str, "Tunable"] = {}
 #: The last config each op launched with and where it came from ("cache" or "default"):
 #: ``{op: (bucket, config, source)}``. For tests and for ``--show``; never read by kernels.
 LAUNCHES: dict[str, tuple[str, dict, str]] = {}
+
+
+def tunables() -> dict[str, "Tunable"]:
+    """Every tunable kernel by op name (imports the kernel modules, and so Triton)."""
+    from . import aggregate, kmeans, knn, permute  # noqa: F401  (each registers its tunables)
+
+    return dict(sorted(REGISTRY.items()))
 
 
 def batch_bucket(images: int) -> int:

@@ -241,7 +241,7 @@ def kmeans(
     labels, iterations = out
     centroids = torch.empty(B, kappa_pad, C, dtype=torch.float32, device=x.device)
     if B == 0 or N == 0:
-        return labels, centroids[:, :num_clusters].to(x.dtype), iterations
+        return labels, centroids[:, :num_clusters].to(x.dtype).contiguous(), iterations
     norms = torch.empty(B, kappa_pad, dtype=torch.float32, device=x.device)
     config = config or KMEANS.config(
         x.device, KMEANS.bucket(x.dtype, B=B, N=N, C=C, kappa=num_clusters)
@@ -253,4 +253,4 @@ def kmeans(
         KAPPA=num_clusters, KAPPA_PAD=kappa_pad, DOT_PRECISION=precision, UPCAST=upcast,
         **meta, **opts,
     )
-    return labels, centroids[:, :num_clusters].to(x.dtype), iterations
+    return labels, centroids[:, :num_clusters].to(x.dtype).contiguous(), iterations

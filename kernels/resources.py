@@ -11,18 +11,20 @@ stack frame or local memory means the kernel spills registers (much slower): the
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
-from . import aggregate, kmeans, knn, permute  # noqa: F401  (registers the tunables)
-from ._tuning import REGISTRY, TRITON_TYPES, Tunable, width_tag
+from ._tuning import TRITON_TYPES, Tunable, tunables, width_tag
+
+REGISTRY = tunables()
 
 ARCHS = (80, 90)
 
@@ -62,6 +64,11 @@ def compile_kernel(tunable: Tunable, config: dict, dtype: torch.dtype, arch: int
 
     signature, constexprs = tunable.signature_fn(dtype, config)
     kernel = tunable.kernels[0]
+    if not hasattr(kernel, "cache_key"):
+        raise RuntimeError(
+            "ahead-of-time compilation needs real Triton kernels: unset TRITON_INTERPRET before "
+            "importing the kernels package"
+        )
     # Specialise as the model's launches are: 16-byte aligned pointers, and channel counts and
     # strides that are multiples of 16 (C = 192, 320, 640 and their multiples). This is what
     # lets Triton vectorise loads; without it every element gets its own 64-bit address.
@@ -134,17 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "fp16", "bf16"],
                         default=["fp32", "fp16", "bf16"])
     parser.add_argument("--archs", nargs="+", type=int, choices=ARCHS, default=list(ARCHS))
+    parser.add_argument("--json", metavar="PATH", help="also write every row to PATH as JSON")
     args = parser.parse_args(argv)
     by_name = {v: k for k, v in TRITON_TYPES.items()}
     print(f"{'op':24s} {'sm':>3s} {'dtype':5s} {'regs':>4s} {'smem B':>7s} {'stack':>5s} "
           f"{'local':>5s}  config", flush=True)
     spills = 0
+    rows = []
     for usage in survey(args.ops, args.all_configs, [by_name[d] for d in args.dtypes], args.archs):
         spills += usage.spills
+        rows.append({**asdict(usage), "spills": usage.spills})
         flag = "  SPILLS" if usage.spills else ""
         print(f"{usage.op:24s} {usage.arch:>3d} {usage.dtype:5s} {usage.registers:>4d} "
               f"{usage.shared:>7d} {usage.stack:>5d} {usage.local:>5d}  "
               f"{_config_text(usage.config)}{flag}", flush=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=1)
     print(f"\n{spills} kernel build(s) spill registers" if spills else "\nno spills")
     return 1 if spills else 0
 

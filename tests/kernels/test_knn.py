@@ -24,7 +24,7 @@ SHAPES = [
     (1, 196, 40, 4, 18),
     (2, 20, 8, 4, 32),
     (2, 13, 5, 3, 1),
-    (1, 784, 24, 6, 12),
+    pytest.param(1, 784, 24, 6, 12, marks=pytest.mark.slow),
 ]
 
 
@@ -48,8 +48,10 @@ def test_integer_features_match_reference_exactly(device, B, N, C, kappa, K, dty
     offsets = offsets_from_sizes(sizes).to(device)
     x = integer_features(B * N, C, dtype).to(device)
     expected = reference.partition_knn(x.cpu(), offsets.cpu(), K)
+    if N > 200 and dtype != torch.float32 and device.type == "cpu":
+        pytest.skip("N=784 runs in float32 only under the interpreter (minutes per dtype)")
     out = poisoned((B * N, K), torch.int32, device)
-    config = _configs()[0] if device.type == "cpu" else None
+    config = _configs()[-1] if device.type == "cpu" else None
     knn.partition_knn(x, offsets, K, N, out=out, config=config)
     assert not (out == POISON_INT).any(), "unwritten outputs"
     assert torch.equal(out.cpu(), expected)

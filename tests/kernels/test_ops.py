@@ -1,0 +1,171 @@
+"""The custom ops: opcheck, backends, gradients, validation, and torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels
+from kernels import ops, reference
+from tests.conftest import HAS_CUDA
+
+BACKENDS = ["reference", "triton"]
+
+
+def _partitioned(B=2, N=30, C=12, kappa=3, dtype=torch.float32, device="cpu"):
+    x = torch.randn(B, N, C, dtype=dtype, device=device)
+    labels, _, _ = reference.kmeans(x.cpu().float(), kappa)
+    perm, inverse, offsets, segment = reference.partition(labels, kappa)
+    x_ua = reference.permute_rows(x.reshape(B * N, C).cpu(), perm).to(device)
+    return x, labels.to(device), perm.to(device), inverse.to(device), offsets.to(device)
+
+
+def _op_args(device="cpu"):
+    x, labels, perm, inverse, offsets = _partitioned(device=device)
+    rows = x.reshape(-1, x.shape[-1])
+    nbr = reference.partition_knn(rows.cpu(), offsets.cpu(), 5).to(device)
+    return {
+        "kmeans": (ops._kmeans_op, (x, 3, 20)),
+        "partition": (ops._partition_op, (labels, 3)),
+        "permute_rows": (ops._permute_rows_op, (rows.clone().requires_grad_(), perm, inverse)),
+        "partition_knn": (ops._partition_knn_op, (rows, offsets, 5, 30)),
+        "max_aggregate": (ops._max_aggregate_op, (rows.clone().requires_grad_(), nbr, True, True)),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["kmeans", "partition", "permute_rows", "partition_knn", "max_aggregate"])
+def test_opcheck(name, backend):
+    op, args = _op_args()[name]
+    with kernels.use_backend(backend):
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["kmeans", "partition", "permute_rows", "partition_knn", "max_aggregate"])
+def test_opcheck_cuda(name):
+    op, args = _op_args("cuda")[name]
+    torch.library.opcheck(op, args)
+
+
+def test_backends_agree_through_the_ops():
+    x, labels, perm, inverse, offsets = _partitioned()
+    results = {}
+    for backend in BACKENDS:
+        with kernels.use_backend(backend):
+            l, z, it = kernels.batched_kmeans(x, 3)
+            p = kernels.partition(l, 3)
+            rows = kernels.permute_rows(x.reshape(-1, 12), p[0], p[1])
+            nbr = kernels.partition_knn(rows, p[2], 5, 30)
+            results[backend] = (l, it, *p, rows, nbr, kernels.max_aggregate(rows, nbr))
+    for a, b in zip(results["reference"], results["triton"]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# gradients
+# --------------------------------------------------------------------------------------------
+def test_gradcheck_reference_float64():
+    _, _, perm, inverse, offsets = _partitioned()
+    x = torch.randn(60, 4, dtype=torch.float64, requires_grad=True)
+    nbr = reference.partition_knn(x.detach(), offsets, 5)
+    torch.autograd.gradcheck(lambda t: kernels.permute_rows(t, perm, inverse), (x,))
+    for relative in (True, False):
+        torch.autograd.gradcheck(lambda t: kernels.max_aggregate(t, nbr, relative), (x,))
+
+
+@pytest.mark.filterwarnings("ignore:Input #0 requires gradient and is not a double")
+@pytest.mark.parametrize("relative", [True, False])
+def test_gradcheck_triton_backward_under_the_interpreter(relative):
+    """float32 through the Triton kernels: the op is piecewise linear, so central differences
+    are exact up to float32 rounding of eps-sized steps; tolerances are set for that."""
+    torch.manual_seed(3)
+    x = torch.randn(10, 6, requires_grad=True)
+    nbr = torch.randint(0, 10, (10, 3), dtype=torch.int32)
+    perm = torch.randperm(10, dtype=torch.int32)
+    inverse = torch.argsort(perm).to(torch.int32)
+    with kernels.use_backend("triton"):
+        torch.autograd.gradcheck(
+            lambda t: kernels.max_aggregate(t, nbr, relative), (x,), eps=1e-3, atol=5e-3, rtol=5e-3
+        )
+        torch.autograd.gradcheck(
+            lambda t: kernels.permute_rows(t, perm, inverse), (x,), eps=1e-3, atol=5e-3, rtol=5e-3
+        )
+
+
+def test_backward_without_saved_slots_raises_clearly():
+    x = torch.randn(5, 3, requires_grad=True)
+    nbr = torch.zeros(5, 2, dtype=torch.int32)
+    out, _ = ops._max_aggregate_op(x, nbr, True, False)
+    with pytest.raises(RuntimeError, match="with_argslot"):
+        out.sum().backward()
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: kernels.batched_kmeans(torch.randn(10, 4), 2), "'x' must have 3 dimensions"),
+        (lambda: kernels.batched_kmeans(torch.randn(1, 10, 4).int(), 2), "'x' must have dtype"),
+        (lambda: kernels.batched_kmeans(torch.randn(1, 10, 4), 11), "'num_clusters' must be in \\[1, N\\]"),
+        (lambda: kernels.batched_kmeans(torch.randn(1, 10, 4), 0), "'num_clusters'"),
+        (lambda: kernels.batched_kmeans(torch.randn(1, 10, 4), 2, 0), "'max_iters'"),
+        (lambda: kernels.batched_kmeans(torch.full((1, 10, 4), float("nan")), 2), "NaN"),
+        (lambda: kernels.partition(torch.zeros(2, 5, dtype=torch.int64), 2), "'labels' must have dtype"),
+        (lambda: kernels.partition(torch.full((2, 5), 3, dtype=torch.int32), 2), "'labels' must hold"),
+        (lambda: kernels.permute_rows(torch.randn(4, 2), torch.arange(3, dtype=torch.int32),
+                                      torch.arange(4, dtype=torch.int32)), "'index' and 'inverse'"),
+        (lambda: kernels.partition_knn(torch.randn(6, 2), torch.tensor([0, 6], dtype=torch.int32), 33, 6), "'k'"),
+        (lambda: kernels.partition_knn(torch.randn(6, 2), torch.tensor([0, 6], dtype=torch.int32), 0, 6), "'k'"),
+        (lambda: kernels.partition_knn(torch.randn(6, 2), torch.tensor([0, 5], dtype=torch.int32), 2, 6), "'offsets'"),
+        (lambda: kernels.partition_knn(torch.randn(6, 2), torch.tensor([0, 6], dtype=torch.int32), 2, 4), "max_partition_size"),
+        (lambda: kernels.partition_knn(torch.randn(6, 2), torch.tensor([0, 6]), 2, 6), "'offsets' must have dtype"),
+        (lambda: kernels.max_aggregate(torch.randn(6, 2), torch.zeros(5, 2, dtype=torch.int32)), "'nbr'"),
+        (lambda: kernels.max_aggregate(torch.randn(6, 2), torch.zeros(6, 40, dtype=torch.int32)), "nbr.shape\\[1\\]"),
+    ],
+)
+def test_bad_arguments_raise_value_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_float64_on_cpu_runs_the_reference_even_with_the_triton_backend():
+    x = torch.randn(2, 20, 4, dtype=torch.float64)
+    with kernels.use_backend("triton"):
+        labels, centroids, _ = kernels.batched_kmeans(x, 3)
+    assert centroids.dtype == torch.float64
+    assert torch.equal(labels, reference.kmeans(x, 3)[0])
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match="'name'"):
+        with kernels.use_backend("cuda"):
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_degc_compiles_fullgraph_with_the_ops(backend):
+    from clustervig.degc import DEGC
+
+    torch._dynamo.reset()
+    layer = DEGC(8, k=4, num_clusters=3).eval()
+    x = torch.randn(2, 8, 5, 5)
+    with kernels.use_backend(backend), torch.no_grad():
+        eager = layer(x)
+        compiled = torch.compile(layer, fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_compiled_training_step_has_gradients():
+    from clustervig.degc import DEGC
+
+    torch._dynamo.reset()
+    layer = DEGC(6, k=3, num_clusters=2)
+    x = torch.randn(2, 6, 4, 4, requires_grad=True)
+    torch.compile(layer, fullgraph=True)(x).square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
