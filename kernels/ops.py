@@ -256,8 +256,7 @@ def _max_aggregate_op(
         from . import aggregate
 
         return aggregate.max_aggregate(x, nbr, relative, with_argslot)
-    out, argslot = reference.max_aggregate(x, nbr, relative)
-    return out, argslot if with_argslot else argslot.new_empty(0)
+    return reference.max_aggregate(x, nbr, relative, with_argslot)
 
 
 @_max_aggregate_op.register_fake

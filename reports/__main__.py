@@ -1,0 +1,174 @@
+"""``python -m reports``: benchmarks -> reports/results/*.json -> figures and tables.
+
+    python -m reports run        # models x batch sizes on the best device
+    python -m reports scaling    # one DEGC layer vs one dense k-NN layer, N = 196..3136
+    python -m reports micro      # kernel microbenchmarks
+    python -m reports plot       # figures + tables from the result files (no benchmarking)
+    python -m reports all        # run + scaling + micro + plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import bench, micro, plot, scaling
+from .common import RESULTS_DIR, FIGURES_DIR, best_device, progress, result_path, write_json
+from .schema import ResultError
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return best_device()
+    if name == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("--device cuda: no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", type=_device, default="auto",
+                        help="auto (CUDA if present, else CPU), cpu or cuda")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help=f"where result JSON goes (default {RESULTS_DIR})")
+
+
+def _run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", metavar="NAME",
+                        help="models (registry names, e.g. cvig_ti pvig_s; timm:efficientformer_l1 "
+                             "with timm). Default: CPU cvig_ti cvig_s pvig_ti pvig_s ivig_ti; CUDA all "
+                             "ClusterViG, PViG and IViG variants (+ EfficientFormer if timm is installed)")
+    parser.add_argument("--batch-sizes", type=_positive_ints, metavar="'1 2 4'",
+                        help="batch sizes (default: CPU 1 2 4 8 16; CUDA 1 8 16 ... 512)")
+    parser.add_argument("--dtype", choices=sorted(bench.DTYPES),
+                        help="float32, or bfloat16/float16 autocast (default: CPU float32, CUDA bfloat16)")
+    parser.add_argument("--compile", nargs="+", choices=bench.COMPILE_MODES, dest="compile_modes",
+                        help="torch.compile modes to run, 'none' = eager (default: CPU none, CUDA default)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default CPU 1, CUDA 5)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default CPU 3, CUDA 30)")
+    parser.add_argument("--img-size", type=int, default=224)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m reports",
+        description="Benchmark ClusterViG against the ViG baselines and draw the paper's Fig. 5 "
+        "and Table VI from the results.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="benchmark models x batch sizes, write results JSON")
+    _common(run)
+    _run_args(run)
+    sc = sub.add_parser("scaling", help="one DEGC layer vs one dense k-NN layer at N = 196..3136")
+    _common(sc)
+    sc.add_argument("--batch-size", type=int, default=None, help="default: CPU 2, CUDA 32")
+    mi = sub.add_parser("micro", help="kernel microbenchmarks (Triton vs torch reference)")
+    _common(mi)
+    mi.add_argument("--batch-sizes", type=_positive_ints, metavar="'8 64'")
+    mi.add_argument("--cases", nargs="+", choices=sorted(micro.CASES))
+    pl = sub.add_parser("plot", help="draw figures and tables from result files")
+    pl.add_argument("results", nargs="*", type=Path,
+                    help=f"result files or directories (default {RESULTS_DIR}: newest per device)")
+    pl.add_argument("--out", type=Path, default=FIGURES_DIR, help=f"output directory ({FIGURES_DIR})")
+    al = sub.add_parser("all", help="run + scaling + micro + plot")
+    _common(al)
+    _run_args(al)
+    al.add_argument("--out", type=Path, default=FIGURES_DIR, help=f"figure directory ({FIGURES_DIR})")
+    return parser
+
+
+def _defaults(args: argparse.Namespace) -> None:
+    cuda = args.device.type == "cuda"
+    if getattr(args, "models", None) is None and hasattr(args, "models"):
+        args.models = list(bench.DEFAULT_MODELS[args.device.type])
+        if cuda and bench.timm_available():
+            args.models += [f"timm:{m}" for m in bench.TIMM_MODELS]
+    if hasattr(args, "dtype") and args.dtype is None:
+        args.dtype = "bfloat16" if cuda else "float32"
+    if hasattr(args, "compile_modes") and args.compile_modes is None:
+        args.compile_modes = ["default"] if cuda else ["none"]
+    if hasattr(args, "warmup") and args.warmup is None:
+        args.warmup = 5 if cuda else 1
+    if hasattr(args, "repeats") and args.repeats is None:
+        args.repeats = 30 if cuda else 3
+
+
+def _cmd_run(args) -> Path:
+    batch_sizes = args.batch_sizes or bench.DEFAULT_BATCH_SIZES[args.device.type]
+    doc = bench.run(args.device, args.models, batch_sizes, bench.DTYPES[args.dtype],
+                    tuple(args.compile_modes), args.img_size, args.warmup, args.repeats)
+    path = write_json(result_path("models", args.device, args.results_dir), doc)
+    progress(f"[run] wrote {path}")
+    return path
+
+
+def _cmd_scaling(args) -> Path:
+    batch = args.batch_size or (32 if args.device.type == "cuda" else 2)
+    dtype = torch.bfloat16 if args.device.type == "cuda" else torch.float32
+    doc = scaling.run(args.device, batch, dtype=dtype)
+    path = write_json(result_path("scaling", args.device, args.results_dir), doc)
+    progress(f"[scaling] wrote {path}")
+    return path
+
+
+def _cmd_micro(args) -> Path:
+    doc = micro.run(args.device, args.cases, args.batch_sizes)
+    path = write_json(result_path("micro", args.device, args.results_dir), doc)
+    progress(f"[micro] wrote {path}")
+    return path
+
+
+def _cmd_plot(paths: list[Path] | None, out: Path) -> None:
+    for file in plot.render(paths or None, out):
+        progress(f"[plot] wrote {file}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        if args.command != "plot":
+            _defaults(args)
+            try:
+                args.models = [bench.resolve_model_name(m) for m in args.models] if hasattr(args, "models") else None
+            except ValueError as err:
+                parser.error(str(err))
+            for flag in ("warmup", "repeats"):
+                if getattr(args, flag, 1) is not None and getattr(args, flag, 1) < (0 if flag == "warmup" else 1):
+                    parser.error(f"--{flag} must be {'>= 0' if flag == 'warmup' else '>= 1'}")
+        if args.command == "run":
+            _cmd_run(args)
+        elif args.command == "scaling":
+            _cmd_scaling(args)
+        elif args.command == "micro":
+            _cmd_micro(args)
+        elif args.command == "plot":
+            _cmd_plot(args.results, args.out)
+        elif args.command == "all":
+            written = [_cmd_run(args), _cmd_scaling(args), _cmd_micro(args)]
+            _cmd_plot(written, args.out)
+    except (ResultError, FileNotFoundError) as err:
+        print(f"python -m reports {args.command}: {err}", file=sys.stderr)
+        return 2
+    progress(f"done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Figures and tables from result files only (plotting never runs a benchmark).
+
+- ``fig5-*.png``: speedup over Pyramid ViG across batch sizes, one panel per size group (the
+  paper's Fig. 5);
+- ``throughput-*.png``: images per second across batch sizes;
+- ``table6-*.md``: throughput per model and batch size (the paper's Table VI; ``-`` = out of
+  memory, ``x`` = failed);
+- ``scaling-*.png``: one DEGC layer vs one dense k-NN layer as the node count grows;
+- ``micro-*.md``: kernel microbenchmarks.
+
+Rows that ran out of memory or failed are gaps in the curves, never a crash.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .common import FIGURES_DIR, RESULTS_DIR  # noqa: E402
+from .schema import ResultError, load  # noqa: E402
+
+#: Fig. 5 groups: (title, baseline, models compared with it).
+GROUPS = [
+    ("Ti", "pvig_ti", ["cvig_ti", "ivig_ti", "timm:efficientformer_l1"]),
+    ("S", "pvig_s", ["cvig_s", "ivig_s", "timm:efficientformer_l3"]),
+    ("B", "pvig_b", ["cvig_b", "cvig_b_hr", "ivig_b", "timm:efficientformer_l7"]),
+]
+STYLE = {
+    "cvig": {"marker": "o", "linewidth": 2.2},
+    "pvig": {"marker": "s", "linestyle": "--", "color": "black"},
+    "ivig": {"marker": "^", "linestyle": "-."},
+    "timm": {"marker": "d", "linestyle": ":"},
+}
+
+
+def _style(model: str) -> dict:
+    return dict(STYLE.get(model.split(":")[0].split("_")[0], {}))
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+def find_results(paths: list[Path] | None = None, kind: str | None = None) -> list[Path]:
+    """Result files to plot: the given files and directories (default: reports/results), keeping
+    for every (kind, device) the newest file by its date suffix."""
+    paths = paths or [RESULTS_DIR]
+    files: list[Path] = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            files += sorted(path.glob("*.json"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no result file or directory at {path}")
+    newest: dict[tuple[str, str], Path] = {}
+    for file in files:
+        stem = file.stem
+        file_kind = stem.split("-", 1)[0]
+        if kind and file_kind != kind:
+            continue
+        device = stem[len(file_kind) + 1 : -11] if len(stem) > 11 else stem  # strip -YYYY-MM-DD
+        key = (file_kind, device)
+        if key not in newest or file.name > newest[key].name:
+            newest[key] = file
+    explicit = [Path(p) for p in paths if Path(p).is_file()]
+    chosen = set(newest.values()) | set(explicit)
+    return sorted(chosen)
+
+
+def _series(rows: list[dict], value: str) -> dict[str, dict[int, float]]:
+    """model -> {batch: value} with NaN for rows that did not run."""
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for row in rows:
+        ok = row.get("status", "ok") == "ok" and isinstance(row.get(value), (int, float))
+        out[row["model"]][row["batch_size"]] = float(row[value]) if ok else math.nan
+    return out
+
+
+def _title(doc: dict, what: str, compile_mode: str, dtype: str) -> str:
+    env = doc["environment"]
+    return f"{what}\n{env['device']} | {dtype}, compile={compile_mode} | torch {env['torch']}"
+
+
+def _partitions(doc: dict) -> dict[tuple[str, str], list[dict]]:
+    parts: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in doc["rows"]:
+        parts[(row["compile"], row["dtype"])].append(row)
+    return parts
+
+
+def _names(rows: list[dict]) -> dict[str, str]:
+    return {row["model"]: row.get("display", row["model"]) for row in rows}
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------------------------
+def plot_speedup(doc: dict, rows: list[dict], compile_mode: str, dtype: str, out: Path) -> Path:
+    latency = _series(rows, "median_ms")
+    names = _names(rows)
+    groups = [g for g in GROUPS if g[1] in latency] or GROUPS[:1]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.4 * len(groups), 4.4), squeeze=False)
+    for ax, (group, baseline, models) in zip(axes[0], groups):
+        ax.set_title(f"{group} group (baseline {names.get(baseline, baseline)})")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size (images)")
+        ax.set_ylabel("speedup over PViG (x, latency ratio)")
+        ax.grid(True, which="both", alpha=0.3)
+        if baseline not in latency:
+            ax.text(0.5, 0.5, f"no {baseline} results", ha="center", va="center",
+                    transform=ax.transAxes)
+            continue
+        base = latency[baseline]
+        batches = sorted(base)
+        ax.plot(batches, [1.0] * len(batches), label=names[baseline], **_style(baseline))
+        for model in models:
+            if model not in latency:
+                continue
+            speedup = [base[b] / latency[model].get(b, math.nan) for b in batches]
+            ax.plot(batches, speedup, label=names[model], **_style(model))
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.legend(loc="best", fontsize=9)
+    fig.suptitle(_title(doc, "Inference speedup over Pyramid ViG (paper Fig. 5)", compile_mode, dtype))
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
+def plot_throughput(doc: dict, rows: list[dict], compile_mode: str, dtype: str, out: Path) -> Path:
+    throughput = _series(rows, "throughput")
+    names = _names(rows)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for model, values in throughput.items():
+        batches = sorted(values)
+        ax.plot(batches, [values[b] for b in batches], label=names[model], **_style(model))
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size (images)")
+    ax.set_ylabel("throughput (images / s)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best", fontsize=9, ncol=2)
+    ax.set_title(_title(doc, "Inference throughput (paper Table VI)", compile_mode, dtype),
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
+def table6(doc: dict, rows: list[dict], compile_mode: str, dtype: str) -> str:
+    batches = sorted({row["batch_size"] for row in rows})
+    names = _names(rows)
+    cells: dict[str, dict[int, str]] = defaultdict(dict)
+    for row in rows:
+        status = row.get("status", "ok")
+        cells[row["model"]][row["batch_size"]] = (
+            f"{row['throughput']:.1f}" if status == "ok" else "-" if status == "oom" else "x"
+        )
+    env = doc["environment"]
+    lines = [
+        f"Throughput (images / s) on {env['device']}, {dtype}, compile={compile_mode}, "
+        f"torch {env['torch']}, {env['date'][:10]}. `-` = out of memory, `x` = failed.",
+        "",
+        "| model | " + " | ".join(f"b = {b}" for b in batches) + " |",
+        "|---|" + "---|" * len(batches),
+    ]
+    for model in cells:
+        lines.append(
+            f"| {names[model]} | " + " | ".join(cells[model].get(b, "") for b in batches) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_scaling(doc: dict, out: Path) -> Path:
+    rows = doc["rows"]
+    panels = [
+        ("graph construction latency (ms)", "median_ms",
+         {"degc_graph": "DEGC: k-means + in-partition k-NN", "dense_graph": "dense k-NN over all nodes"}),
+        ("whole layer latency (ms)", "median_ms",
+         {"degc": "DEGC layer", "dense_knn": "dense k-NN graph layer (ViG)"}),
+    ]
+    if any(r.get("peak_memory_mib") is not None for r in rows):
+        panels.append(("whole layer peak memory (MiB)", "peak_memory_mib",
+                       {"degc": "DEGC layer", "dense_knn": "dense k-NN graph layer (ViG)"}))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.4), squeeze=False)
+    nodes = sorted({r["nodes"] for r in rows})
+    for ax, (ylabel, key, layers) in zip(axes[0], panels):
+        for layer, label in layers.items():
+            points = {r["nodes"]: r.get(key) for r in rows
+                      if r["layer"] == layer and r.get("status") == "ok"}
+            values = [math.nan if points.get(n) is None else points[n] for n in nodes]
+            ax.plot(nodes, values, marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(nodes, [str(n) for n in nodes])
+        ax.minorticks_off()
+        ax.set_xlabel("nodes per image N")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=9)
+    env, settings = doc["environment"], doc.get("settings", {})
+    fig.suptitle(
+        f"One graph layer vs nodes (C={settings.get('channels')}, K={settings.get('k')}, "
+        f"batch {settings.get('batch_size')}, kappa 4/6/6)\n{env['device']} | "
+        f"{settings.get('dtype')} | torch {env['torch']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
+def micro_table(doc: dict) -> str:
+    env = doc["environment"]
+    lines = [
+        f"Kernel microbenchmarks on {env['device']}, torch {env['torch']}, triton {env['triton']},"
+        f" {env['date'][:10]}. Times are medians in ms.",
+        "",
+        "| case | batch | dtype | op | impl | ms | GB/s | TFLOP/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in doc["rows"]:
+        tflops = f"{row['tflops']:.2f}" if row.get("tflops") else ""
+        lines.append(
+            f"| {row['case']} | {row['batch_size']} | {row['dtype']} | {row['op']} | {row['impl']}"
+            f" | {row['median_ms']:.3f} | {row.get('gbps', 0):.1f} | {tflops} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+def render(paths: list[Path] | None = None, out_dir: Path | None = None) -> list[Path]:
+    """Draw every figure and table the result files allow; returns the files written."""
+    out_dir = Path(out_dir or FIGURES_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    files = find_results(paths)
+    if not files:
+        raise ResultError(f"no result files found in {paths or [RESULTS_DIR]}")
+    for file in files:
+        doc = load(file)
+        slug = doc["environment"]["device_slug"]
+        if doc["kind"] == "models":
+            for (mode, dtype), rows in _partitions(doc).items():
+                tag = f"{slug}-{dtype}-{mode}"
+                written.append(plot_speedup(doc, rows, mode, dtype, out_dir / f"fig5-{tag}.png"))
+                written.append(plot_throughput(doc, rows, mode, dtype,
+                                               out_dir / f"throughput-{tag}.png"))
+                table = out_dir / f"table6-{tag}.md"
+                table.write_text(table6(doc, rows, mode, dtype))
+                written.append(table)
+        elif doc["kind"] == "scaling":
+            written.append(plot_scaling(doc, out_dir / f"scaling-{slug}.png"))
+        elif doc["kind"] == "micro":
+            table = out_dir / f"micro-{slug}.md"
+            table.write_text(micro_table(doc))
+            written.append(table)
+    return written
