@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import next_power_of_2
 from ._tuning import TRITON_TYPES, Tunable, per_width, rows_bucket, split_launch_options
 
 
@@ -140,7 +141,7 @@ MAX_AGGREGATE = Tunable(
     space=per_width(_FORWARD_SPACE),
     default=per_width({"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 2}),
     interpret_space=_INTERPRET_SPACE,
-    bucket_fn=lambda M, C, K: f"C{C}/K{K}/M{rows_bucket(M)}",
+    bucket_fn=lambda M, C, K: f"C{C}/K{next_power_of_2(K)}/M{rows_bucket(M)}",
     signature_fn=_forward_signature,
 )
 
@@ -150,7 +151,7 @@ MAX_AGGREGATE_BACKWARD = Tunable(
     space=per_width(_BACKWARD_SPACE),
     default=per_width({"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1}),
     interpret_space=_INTERPRET_SPACE,
-    bucket_fn=lambda M, C, K: f"C{C}/K{K}/M{rows_bucket(M)}",
+    bucket_fn=lambda M, C, K: f"C{C}/K{next_power_of_2(K)}/M{rows_bucket(M)}",
     signature_fn=_backward_signature,
 )
 

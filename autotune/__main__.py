@@ -1,0 +1,176 @@
+"""``python -m autotune --gpu``: tune every kernel for this GPU and persist the winners.
+
+    python -m autotune --gpu                 # every op, every CViG variant, batch 1..512
+    python -m autotune --gpu --ops partition_knn --models cvig_b_hr --batch-sizes 64 256
+    python -m autotune --gpu --dry-run       # list the shape buckets, tune nothing
+    python -m autotune --gpu --show          # print this GPU's cache
+    python -m autotune --interpret           # the whole flow on the CPU (Triton interpreter)
+
+Buckets already in the cache (same kernel source and search space) are skipped unless --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
+
+
+def _positive_ints(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m autotune",
+        description="Tune every Triton kernel of clustervig for the GPU at hand (block sizes, "
+        "warps, stages per shape bucket) and persist the winners in a per-GPU cache that "
+        "kernel launches read.",
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--gpu", action="store_true", help="tune on the current CUDA device")
+    target.add_argument("--interpret", action="store_true",
+                        help="run the flow on the CPU under the Triton interpreter with the "
+                        "kernels' tiny interpreter spaces (checks the machinery, not speed)")
+    parser.add_argument("--ops", nargs="+", metavar="OP",
+                        help="ops to tune (default: all): kmeans partition permute_rows "
+                        "partition_knn max_aggregate max_aggregate_backward")
+    parser.add_argument("--models", nargs="+", metavar="NAME",
+                        help="models whose shapes to tune for (default: every CViG variant; "
+                        "--interpret: cvig_ti)")
+    parser.add_argument("--batch-sizes", nargs="+", type=_positive_ints, metavar="B",
+                        help="batch sizes (default 1 2 4 ... 512; --interpret: 1)")
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPE_NAMES,
+                        help="feature dtypes (default bfloat16 float32; --interpret: float32)")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be tuned")
+    parser.add_argument("--show", action="store_true", help="print the cache for this device")
+    parser.add_argument("--force", action="store_true", help="retune buckets already cached")
+    parser.add_argument("--cache-dir", help="cache directory (default $CLUSTERVIG_AUTOTUNE_DIR "
+                        "or ~/.cache/clustervig/autotune)")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="GPU: warm-up ms per config (do_bench, default 25); CPU: calls (0)")
+    parser.add_argument("--repeats", type=float, default=None,
+                        help="GPU: timed ms per config (do_bench, default 100); CPU: calls (1)")
+    return parser
+
+
+def _fmt_config(config: dict) -> str:
+    short = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_C": "C", "num_warps": "w", "num_stages": "s"}
+    order = list(short)
+    keys = sorted(config, key=lambda k: (order.index(k) if k in order else -1, k))
+    return " ".join(f"{short.get(k, k)}{config[k]}" for k in keys)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.cache_dir:
+        os.environ["CLUSTERVIG_AUTOTUNE_DIR"] = args.cache_dir
+    if args.interpret:
+        # Must precede the first import of the kernel modules.
+        os.environ["TRITON_INTERPRET"] = "1"
+
+    import torch
+
+    if args.gpu and not torch.cuda.is_available():
+        print("python -m autotune: --gpu needs a CUDA device and none is visible "
+              "(use --interpret to check the flow on the CPU)", file=sys.stderr)
+        return 2
+
+    from kernels._tuning import tunables
+
+    from . import cache
+    from .space import model_launches
+    from .tuner import tune
+
+    device = torch.device("cuda") if args.gpu else torch.device("cpu")
+    identity = cache.device_identity(device)
+    all_tunables = tunables()
+    ops = args.ops or list(all_tunables)
+    unknown = [op for op in ops if op not in all_tunables]
+    if unknown:
+        parser.error(f"--ops: unknown {unknown}; choose from {list(all_tunables)}")
+    selected = {op: all_tunables[op] for op in ops}
+
+    if args.show:
+        path = cache.cache_path(identity)
+        entries = cache.load(device)
+        print(f"device: {identity}\nuser cache: {path} ({'present' if path.exists() else 'absent'})"
+              f"\nshipped defaults: {cache.cache_path(identity, cache.shipped_dir())}")
+        for op in selected:
+            for bucket, entry in sorted(entries.get(op, {}).items()):
+                state = "ok" if cache.lookup(selected[op], device, bucket) else "stale"
+                print(f"  {op:24s} {bucket:28s} {_fmt_config(entry.get('config', {})):26s} "
+                      f"{entry.get('time_ms', float('nan')):9.4f} ms  {state}")
+        return 0
+
+    interpret = args.interpret
+    models = args.models or (["cvig_ti"] if interpret else ["cvig_ti", "cvig_s", "cvig_b", "cvig_b_hr"])
+    batch_sizes = args.batch_sizes or ([1] if interpret else [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
+    dtypes = [getattr(torch, d) for d in (args.dtypes or (["float32"] if interpret else ["bfloat16", "float32"]))]
+    try:
+        launches, notes = model_launches(selected, models, batch_sizes, dtypes)
+    except ValueError as err:
+        parser.error(str(err))
+    for note in notes:
+        print(f"[autotune] note: {note}")
+
+    existing = cache.load(device)
+    todo, cached = [], []
+    for launch in launches:
+        hit = cache.lookup(selected[launch.op], device, launch.bucket)
+        (cached if hit is not None and not args.force else todo).append(launch)
+    print(f"[autotune] {identity['name']} (sm {identity['capability']}, triton {identity['triton']}):"
+          f" {len(launches)} buckets, {len(cached)} cached, {len(todo)} to tune")
+    if args.dry_run:
+        for launch in launches:
+            state = "cached" if launch in cached else "tune"
+            space = (selected[launch.op].interpret_space if interpret
+                     else selected[launch.op].space[launch.bucket.split("/", 1)[0]])
+            print(f"  {state:6s} {launch.op:24s} {launch.bucket:28s} {len(space):3d} configs  "
+                  f"shape {launch.shape}  ({launch.sources[0]}"
+                  f"{f' +{len(launch.sources) - 1}' if len(launch.sources) > 1 else ''})")
+        return 0
+
+    warmup = args.warmup if args.warmup is not None else (0 if interpret else 25)
+    repeats = args.repeats if args.repeats is not None else (1 if interpret else 100)
+    outcomes = []
+    start = time.perf_counter()
+    for i, launch in enumerate(todo, start=1):
+        tunable = selected[launch.op]
+        width = launch.bucket.split("/", 1)[0]
+        configs = list(tunable.interpret_space if interpret else tunable.space[width])
+        print(f"[autotune] ({i}/{len(todo)}) {launch.op} {launch.bucket}: {len(configs)} configs "
+              f"on {launch.shape} ...", flush=True)
+        outcome = tune(launch, tunable, configs, device, warmup, int(repeats) if interpret else repeats)
+        for config, reason in outcome.rejected:
+            print(f"    rejected {_fmt_config(config)}: {reason}")
+        gain = outcome.default_ms / outcome.best_ms if outcome.best_ms else float("nan")
+        print(f"    best {_fmt_config(outcome.best)}  {outcome.best_ms:.4f} ms "
+              f"(default {outcome.default_ms:.4f} ms, {gain:.2f}x)", flush=True)
+        cache.save_entries(identity, {launch.op: {launch.bucket: cache.make_entry(
+            tunable, outcome.best, outcome.best_ms)}})
+        outcomes.append(outcome)
+    cache.reset()
+
+    print(f"\n[autotune] summary ({time.perf_counter() - start:.0f} s, cache "
+          f"{cache.cache_path(identity)}):")
+    print(f"  {'op':24s} {'bucket':28s} {'best config':26s} {'ms':>9s} {'vs default':>10s}")
+    for o in outcomes:
+        print(f"  {o.launch.op:24s} {o.launch.bucket:28s} {_fmt_config(o.best):26s} "
+              f"{o.best_ms:9.4f} {o.default_ms / o.best_ms:9.2f}x")
+    for launch in cached:
+        entry = existing.get(launch.op, {}).get(launch.bucket, {})
+        print(f"  {launch.op:24s} {launch.bucket:28s} {_fmt_config(entry.get('config', {})):26s} "
+              f"{entry.get('time_ms', float('nan')):9.4f}     cached")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Benchmark every config of a kernel's search space on one launch shape and keep the fastest.
+
+Inputs are synthesised like the model's (L2-normalised features, k-means labels, real
+partitions). Every config's output is checked against the default config's before it may win:
+a config that fails to compile, crashes or computes something else is reported and skipped, so a
+wrong config is never stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kernels import aggregate, kmeans, knn, permute, reference
+from kernels._tuning import Tunable
+
+from .space import Launch
+
+
+@dataclass
+class Outcome:
+    launch: Launch
+    best: dict
+    best_ms: float
+    default_ms: float
+    tried: int
+    rejected: list[tuple[dict, str]]
+
+
+def _features(rows: int, channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return F.normalize(torch.randn(rows, channels, device=device), dim=-1).to(dtype)
+
+
+def _partitioned(B: int, N: int, C: int, kappa: int, dtype: torch.dtype, device: torch.device):
+    x = _features(B * N, C, dtype, device).reshape(B, N, C)
+    labels = reference.kmeans(x.float().cpu(), kappa, 5)[0].to(device)
+    perm, inverse, offsets, _ = reference.partition(labels.cpu(), kappa)
+    return x, labels, perm.to(device), offsets.to(device)
+
+
+def make_call(launch: Launch, device: torch.device) -> Callable[[dict], object]:
+    """A function ``config -> output`` running the launch's kernel on synthetic inputs."""
+    s, dtype = launch.shape, launch.dtype
+    if launch.op == "kmeans":
+        x = _features(s["B"] * s["N"], s["C"], dtype, device).reshape(s["B"], s["N"], s["C"])
+        return lambda cfg: kmeans.kmeans(x, s["kappa"], 20, config=cfg)
+    if launch.op == "partition":
+        kappa = s["kappa"]
+        images = 64 if device.type == "cuda" else 4  # one program per image
+        labels = torch.randint(0, kappa, (images, s["N"]), dtype=torch.int32, device=device)
+        return lambda cfg: permute.partition(labels, kappa, config=cfg)
+    if launch.op == "permute_rows":
+        x = torch.randn(s["M"], s["C"], device=device).to(dtype)
+        index = torch.randperm(s["M"], device=device).to(torch.int32)
+        return lambda cfg: permute.permute_rows(x, index, config=cfg)
+    if launch.op == "partition_knn":
+        N = s["S"]
+        B = max(1, s["M"] // N)
+        kappa = max(1, round(N / 49)) if N <= 196 else 6  # the variants' partition sizes
+        x, _, perm, offsets = _partitioned(B, N, s["C"], min(kappa, N), dtype, device)
+        x_ua = x.reshape(B * N, -1)[perm.long()].contiguous()
+        return lambda cfg: knn.partition_knn(x_ua, offsets, s["K"], N, config=cfg)
+    if launch.op in ("max_aggregate", "max_aggregate_backward"):
+        x = torch.randn(s["M"], s["C"], device=device).to(dtype)
+        nbr = torch.randint(0, s["M"], (s["M"], s["K"]), dtype=torch.int32, device=device)
+        if launch.op == "max_aggregate":
+            return lambda cfg: aggregate.max_aggregate(x, nbr, True, True, config=cfg)
+        _, slot = reference.max_aggregate(x.cpu(), nbr.cpu(), True)
+        slot = slot.to(device)
+        grad = torch.randn(s["M"], s["C"], device=device).to(dtype)
+        return lambda cfg: aggregate.max_aggregate_backward(grad, nbr, slot, True, config=cfg)
+    raise KeyError(f"no input recipe for op {launch.op!r}")
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, tuple):
+        return all(_same(x, y) for x, y in zip(a, b))
+    if a.is_floating_point():
+        # Atomic float adds (backward) and float32 sums can differ in the last bits by order.
+        return torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2)
+    return torch.equal(a, b)
+
+
+def time_config(call: Callable[[dict], object], config: dict, device: torch.device,
+                warmup: int, repeats: int) -> float:
+    """Median milliseconds of one config."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(lambda: call(config), warmup=warmup, rep=repeats,
+                                             return_mode="median"))
+    for _ in range(warmup):
+        call(config)
+    samples = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        call(config)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return sorted(samples)[len(samples) // 2]
+
+
+def tune(
+    launch: Launch,
+    tunable: Tunable,
+    configs: list[dict],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+) -> Outcome:
+    call = make_call(launch, device)
+    width = launch.bucket.split("/", 1)[0]
+    default = tunable.default[width] if device.type == "cuda" else configs[0]
+    expected = call(default)
+    timings: dict[int, float] = {}
+    rejected: list[tuple[dict, str]] = []
+    for i, config in enumerate(configs):
+        try:
+            if not _same(call(config), expected):
+                rejected.append((config, "output differs from the default config's"))
+                continue
+            timings[i] = time_config(call, config, device, warmup, repeats)
+        except Exception as err:  # a config that cannot compile or run is skipped, not fatal
+            rejected.append((config, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"))
+    if not timings:
+        raise RuntimeError(f"{launch.op} {launch.bucket}: no config ran correctly: {rejected}")
+    best = min(timings, key=timings.get)
+    default_index = configs.index(default) if default in configs else best
+    return Outcome(launch, dict(configs[best]), timings[best],
+                   timings.get(default_index, float("nan")), len(configs), rejected)

@@ -1,0 +1,120 @@
+"""``python -m autotune``: the CLI end to end under the Triton interpreter, as CI can run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autotune import cache
+from autotune.__main__ import main
+from autotune.space import model_launches
+from autotune.tuner import tune
+from kernels import knn, kmeans
+from kernels._tuning import LAUNCHES, tunables
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST_OPS = ["permute_rows", "partition", "max_aggregate", "max_aggregate_backward"]
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLUSTERVIG_AUTOTUNE_DIR", str(tmp_path))
+    cache.reset()
+    yield tmp_path
+    cache.reset()
+
+
+def test_interpret_flow_writes_a_cache_that_the_second_run_and_the_kernels_use(cache_dir, capsys):
+    assert main(["--interpret", "--ops", *FAST_OPS]) == 0
+    first = capsys.readouterr().out
+    assert "to tune" in first and "summary" in first
+    identity = cache.device_identity(torch.device("cpu"))
+    data = json.loads(cache.cache_path(identity).read_text())
+    assert data["format"] == cache.FORMAT_VERSION and data["device"] == identity
+    assert set(data["entries"]) == set(FAST_OPS)
+    for op, buckets in data["entries"].items():
+        for entry in buckets.values():
+            assert entry["config"] in [dict(c) for c in tunables()[op].interpret_space]
+            assert entry["time_ms"] > 0 and entry["source_hash"] and entry["space_hash"]
+
+    # Second run: everything cached, nothing tuned.
+    assert main(["--interpret", "--ops", *FAST_OPS]) == 0
+    second = capsys.readouterr().out
+    assert ", 0 to tune" in second and "(1/" not in second
+
+    # The kernels launch with the cached config.
+    cache.reset()
+    x = torch.randn(196, 384)  # CViG-Ti, batch 1: the 2C-channel permutation back
+    index = torch.randperm(196, dtype=torch.int32)
+    from kernels import permute
+
+    permute.permute_rows(x, index)
+    bucket, config, source = LAUNCHES["permute_rows"]
+    assert source == "cache"
+    assert config == data["entries"]["permute_rows"][bucket]["config"]
+
+
+def test_force_retunes(cache_dir, capsys):
+    assert main(["--interpret", "--ops", "partition"]) == 0
+    capsys.readouterr()
+    assert main(["--interpret", "--ops", "partition", "--force"]) == 0
+    assert "(1/1) partition" in capsys.readouterr().out
+
+
+def test_dry_run_lists_buckets_and_tunes_nothing(cache_dir, capsys):
+    assert main(["--interpret", "--dry-run", "--models", "cvig_ti", "cvig_b_hr",
+                 "--batch-sizes", "1", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "partition_knn" in out and "kmeans" in out and "S1024" in out  # B-dagger: N = 784
+    assert not list(cache_dir.glob("*.json"))
+
+
+def test_show_prints_the_cache(cache_dir, capsys):
+    main(["--interpret", "--ops", "partition"])
+    capsys.readouterr()
+    assert main(["--interpret", "--show"]) == 0
+    out = capsys.readouterr().out
+    assert "partition" in out and " ok" in out
+
+
+def test_buckets_come_from_the_models():
+    launches, notes = model_launches(tunables(), ["cvig_s", "pvig_s"], [1, 512], [torch.bfloat16])
+    assert any("pvig_s" in n for n in notes)
+    ops = {l.op for l in launches}
+    assert ops == set(tunables())
+    knn_buckets = {l.bucket for l in launches if l.op == "partition_knn"}
+    # CViG-S: C=320, N=196, K from 9 to 18 -> K padded to 16 and 32, batch 1 and 512.
+    assert knn_buckets == {f"e2/C320/K{k}/S256/M{m}" for k in (16, 32) for m in (256, 262144)}
+
+
+def test_gpu_without_cuda_exits_nonzero_with_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    proc = subprocess.run([sys.executable, "-m", "autotune", "--gpu"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1 and "CUDA" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--gpu", "--interpret"], ["--interpret", "--ops", "nope"],
+                                  ["--interpret", "--batch-sizes", "0"], []])
+def test_bad_arguments_exit_with_usage(args, cache_dir):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+
+
+def test_tune_rejects_nothing_and_picks_a_space_config_for_kmeans_and_knn():
+    from autotune.space import Launch
+
+    for tunable, shape in ((kmeans.KMEANS, {"B": 2, "N": 40, "C": 24, "kappa": 3}),
+                           (knn.PARTITION_KNN, {"M": 80, "C": 24, "K": 9, "S": 40})):
+        launch = Launch(tunable.name, torch.float32, shape, tunable.bucket(torch.float32, **shape))
+        outcome = tune(launch, tunable, list(tunable.interpret_space), torch.device("cpu"), 0, 1)
+        assert outcome.best in [dict(c) for c in tunable.interpret_space]
+        assert not outcome.rejected and outcome.best_ms > 0
