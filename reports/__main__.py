@@ -60,7 +60,7 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", nargs="+", choices=bench.COMPILE_MODES, dest="compile_modes",
                         help="torch.compile modes to run, 'none' = eager (default: CPU none, CUDA default)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default CPU 1, CUDA 5)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default CPU 3, CUDA 30)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default CPU 5, CUDA 30)")
     parser.add_argument("--img-size", type=int, default=224)
 
 
@@ -105,7 +105,7 @@ def _defaults(args: argparse.Namespace) -> None:
     if hasattr(args, "warmup") and args.warmup is None:
         args.warmup = 5 if cuda else 1
     if hasattr(args, "repeats") and args.repeats is None:
-        args.repeats = 30 if cuda else 3
+        args.repeats = 30 if cuda else 5
 
 
 def _cmd_run(args) -> Path:
@@ -118,7 +118,7 @@ def _cmd_run(args) -> Path:
 
 
 def _cmd_scaling(args) -> Path:
-    batch = args.batch_size or (32 if args.device.type == "cuda" else 2)
+    batch = getattr(args, "batch_size", None) or (32 if args.device.type == "cuda" else 2)
     dtype = torch.bfloat16 if args.device.type == "cuda" else torch.float32
     doc = scaling.run(args.device, batch, dtype=dtype)
     path = write_json(result_path("scaling", args.device, args.results_dir), doc)
@@ -126,8 +126,8 @@ def _cmd_scaling(args) -> Path:
     return path
 
 
-def _cmd_micro(args) -> Path:
-    doc = micro.run(args.device, args.cases, args.batch_sizes)
+def _cmd_micro(args, batch_sizes: list[int] | None = None) -> Path:
+    doc = micro.run(args.device, getattr(args, "cases", None), batch_sizes)
     path = write_json(result_path("micro", args.device, args.results_dir), doc)
     progress(f"[micro] wrote {path}")
     return path
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "scaling":
             _cmd_scaling(args)
         elif args.command == "micro":
-            _cmd_micro(args)
+            _cmd_micro(args, args.batch_sizes)
         elif args.command == "plot":
             _cmd_plot(args.results, args.out)
         elif args.command == "all":

@@ -33,7 +33,7 @@ GROUPS = [
 ]
 STYLE = {
     "cvig": {"marker": "o", "linewidth": 2.2},
-    "pvig": {"marker": "s", "linestyle": "--", "color": "black"},
+    "pvig": {"marker": "s", "linestyle": "--"},
     "ivig": {"marker": "^", "linestyle": "-."},
     "timm": {"marker": "d", "linestyle": ":"},
 }
@@ -119,7 +119,8 @@ def plot_speedup(doc: dict, rows: list[dict], compile_mode: str, dtype: str, out
             continue
         base = latency[baseline]
         batches = sorted(base)
-        ax.plot(batches, [1.0] * len(batches), label=names[baseline], **_style(baseline))
+        ax.plot(batches, [1.0] * len(batches), label=names[baseline],
+                **dict(_style(baseline), color="black"))
         for model in models:
             if model not in latency:
                 continue
@@ -137,16 +138,18 @@ def plot_speedup(doc: dict, rows: list[dict], compile_mode: str, dtype: str, out
 def plot_throughput(doc: dict, rows: list[dict], compile_mode: str, dtype: str, out: Path) -> Path:
     throughput = _series(rows, "throughput")
     names = _names(rows)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(9, 5))
+    batches = sorted({b for values in throughput.values() for b in values})
     for model, values in throughput.items():
-        batches = sorted(values)
-        ax.plot(batches, [values[b] for b in batches], label=names[model], **_style(model))
+        ax.plot(batches, [values.get(b, math.nan) for b in batches], label=names[model],
+                **_style(model))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.set_xticks(batches, [str(b) for b in batches])
     ax.set_xlabel("batch size (images)")
     ax.set_ylabel("throughput (images / s)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best", fontsize=9, ncol=2)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     ax.set_title(_title(doc, "Inference throughput (paper Table VI)", compile_mode, dtype),
                  fontsize=10)
     fig.tight_layout()

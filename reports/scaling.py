@@ -72,9 +72,9 @@ class DenseGraph(nn.Module):
 
 def layers(channels: int, grid: int, k: int) -> dict[str, nn.Module]:
     return {
-        "degc_graph": DEGCGraph(channels, k, CLUSTERS[grid]),
+        "degc_graph": DEGCGraph(channels, k, CLUSTERS.get(grid, 4)),
         "dense_graph": DenseGraph(channels, k),
-        "degc": DEGC(channels, k=k, num_clusters=CLUSTERS[grid]),
+        "degc": DEGC(channels, k=k, num_clusters=CLUSTERS.get(grid, 4)),
         "dense_knn": DenseGraphLayer(channels, k=k),
     }
 
@@ -95,7 +95,7 @@ def run(
             layer = layer.eval().to(device)
             row = {"layer": name, "nodes": grid * grid, "grid": grid, "batch_size": batch_size,
                    "channels": channels, "k": k, "dtype": str(dtype).replace("torch.", ""),
-                   "num_clusters": CLUSTERS[grid] if name.startswith("degc") else None}
+                   "num_clusters": CLUSTERS.get(grid, 4) if name.startswith("degc") else None}
             try:
                 x = F.normalize(torch.randn(batch_size, channels, grid, grid, device=device), dim=1)
                 if device.type == "cuda":

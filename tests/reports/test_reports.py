@@ -1,0 +1,185 @@
+"""reports: result schema, plotting from result files (gaps for OOM / failures), CLI validation,
+and tiny real runs of every benchmark on the CPU."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from reports import bench, micro, plot, scaling
+from reports.__main__ import main
+from reports.common import write_json
+from reports.schema import ResultError, load, validate
+
+ENV = {"device": "Test CPU (2 threads)", "device_type": "cpu", "device_slug": "test-cpu",
+       "torch": "2.13.0", "triton": "3.9.0", "date": "2026-11-24T00:00:00+00:00"}
+
+
+def _row(model, display, batch, ms=None, status="ok"):
+    row = {"model": model, "display": display, "batch_size": batch, "compile": "none",
+           "dtype": "float32", "status": status}
+    if status == "ok":
+        row.update(median_ms=ms, p10_ms=ms * 0.9, p90_ms=ms * 1.1, repeats=5,
+                   throughput=batch / ms * 1e3)
+    else:
+        row["error"] = "CUDA out of memory" if status == "oom" else "RuntimeError: boom"
+    return row
+
+
+@pytest.fixture
+def models_doc() -> dict:
+    rows = []
+    for b in (1, 2, 4, 8):
+        rows.append(_row("pvig_ti", "PViG-Ti", b, 10.0 * b))
+        rows.append(_row("cvig_ti", "CViG-Ti", b, 6.0 * b))
+        rows.append(_row("ivig_ti", "IViG-Ti", b, 8.0 * b, "oom" if b == 8 else "ok"))
+        rows.append(_row("pvig_s", "PViG-S", b, 20.0 * b))
+        rows.append(_row("cvig_s", "CViG-S", b, 15.0 * b, "failed" if b == 2 else "ok"))
+    return {"kind": "models", "schema": 1, "environment": ENV, "settings": {}, "rows": rows}
+
+
+def test_schema_accepts_a_valid_document(models_doc):
+    assert validate(models_doc) is models_doc
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda d: d.pop("environment"), "environment"),
+        (lambda d: d.update(kind="weird"), "kind"),
+        (lambda d: d.update(schema=7), "schema"),
+        (lambda d: d["rows"][0].pop("model"), "lacks"),
+        (lambda d: d["rows"][0].update(status="maybe"), "status"),
+        (lambda d: d["rows"][0].pop("median_ms"), "median_ms"),
+        (lambda d: d["rows"][0].update(batch_size=0), "batch_size"),
+        (lambda d: d.update(rows={}), "rows"),
+    ],
+)
+def test_schema_rejects_broken_documents(models_doc, mutate, match):
+    doc = copy.deepcopy(models_doc)
+    mutate(doc)
+    with pytest.raises(ResultError, match=match):
+        validate(doc)
+
+
+def test_load_reports_unreadable_files(tmp_path):
+    bad = tmp_path / "models-x-2026-01-01.json"
+    bad.write_text("{not json")
+    with pytest.raises(ResultError, match="cannot read"):
+        load(bad)
+
+
+def test_plot_from_a_fixture_result_file(models_doc, tmp_path):
+    path = write_json(tmp_path / "models-test-cpu-2026-11-24.json", models_doc)
+    written = plot.render([path], tmp_path / "fig")
+    names = sorted(p.name for p in written)
+    assert names == ["fig5-test-cpu-float32-none.png", "table6-test-cpu-float32-none.md",
+                     "throughput-test-cpu-float32-none.png"]
+    for p in written:
+        assert p.stat().st_size > 0
+    table = (tmp_path / "fig" / "table6-test-cpu-float32-none.md").read_text()
+    assert "| IViG-Ti | 125.0 | 125.0 | 125.0 | - |" in table  # OOM -> "-"
+    assert "| CViG-S | 66.7 | x | 66.7 | 66.7 |" in table  # failed -> "x"
+    assert "Test CPU" in table
+
+
+def test_oom_and_failed_rows_are_gaps_in_the_curves(models_doc):
+    series = plot._series(models_doc["rows"], "median_ms")
+    assert series["ivig_ti"][8] != series["ivig_ti"][8]  # NaN: matplotlib leaves a gap
+    assert series["cvig_s"][2] != series["cvig_s"][2]
+    assert series["cvig_ti"][8] == 48.0
+
+
+def test_newest_result_per_device_is_plotted(models_doc, tmp_path):
+    write_json(tmp_path / "models-test-cpu-2026-01-01.json", models_doc)
+    newer = write_json(tmp_path / "models-test-cpu-2026-11-24.json", models_doc)
+    other = write_json(tmp_path / "models-other-gpu-2026-02-02.json", models_doc)
+    assert plot.find_results([tmp_path]) == sorted([newer, other])
+
+
+def test_cli_validates_arguments(capsys):
+    for argv, message in [
+        (["run", "--batch-sizes", "0"], "positive integers"),
+        (["run", "--models", "nope"], "'name'"),
+        (["run", "--repeats", "0"], "--repeats"),
+        (["micro", "--cases", "cvig_xl"], "invalid choice"),
+        (["run", "--dtype", "int8"], "invalid choice"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["run", "--device", "cuda"])
+        assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_cli_plot_of_a_missing_path_fails_cleanly(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "absent.json")]) == 2
+    assert "no result file" in capsys.readouterr().err
+
+
+def test_help_on_every_command(capsys):
+    for argv in (["--help"], ["run", "--help"], ["plot", "--help"], ["all", "--help"],
+                 ["micro", "--help"], ["scaling", "--help"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------
+# tiny real runs
+# --------------------------------------------------------------------------------------------
+def test_bench_run_writes_a_valid_document(tmp_path):
+    doc = bench.run(torch.device("cpu"), ["cvig_ti"], [1, 2], img_size=64, warmup=0, repeats=1)
+    validate(doc)
+    assert [r["status"] for r in doc["rows"]] == ["ok", "ok"]
+    assert doc["environment"]["device_type"] == "cpu" and doc["settings"]["dtype"] == "float32"
+
+
+def test_bench_records_oom_and_failures_instead_of_crashing(monkeypatch):
+    class Flaky(torch.nn.Module):
+        def forward(self, x):
+            if x.shape[0] >= 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            return x.mean()
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError("shape mismatch")
+
+    models = {"cvig_ti": Flaky, "pvig_ti": Broken}
+    monkeypatch.setattr(bench, "build_model", lambda key: models[key]())
+    monkeypatch.setattr(bench, "count_parameters", lambda m: 0)
+    doc = bench.run(torch.device("cpu"), ["cvig_ti", "pvig_ti"], [1, 2, 4], warmup=0, repeats=1)
+    validate(doc)
+    status = {(r["model"], r["batch_size"]): r["status"] for r in doc["rows"]}
+    assert status == {("cvig_ti", 1): "ok", ("cvig_ti", 2): "oom", ("cvig_ti", 4): "oom",
+                      ("pvig_ti", 1): "failed", ("pvig_ti", 2): "failed", ("pvig_ti", 4): "failed"}
+    assert "shape mismatch" in doc["rows"][3]["error"]
+
+
+def test_scaling_run_and_plot(tmp_path):
+    doc = scaling.run(torch.device("cpu"), batch_size=1, channels=16, k=4, grids=(4, 8),
+                      warmup=0, repeats=1)
+    validate(doc)
+    assert {r["layer"] for r in doc["rows"]} == {"degc", "dense_knn", "degc_graph", "dense_graph"}
+    out = plot.plot_scaling(doc, tmp_path / "scaling.png")
+    assert out.stat().st_size > 0
+
+
+def test_micro_run_on_cpu(tmp_path):
+    doc = micro.run(torch.device("cpu"), ["cvig_ti"], [1], repeats=1)
+    validate(doc)
+    ops = {r["op"] for r in doc["rows"]}
+    assert ops == {"kmeans", "partition", "permute_rows", "partition_knn", "max_aggregate",
+                   "max_aggregate_backward"}
+    assert any(r["impl"] == "dense_masked_topk" for r in doc["rows"])
+    assert doc["peaks"] is None
+    assert "| cvig_ti |" in plot.micro_table(doc)
+    json.dumps(doc)  # serialisable
