@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="models whose shapes to tune for (default: every CViG variant; "
                         "--interpret: cvig_ti)")
     parser.add_argument("--batch-sizes", nargs="+", type=_positive_ints, metavar="B",
-                        help="batch sizes (default 1 2 4 ... 512; --interpret: 1)")
+                        help="batch sizes (default 1 8 64 512, one per batch bucket; "
+                        "--interpret: 1)")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPE_NAMES,
                         help="feature dtypes (default bfloat16 float32; --interpret: float32)")
     parser.add_argument("--dry-run", action="store_true", help="list what would be tuned")
@@ -54,9 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", help="cache directory (default $CLUSTERVIG_AUTOTUNE_DIR "
                         "or ~/.cache/clustervig/autotune)")
     parser.add_argument("--warmup", type=float, default=None,
-                        help="GPU: warm-up ms per config (do_bench, default 25); CPU: calls (0)")
+                        help="GPU: warm-up ms per config (do_bench, default 10); CPU: calls (0)")
     parser.add_argument("--repeats", type=float, default=None,
-                        help="GPU: timed ms per config (do_bench, default 100); CPU: calls (1)")
+                        help="GPU: timed ms per config (do_bench, default 50); CPU: calls (1)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop starting new buckets after this long (tuned ones are saved)")
     return parser
 
 
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     interpret = args.interpret
     models = args.models or (["cvig_ti"] if interpret else ["cvig_ti", "cvig_s", "cvig_b", "cvig_b_hr"])
-    batch_sizes = args.batch_sizes or ([1] if interpret else [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
+    batch_sizes = args.batch_sizes or ([1] if interpret else [1, 8, 64, 512])
     dtypes = [getattr(torch, d) for d in (args.dtypes or (["float32"] if interpret else ["bfloat16", "float32"]))]
     try:
         launches, notes = model_launches(selected, models, batch_sizes, dtypes)
@@ -138,11 +141,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{f' +{len(launch.sources) - 1}' if len(launch.sources) > 1 else ''})")
         return 0
 
-    warmup = args.warmup if args.warmup is not None else (0 if interpret else 25)
-    repeats = args.repeats if args.repeats is not None else (1 if interpret else 100)
+    warmup = args.warmup if args.warmup is not None else (0 if interpret else 10)
+    repeats = args.repeats if args.repeats is not None else (1 if interpret else 50)
     outcomes = []
     start = time.perf_counter()
     for i, launch in enumerate(todo, start=1):
+        if args.max_minutes is not None and time.perf_counter() - start > 60 * args.max_minutes:
+            print(f"[autotune] --max-minutes {args.max_minutes} reached: {len(todo) - i + 1} "
+                  "buckets left untuned (run again to continue)")
+            break
         tunable = selected[launch.op]
         width = launch.bucket.split("/", 1)[0]
         configs = list(tunable.interpret_space if interpret else tunable.space[width])

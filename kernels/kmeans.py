@@ -57,6 +57,9 @@ def _assign(
         if not FIRST:
             old = tl.load(labels_img + rows, mask=row_mask, other=0)
             changed += tl.sum(((label != old) & row_mask).to(tl.int32), axis=0)
+            # The store below may use another thread layout than the load: let every thread
+            # read its old labels before any is overwritten.
+            tl.debug_barrier()
         tl.store(labels_img + rows, label.to(tl.int32), mask=row_mask)
     if FIRST:
         changed = N
@@ -95,6 +98,7 @@ def _update(
         z_mask = k_mask[:, None] & col_mask
         previous = tl.load(z_ptrs, mask=z_mask, other=0.0)
         z = tl.where(counts[:, None] > 0, sums / tl.maximum(counts, 1.0)[:, None], previous)
+        tl.debug_barrier()  # every thread has read its previous centroids before any store
         tl.store(z_ptrs, z, mask=z_mask)
         z_norm += tl.sum(tl.where(z_mask, z * z, 0.0), axis=1)
     tl.store(norms_img + ks, z_norm)
