@@ -35,31 +35,63 @@ def _parser() -> argparse.ArgumentParser:
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--gpu", action="store_true", help="tune on the current CUDA device")
-    target.add_argument("--interpret", action="store_true",
-                        help="run the flow on the CPU under the Triton interpreter with the "
-                        "kernels' tiny interpreter spaces (checks the machinery, not speed)")
-    parser.add_argument("--ops", nargs="+", metavar="OP",
-                        help="ops to tune (default: all): kmeans partition permute_rows "
-                        "partition_knn max_aggregate max_aggregate_backward")
-    parser.add_argument("--models", nargs="+", metavar="NAME",
-                        help="models whose shapes to tune for (default: every CViG variant; "
-                        "--interpret: cvig_ti)")
-    parser.add_argument("--batch-sizes", nargs="+", type=_positive_ints, metavar="B",
-                        help="batch sizes (default 1 8 64 512, one per batch bucket; "
-                        "--interpret: 1)")
-    parser.add_argument("--dtypes", nargs="+", choices=DTYPE_NAMES,
-                        help="feature dtypes (default bfloat16 float32; --interpret: float32)")
+    target.add_argument(
+        "--interpret",
+        action="store_true",
+        help="run the flow on the CPU under the Triton interpreter with the "
+        "kernels' tiny interpreter spaces (checks the machinery, not speed)",
+    )
+    parser.add_argument(
+        "--ops",
+        nargs="+",
+        metavar="OP",
+        help="ops to tune (default: all): kmeans partition permute_rows "
+        "partition_knn max_aggregate max_aggregate_backward",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        metavar="NAME",
+        help="models whose shapes to tune for (default: every CViG variant; --interpret: cvig_ti)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        type=_positive_ints,
+        metavar="B",
+        help="batch sizes (default 1 8 64 512, one per batch bucket; --interpret: 1)",
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=DTYPE_NAMES,
+        help="feature dtypes (default bfloat16 float32; --interpret: float32)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="list what would be tuned")
     parser.add_argument("--show", action="store_true", help="print the cache for this device")
     parser.add_argument("--force", action="store_true", help="retune buckets already cached")
-    parser.add_argument("--cache-dir", help="cache directory (default $CLUSTERVIG_AUTOTUNE_DIR "
-                        "or ~/.cache/clustervig/autotune)")
-    parser.add_argument("--warmup", type=float, default=None,
-                        help="GPU: warm-up ms per config (do_bench, default 10); CPU: calls (0)")
-    parser.add_argument("--repeats", type=float, default=None,
-                        help="GPU: timed ms per config (do_bench, default 50); CPU: calls (1)")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop starting new buckets after this long (tuned ones are saved)")
+    parser.add_argument(
+        "--cache-dir",
+        help="cache directory (default $CLUSTERVIG_AUTOTUNE_DIR or ~/.cache/clustervig/autotune)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="GPU: warm-up ms per config (do_bench, default 10); CPU: calls (0)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=float,
+        default=None,
+        help="GPU: timed ms per config (do_bench, default 50); CPU: calls (1)",
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop starting new buckets after this long (tuned ones are saved)",
+    )
     return parser
 
 
@@ -82,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if args.gpu and not torch.cuda.is_available():
-        print("python -m autotune: --gpu needs a CUDA device and none is visible "
-              "(use --interpret to check the flow on the CPU)", file=sys.stderr)
+        print(
+            "python -m autotune: --gpu needs a CUDA device and none is visible "
+            "(use --interpret to check the flow on the CPU)",
+            file=sys.stderr,
+        )
         return 2
 
     from kernels._tuning import tunables
@@ -104,19 +139,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.show:
         path = cache.cache_path(identity)
         entries = cache.load(device)
-        print(f"device: {identity}\nuser cache: {path} ({'present' if path.exists() else 'absent'})"
-              f"\nshipped defaults: {cache.cache_path(identity, cache.shipped_dir())}")
+        print(
+            f"device: {identity}\nuser cache: {path} ({'present' if path.exists() else 'absent'})"
+            f"\nshipped defaults: {cache.cache_path(identity, cache.shipped_dir())}"
+        )
         for op in selected:
             for bucket, entry in sorted(entries.get(op, {}).items()):
                 state = "ok" if cache.lookup(selected[op], device, bucket) else "stale"
-                print(f"  {op:24s} {bucket:28s} {_fmt_config(entry.get('config', {})):26s} "
-                      f"{entry.get('time_ms', float('nan')):9.4f} ms  {state}")
+                print(
+                    f"  {op:24s} {bucket:28s} {_fmt_config(entry.get('config', {})):26s} "
+                    f"{entry.get('time_ms', float('nan')):9.4f} ms  {state}"
+                )
         return 0
 
     interpret = args.interpret
-    models = args.models or (["cvig_ti"] if interpret else ["cvig_ti", "cvig_s", "cvig_b", "cvig_b_hr"])
+    models = args.models or (
+        ["cvig_ti"] if interpret else ["cvig_ti", "cvig_s", "cvig_b", "cvig_b_hr"]
+    )
     batch_sizes = args.batch_sizes or ([1] if interpret else [1, 8, 64, 512])
-    dtypes = [getattr(torch, d) for d in (args.dtypes or (["float32"] if interpret else ["bfloat16", "float32"]))]
+    dtypes = [
+        getattr(torch, d)
+        for d in (args.dtypes or (["float32"] if interpret else ["bfloat16", "float32"]))
+    ]
     try:
         launches, notes = model_launches(selected, models, batch_sizes, dtypes)
     except ValueError as err:
@@ -129,16 +173,23 @@ def main(argv: list[str] | None = None) -> int:
     for launch in launches:
         hit = cache.lookup(selected[launch.op], device, launch.bucket)
         (cached if hit is not None and not args.force else todo).append(launch)
-    print(f"[autotune] {identity['name']} (sm {identity['capability']}, triton {identity['triton']}):"
-          f" {len(launches)} buckets, {len(cached)} cached, {len(todo)} to tune")
+    print(
+        f"[autotune] {identity['name']} (sm {identity['capability']}, triton {identity['triton']}):"
+        f" {len(launches)} buckets, {len(cached)} cached, {len(todo)} to tune"
+    )
     if args.dry_run:
         for launch in launches:
             state = "cached" if launch in cached else "tune"
-            space = (selected[launch.op].interpret_space if interpret
-                     else selected[launch.op].space[launch.bucket.split("/", 1)[0]])
-            print(f"  {state:6s} {launch.op:24s} {launch.bucket:28s} {len(space):3d} configs  "
-                  f"shape {launch.shape}  ({launch.sources[0]}"
-                  f"{f' +{len(launch.sources) - 1}' if len(launch.sources) > 1 else ''})")
+            space = (
+                selected[launch.op].interpret_space
+                if interpret
+                else selected[launch.op].space[launch.bucket.split("/", 1)[0]]
+            )
+            print(
+                f"  {state:6s} {launch.op:24s} {launch.bucket:28s} {len(space):3d} configs  "
+                f"shape {launch.shape}  ({launch.sources[0]}"
+                f"{f' +{len(launch.sources) - 1}' if len(launch.sources) > 1 else ''})"
+            )
         return 0
 
     warmup = args.warmup if args.warmup is not None else (0 if interpret else 10)
@@ -147,35 +198,53 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for i, launch in enumerate(todo, start=1):
         if args.max_minutes is not None and time.perf_counter() - start > 60 * args.max_minutes:
-            print(f"[autotune] --max-minutes {args.max_minutes} reached: {len(todo) - i + 1} "
-                  "buckets left untuned (run again to continue)")
+            print(
+                f"[autotune] --max-minutes {args.max_minutes} reached: {len(todo) - i + 1} "
+                "buckets left untuned (run again to continue)"
+            )
             break
         tunable = selected[launch.op]
         width = launch.bucket.split("/", 1)[0]
         configs = list(tunable.interpret_space if interpret else tunable.space[width])
-        print(f"[autotune] ({i}/{len(todo)}) {launch.op} {launch.bucket}: {len(configs)} configs "
-              f"on {launch.shape} ...", flush=True)
-        outcome = tune(launch, tunable, configs, device, warmup, int(repeats) if interpret else repeats)
+        print(
+            f"[autotune] ({i}/{len(todo)}) {launch.op} {launch.bucket}: {len(configs)} configs "
+            f"on {launch.shape} ...",
+            flush=True,
+        )
+        outcome = tune(
+            launch, tunable, configs, device, warmup, int(repeats) if interpret else repeats
+        )
         for config, reason in outcome.rejected:
             print(f"    rejected {_fmt_config(config)}: {reason}")
         gain = outcome.default_ms / outcome.best_ms if outcome.best_ms else float("nan")
-        print(f"    best {_fmt_config(outcome.best)}  {outcome.best_ms:.4f} ms "
-              f"(default {outcome.default_ms:.4f} ms, {gain:.2f}x)", flush=True)
-        cache.save_entries(identity, {launch.op: {launch.bucket: cache.make_entry(
-            tunable, outcome.best, outcome.best_ms)}})
+        print(
+            f"    best {_fmt_config(outcome.best)}  {outcome.best_ms:.4f} ms "
+            f"(default {outcome.default_ms:.4f} ms, {gain:.2f}x)",
+            flush=True,
+        )
+        cache.save_entries(
+            identity,
+            {launch.op: {launch.bucket: cache.make_entry(tunable, outcome.best, outcome.best_ms)}},
+        )
         outcomes.append(outcome)
     cache.reset()
 
-    print(f"\n[autotune] summary ({time.perf_counter() - start:.0f} s, cache "
-          f"{cache.cache_path(identity)}):")
+    print(
+        f"\n[autotune] summary ({time.perf_counter() - start:.0f} s, cache "
+        f"{cache.cache_path(identity)}):"
+    )
     print(f"  {'op':24s} {'bucket':28s} {'best config':26s} {'ms':>9s} {'vs default':>10s}")
     for o in outcomes:
-        print(f"  {o.launch.op:24s} {o.launch.bucket:28s} {_fmt_config(o.best):26s} "
-              f"{o.best_ms:9.4f} {o.default_ms / o.best_ms:9.2f}x")
+        print(
+            f"  {o.launch.op:24s} {o.launch.bucket:28s} {_fmt_config(o.best):26s} "
+            f"{o.best_ms:9.4f} {o.default_ms / o.best_ms:9.2f}x"
+        )
     for launch in cached:
         entry = existing.get(launch.op, {}).get(launch.bucket, {})
-        print(f"  {launch.op:24s} {launch.bucket:28s} {_fmt_config(entry.get('config', {})):26s} "
-              f"{entry.get('time_ms', float('nan')):9.4f}     cached")
+        print(
+            f"  {launch.op:24s} {launch.bucket:28s} {_fmt_config(entry.get('config', {})):26s} "
+            f"{entry.get('time_ms', float('nan')):9.4f}     cached"
+        )
     return 0
 
 

@@ -139,7 +139,8 @@ def _read_file(path: Path, identity: dict[str, str]) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
         _warn_once(
             str(path),
-            f"autotune cache {path} has format {data.get('format') if isinstance(data, dict) else '?'}"
+            f"autotune cache {path} has format "
+            f"{data.get('format') if isinstance(data, dict) else '?'}"
             f", expected {FORMAT_VERSION}; ignoring it",
         )
         return {}
@@ -245,7 +246,7 @@ def atomic_write_json(path: Path, data: dict) -> None:
 def save_entries(
     identity: dict[str, str], new_entries: dict[str, dict[str, dict]], directory: Path | None = None
 ) -> Path:
-    """Merge ``{op: {bucket: entry}}`` into the cache file of ``identity`` and write it atomically."""
+    """Merge ``{op: {bucket: entry}}`` into the cache file of ``identity``, written atomically."""
     path = cache_path(identity, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):

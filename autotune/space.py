@@ -85,4 +85,4 @@ def model_launches(
                             launch.shape = dict(shape)
                         if source not in launch.sources:
                             launch.sources.append(source)
-    return sorted(by_key.values(), key=lambda l: (l.op, l.bucket)), notes
+    return sorted(by_key.values(), key=lambda launch: (launch.op, launch.bucket)), notes

@@ -78,21 +78,25 @@ def make_call(launch: Launch, device: torch.device) -> Callable[[dict], object]:
 
 def _same(a: object, b: object) -> bool:
     if isinstance(a, tuple):
-        return all(_same(x, y) for x, y in zip(a, b))
+        return all(_same(x, y) for x, y in zip(a, b, strict=True))
     if a.is_floating_point():
         # Atomic float adds (backward) and float32 sums can differ in the last bits by order.
         return torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2)
     return torch.equal(a, b)
 
 
-def time_config(call: Callable[[dict], object], config: dict, device: torch.device,
-                warmup: int, repeats: int) -> float:
+def time_config(
+    call: Callable[[dict], object], config: dict, device: torch.device, warmup: int, repeats: int
+) -> float:
     """Median milliseconds of one config."""
     if device.type == "cuda":
         import triton.testing
 
-        return float(triton.testing.do_bench(lambda: call(config), warmup=warmup, rep=repeats,
-                                             return_mode="median"))
+        return float(
+            triton.testing.do_bench(
+                lambda: call(config), warmup=warmup, rep=repeats, return_mode="median"
+            )
+        )
     for _ in range(warmup):
         call(config)
     samples = []
@@ -129,5 +133,11 @@ def tune(
         raise RuntimeError(f"{launch.op} {launch.bucket}: no config ran correctly: {rejected}")
     best = min(timings, key=timings.get)
     default_index = configs.index(default) if default in configs else best
-    return Outcome(launch, dict(configs[best]), timings[best],
-                   timings.get(default_index, float("nan")), len(configs), rejected)
+    return Outcome(
+        launch,
+        dict(configs[best]),
+        timings[best],
+        timings.get(default_index, float("nan")),
+        len(configs),
+        rejected,
+    )

@@ -30,7 +30,16 @@ __all__ = [
     "ClassifierHead",
     "DropPath",
     "check_images",
+    "add_position_embedding",
 ]
+
+
+def add_position_embedding(x: Tensor, pos_embed: Tensor) -> Tensor:
+    """``x + pos_embed``, the embedding resized bicubically when the grid differs from the one it
+    was built for (inputs of another size than ``img_size``)."""
+    if pos_embed.shape[2:] != x.shape[2:]:
+        pos_embed = F.interpolate(pos_embed, size=x.shape[2:], mode="bicubic", align_corners=False)
+    return x + pos_embed
 
 
 def check_images(
@@ -137,12 +146,15 @@ class CViGStem(nn.Module):
     without activation. ``(B, 3, H, W) -> (B, C, H / 2^r, W / 2^r)``.
     """
 
-    def __init__(self, out_channels: int, img_size: int = 224, grid: int = 14, in_channels: int = 3):
+    def __init__(
+        self, out_channels: int, img_size: int = 224, grid: int = 14, in_channels: int = 3
+    ):
         super().__init__()
         ratio = img_size // grid if grid > 0 else 0
         if grid < 1 or img_size % grid or ratio & (ratio - 1):
             raise ValueError(
-                f"CViGStem: img_size / grid must be a power of two, got img_size={img_size}, grid={grid}"
+                "CViGStem: img_size / grid must be a power of two, got "
+                f"img_size={img_size}, grid={grid}"
             )
         self.num_halvings = ratio.bit_length() - 1
         if self.num_halvings > 4:

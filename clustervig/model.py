@@ -5,11 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .degc import DEGC
-from .layers import FFN, ClassifierHead, ConvBN, CViGStem, DropPath, check_images
+from .layers import (
+    FFN,
+    ClassifierHead,
+    ConvBN,
+    CViGStem,
+    DropPath,
+    add_position_embedding,
+    check_images,
+)
 
 __all__ = ["CViG", "CViGConfig", "Grapher", "VARIANTS", "cvig_ti", "cvig_s", "cvig_b", "cvig_b_hr"]
 
@@ -143,7 +150,7 @@ class CViG(nn.Module):
 
     @classmethod
     def from_variant(cls, name: str, **overrides) -> CViG:
-        """A paper variant (``ti``, ``s``, ``b``, ``b_hr`` / ``b†``), options overridden by keyword."""
+        """A paper variant (``ti``, ``s``, ``b``, ``b_hr`` / ``b†``); keywords override options."""
         key = _ALIASES.get(name.lower(), name.lower())
         if key not in VARIANTS:
             raise ValueError(
@@ -165,17 +172,10 @@ class CViG(nn.Module):
             check_finite=self.validate_inputs,
         )
 
-    def _position_embedding(self, h: int, w: int) -> Tensor:
-        if (h, w) == tuple(self.pos_embed.shape[2:]):
-            return self.pos_embed
-        return F.interpolate(self.pos_embed, size=(h, w), mode="bicubic", align_corners=False)
-
     def forward_features(self, x: Tensor) -> Tensor:
         """``(B, 3, H, W) -> (B, C, H / r, W / r)`` features before the head."""
         self.check_input(x)
-        x = self.stem(x)
-        x = x + self._position_embedding(x.shape[2], x.shape[3])
-        return self.backbone(x)
+        return self.backbone(add_position_embedding(self.stem(x), self.pos_embed))
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         return self.head(self.forward_features(x))

@@ -17,17 +17,27 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Tunable", "LAUNCHES", "REGISTRY", "tunables", "WIDTHS", "batch_bucket", "per_width", "rows_bucket", "width_tag"]
+__all__ = [
+    "Tunable",
+    "LAUNCHES",
+    "REGISTRY",
+    "tunables",
+    "WIDTHS",
+    "batch_bucket",
+    "per_width",
+    "rows_bucket",
+    "width_tag",
+]
 
 #: Every tunable kernel by op name (filled as the kernel modules are imported).
-REGISTRY: dict[str, "Tunable"] = {}
+REGISTRY: dict[str, Tunable] = {}
 
 #: The last config each op launched with and where it came from ("cache" or "default"):
 #: ``{op: (bucket, config, source)}``. For tests and for ``--show``; never read by kernels.
 LAUNCHES: dict[str, tuple[str, dict, str]] = {}
 
 
-def tunables() -> dict[str, "Tunable"]:
+def tunables() -> dict[str, Tunable]:
     """Every tunable kernel by op name (imports the kernel modules, and so Triton)."""
     from . import aggregate, kmeans, knn, permute  # noqa: F401  (each registers its tunables)
 
@@ -56,6 +66,11 @@ WIDTHS = ("e2", "e4")  # 16-bit and 32-bit features: the two families of tuned c
 def width_tag(dtype: torch.dtype) -> str:
     """``"e2"`` for fp16/bf16 features, ``"e4"`` for float32 (and the int32 inputs of partition)."""
     return f"e{torch.empty((), dtype=dtype).element_size()}"
+
+
+def configs(keys: Sequence[str], rows: Sequence[Sequence[int]]) -> list[dict]:
+    """Configs from a header and rows: ``configs(("BLOCK_M", "num_warps"), [(16, 4), ...])``."""
+    return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 def per_width(configs: Sequence[dict] | dict) -> dict:
@@ -98,7 +113,9 @@ class Tunable:
                 raise ValueError(f"{self.name}: the {width} default is not in its space")
         for config in (*self.all_configs(), *self.interpret_space):
             if "num_warps" not in config or "num_stages" not in config:
-                raise ValueError(f"{self.name}: every config needs num_warps and num_stages: {config}")
+                raise ValueError(
+                    f"{self.name}: every config needs num_warps and num_stages: {config}"
+                )
         REGISTRY[self.name] = self
 
     def all_configs(self) -> list[dict]:
@@ -154,6 +171,6 @@ TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "b
 
 
 def split_launch_options(config: dict) -> tuple[dict, dict]:
-    """``config -> (meta-parameters, {num_warps, num_stages})`` for ``kernel[grid](**meta, **opts)``."""
+    """``config -> (meta, {num_warps, num_stages})`` for ``kernel[grid](**meta, **opts)``."""
     meta = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
     return meta, {"num_warps": config["num_warps"], "num_stages": config["num_stages"]}

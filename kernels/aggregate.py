@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ._common import next_power_of_2
-from ._tuning import TRITON_TYPES, Tunable, per_width, rows_bucket, split_launch_options
+from ._tuning import TRITON_TYPES, Tunable, configs, per_width, rows_bucket, split_launch_options
 
 
 @triton.jit
@@ -48,7 +48,9 @@ def _max_aggregate_kernel(
         best = tl.where(better, values, best)
         best_slot = tl.where(better, k, best_slot)
     if RELATIVE:
-        best -= tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask).to(tl.float32)
+        best -= tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask).to(
+            tl.float32
+        )
     offsets = rows64[:, None] * C + cols[None, :]
     tl.store(out_ptr + offsets, best.to(out_ptr.dtype.element_ty), mask=mask)
     if SAVE_SLOT:
@@ -83,54 +85,86 @@ def _max_aggregate_backward_kernel(
 
 
 # Spill-free for sm_80 and sm_90 at every width (tests/kernels/test_aot_compile.py).
-_FORWARD_SPACE = [
-        {"BLOCK_M": 8, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 8, "BLOCK_C": 128, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 8, "BLOCK_C": 256, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 16, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 16, "BLOCK_C": 256, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 32, "BLOCK_C": 128, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 32, "BLOCK_C": 256, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 16, "BLOCK_C": 256, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_M": 32, "BLOCK_C": 128, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_M": 32, "BLOCK_C": 256, "num_warps": 8, "num_stages": 2},
-    ]
-_BACKWARD_SPACE = [
-        {"BLOCK_M": 8, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 8, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 8, "BLOCK_C": 256, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_M": 16, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 16, "BLOCK_C": 256, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_M": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 32, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 32, "BLOCK_C": 256, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_M": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
-    ]
+_FORWARD_SPACE = configs(
+    ("BLOCK_M", "BLOCK_C", "num_warps", "num_stages"),
+    [
+        (8, 64, 4, 2),
+        (8, 128, 4, 2),
+        (8, 256, 4, 2),
+        (16, 64, 4, 2),
+        (16, 128, 4, 2),
+        (16, 256, 4, 2),
+        (32, 64, 4, 2),
+        (32, 128, 4, 2),
+        (32, 256, 4, 2),
+        (16, 256, 8, 2),
+        (32, 128, 8, 2),
+        (32, 256, 8, 2),
+    ],
+)
+_BACKWARD_SPACE = configs(
+    ("BLOCK_M", "BLOCK_C", "num_warps", "num_stages"),
+    [
+        (8, 64, 4, 1),
+        (8, 128, 4, 1),
+        (8, 256, 8, 1),
+        (16, 64, 4, 1),
+        (16, 128, 4, 1),
+        (16, 256, 8, 1),
+        (32, 64, 4, 1),
+        (32, 128, 4, 1),
+        (32, 256, 8, 1),
+        (64, 64, 4, 1),
+    ],
+)
 
 _INTERPRET_SPACE = [
     {"BLOCK_M": 8, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
     {"BLOCK_M": 16, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
 ]
 
+
 def _forward_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
     t = TRITON_TYPES[dtype]
     return (
-        {"x_ptr": f"*{t}", "nbr_ptr": "*i32", "out_ptr": f"*{t}", "slot_ptr": "*u8", "M": "i32",
-         "C": "i32", "stride_xm": "i32", "K": "constexpr", "RELATIVE": "constexpr",
-         "SAVE_SLOT": "constexpr", "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"},
-        {"K": 32, "RELATIVE": True, "SAVE_SLOT": True,
-         "BLOCK_M": config["BLOCK_M"], "BLOCK_C": config["BLOCK_C"]},
+        {
+            "x_ptr": f"*{t}",
+            "nbr_ptr": "*i32",
+            "out_ptr": f"*{t}",
+            "slot_ptr": "*u8",
+            "M": "i32",
+            "C": "i32",
+            "stride_xm": "i32",
+            "K": "constexpr",
+            "RELATIVE": "constexpr",
+            "SAVE_SLOT": "constexpr",
+            "BLOCK_M": "constexpr",
+            "BLOCK_C": "constexpr",
+        },
+        {
+            "K": 32,
+            "RELATIVE": True,
+            "SAVE_SLOT": True,
+            "BLOCK_M": config["BLOCK_M"],
+            "BLOCK_C": config["BLOCK_C"],
+        },
     )
 
 
 def _backward_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
     return (
-        {"grad_ptr": f"*{TRITON_TYPES[dtype]}", "nbr_ptr": "*i32", "slot_ptr": "*u8",
-         "grad_x_ptr": "*fp32", "M": "i32", "C": "i32", "K": "constexpr",
-         "RELATIVE": "constexpr", "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"},
+        {
+            "grad_ptr": f"*{TRITON_TYPES[dtype]}",
+            "nbr_ptr": "*i32",
+            "slot_ptr": "*u8",
+            "grad_x_ptr": "*fp32",
+            "M": "i32",
+            "C": "i32",
+            "K": "constexpr",
+            "RELATIVE": "constexpr",
+            "BLOCK_M": "constexpr",
+            "BLOCK_C": "constexpr",
+        },
         {"K": 32, "RELATIVE": True, "BLOCK_M": config["BLOCK_M"], "BLOCK_C": config["BLOCK_C"]},
     )
 
@@ -184,8 +218,18 @@ def max_aggregate(
     meta, opts = split_launch_options(config)
     grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_C"]))
     _max_aggregate_kernel[grid](
-        x, nbr, result, argslot if with_argslot else result, M, C, x.stride(0),
-        K=K, RELATIVE=relative, SAVE_SLOT=with_argslot, **meta, **opts,
+        x,
+        nbr,
+        result,
+        argslot if with_argslot else result,
+        M,
+        C,
+        x.stride(0),
+        K=K,
+        RELATIVE=relative,
+        SAVE_SLOT=with_argslot,
+        **meta,
+        **opts,
     )
     return result, argslot
 
@@ -210,7 +254,15 @@ def max_aggregate_backward(
         meta, opts = split_launch_options(config)
         grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_C"]))
         _max_aggregate_backward_kernel[grid](
-            grad, nbr.contiguous(), argslot, grad_x, M, C,
-            K=K, RELATIVE=relative, **meta, **opts,
+            grad,
+            nbr.contiguous(),
+            argslot,
+            grad_x,
+            M,
+            C,
+            K=K,
+            RELATIVE=relative,
+            **meta,
+            **opts,
         )
     return grad_x if grad.dtype == torch.float32 else grad_x.to(grad.dtype)

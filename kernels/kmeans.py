@@ -20,15 +20,25 @@ import triton
 import triton.language as tl
 
 from ._common import INDEX_DTYPE, dot_precision, next_power_of_2
-from ._tuning import TRITON_TYPES, Tunable, batch_bucket, split_launch_options
+from ._tuning import TRITON_TYPES, Tunable, batch_bucket, configs, split_launch_options
 
 
 @triton.jit
 def _assign(
-    x_img, labels_img, z_img, norms_img, N, C, stride_xn,
-    FIRST: tl.constexpr, KAPPA: tl.constexpr, KAPPA_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    x_img,
+    labels_img,
+    z_img,
+    norms_img,
+    N,
+    C,
+    stride_xn,
+    FIRST: tl.constexpr,
+    KAPPA: tl.constexpr,
+    KAPPA_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """Label every node of one image with its nearest centroid; return how many labels changed."""
     ks = tl.arange(0, KAPPA_PAD)
@@ -44,10 +54,12 @@ def _assign(
             col_mask = cols[None, :] < C
             xt = tl.load(
                 x_img + rows[:, None].to(tl.int64) * stride_xn + cols[None, :],
-                mask=row_mask[:, None] & col_mask, other=0.0,
+                mask=row_mask[:, None] & col_mask,
+                other=0.0,
             )
-            zt = tl.load(z_img + ks[:, None] * C + cols[None, :], mask=k_mask[:, None] & col_mask,
-                         other=0.0)
+            zt = tl.load(
+                z_img + ks[:, None] * C + cols[None, :], mask=k_mask[:, None] & col_mask, other=0.0
+            )
             if UPCAST:
                 xt = xt.to(tl.float32)
             dot += tl.dot(xt, tl.trans(zt.to(xt.dtype)), input_precision=DOT_PRECISION)
@@ -68,9 +80,19 @@ def _assign(
 
 @triton.jit
 def _update(
-    x_img, labels_img, z_img, norms_img, N, C, stride_xn,
-    KAPPA: tl.constexpr, KAPPA_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    x_img,
+    labels_img,
+    z_img,
+    norms_img,
+    N,
+    C,
+    stride_xn,
+    KAPPA: tl.constexpr,
+    KAPPA_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """Centroid of every cluster = mean of its nodes (kept when empty); refresh |z|^2."""
     ks = tl.arange(0, KAPPA_PAD)
@@ -88,7 +110,8 @@ def _update(
             onehot = label[:, None] == ks[None, :]  # (BLOCK_N, KAPPA_PAD)
             xt = tl.load(
                 x_img + rows[:, None].to(tl.int64) * stride_xn + cols[None, :],
-                mask=row_mask[:, None] & col_mask, other=0.0,
+                mask=row_mask[:, None] & col_mask,
+                other=0.0,
             )
             if UPCAST:
                 xt = xt.to(tl.float32)
@@ -137,62 +160,123 @@ def _kmeans_kernel(
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         mask = k_mask[:, None] & (cols[None, :] < C)
-        z = tl.load(x_img + seeds[:, None].to(tl.int64) * stride_xn + cols[None, :], mask=mask,
-                    other=0.0).to(tl.float32)
+        z = tl.load(
+            x_img + seeds[:, None].to(tl.int64) * stride_xn + cols[None, :], mask=mask, other=0.0
+        ).to(tl.float32)
         tl.store(z_img + ks[:, None] * C + cols[None, :], z, mask=mask)
         z_norm += tl.sum(z * z, axis=1)
     tl.store(norms_img + ks, z_norm)
     tl.debug_barrier()  # centroids are read by other threads of this program below
 
-    changed = _assign(x_img, labels_img, z_img, norms_img, N, C, stride_xn, True,
-                      KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST)
+    changed = _assign(
+        x_img,
+        labels_img,
+        z_img,
+        norms_img,
+        N,
+        C,
+        stride_xn,
+        True,
+        KAPPA,
+        KAPPA_PAD,
+        BLOCK_N,
+        BLOCK_C,
+        DOT_PRECISION,
+        UPCAST,
+    )
     iterations = tl.zeros([], dtype=tl.int32)
     while (changed > 0) & (iterations < max_iters):
         tl.debug_barrier()
-        _update(x_img, labels_img, z_img, norms_img, N, C, stride_xn,
-                KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST)
+        _update(
+            x_img,
+            labels_img,
+            z_img,
+            norms_img,
+            N,
+            C,
+            stride_xn,
+            KAPPA,
+            KAPPA_PAD,
+            BLOCK_N,
+            BLOCK_C,
+            DOT_PRECISION,
+            UPCAST,
+        )
         tl.debug_barrier()
-        changed = _assign(x_img, labels_img, z_img, norms_img, N, C, stride_xn, False,
-                          KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST)
+        changed = _assign(
+            x_img,
+            labels_img,
+            z_img,
+            norms_img,
+            N,
+            C,
+            stride_xn,
+            False,
+            KAPPA,
+            KAPPA_PAD,
+            BLOCK_N,
+            BLOCK_C,
+            DOT_PRECISION,
+            UPCAST,
+        )
         iterations += 1
     if changed > 0:  # hit the cap: centroids belong to the previous labels, re-average
         tl.debug_barrier()
-        _update(x_img, labels_img, z_img, norms_img, N, C, stride_xn,
-                KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST)
+        _update(
+            x_img,
+            labels_img,
+            z_img,
+            norms_img,
+            N,
+            C,
+            stride_xn,
+            KAPPA,
+            KAPPA_PAD,
+            BLOCK_N,
+            BLOCK_C,
+            DOT_PRECISION,
+            UPCAST,
+        )
     tl.store(iterations_ptr + b, iterations)
 
 
 # Every config compiles without register spills for sm_80 and sm_90 (tests/kernels/
 # test_aot_compile.py); float32 (FMA products) keeps thinner tiles.
-_SPACE_16BIT = [
-        {"BLOCK_N": 32, "BLOCK_C": 64, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_N": 32, "BLOCK_C": 128, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_N": 64, "BLOCK_C": 128, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_N": 128, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_N": 128, "BLOCK_C": 64, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_N": 128, "BLOCK_C": 128, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_N": 128, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_N": 128, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1},
-    ]
-_SPACE_32BIT = [
-        {"BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_N": 64, "BLOCK_C": 16, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_N": 128, "BLOCK_C": 16, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_N": 128, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_N": 128, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_N": 128, "BLOCK_C": 64, "num_warps": 8, "num_stages": 1},
-    ]
+_SPACE_16BIT = configs(
+    ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
+    [
+        (32, 64, 8, 2),
+        (32, 128, 8, 2),
+        (64, 32, 8, 2),
+        (64, 64, 8, 2),
+        (64, 128, 8, 2),
+        (128, 32, 8, 2),
+        (128, 64, 8, 2),
+        (128, 128, 8, 2),
+        (32, 32, 4, 1),
+        (64, 32, 4, 1),
+        (64, 64, 4, 1),
+        (128, 32, 4, 1),
+        (128, 128, 4, 1),
+    ],
+)
+_SPACE_32BIT = configs(
+    ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
+    [
+        (32, 16, 4, 1),
+        (32, 32, 8, 1),
+        (32, 32, 8, 2),
+        (64, 16, 8, 2),
+        (64, 32, 8, 1),
+        (64, 32, 8, 2),
+        (64, 64, 4, 1),
+        (64, 64, 8, 1),
+        (128, 16, 8, 2),
+        (128, 32, 4, 1),
+        (128, 32, 4, 2),
+        (128, 64, 8, 1),
+    ],
+)
 
 KMEANS = Tunable(
     name="kmeans",
@@ -208,14 +292,32 @@ KMEANS = Tunable(
     ],
     bucket_fn=lambda B, N, C, kappa: f"N{N}/C{C}/k{kappa}/B{batch_bucket(B)}",
     signature_fn=lambda dtype, config: (
-        {"x_ptr": f"*{TRITON_TYPES[dtype]}", "labels_ptr": "*i32", "centroids_ptr": "*fp32",
-         "norms_ptr": "*fp32", "iterations_ptr": "*i32", "N": "i32", "C": "i32",
-         "stride_xb": "i32", "stride_xn": "i32", "max_iters": "i32", "KAPPA": "constexpr",
-         "KAPPA_PAD": "constexpr", "BLOCK_N": "constexpr", "BLOCK_C": "constexpr",
-         "DOT_PRECISION": "constexpr", "UPCAST": "constexpr"},
-        {"KAPPA": 6, "KAPPA_PAD": 16, "BLOCK_N": config["BLOCK_N"],
-         "BLOCK_C": config["BLOCK_C"], "DOT_PRECISION": dot_precision(dtype)[0],
-         "UPCAST": False},
+        {
+            "x_ptr": f"*{TRITON_TYPES[dtype]}",
+            "labels_ptr": "*i32",
+            "centroids_ptr": "*fp32",
+            "norms_ptr": "*fp32",
+            "iterations_ptr": "*i32",
+            "N": "i32",
+            "C": "i32",
+            "stride_xb": "i32",
+            "stride_xn": "i32",
+            "max_iters": "i32",
+            "KAPPA": "constexpr",
+            "KAPPA_PAD": "constexpr",
+            "BLOCK_N": "constexpr",
+            "BLOCK_C": "constexpr",
+            "DOT_PRECISION": "constexpr",
+            "UPCAST": "constexpr",
+        },
+        {
+            "KAPPA": 6,
+            "KAPPA_PAD": 16,
+            "BLOCK_N": config["BLOCK_N"],
+            "BLOCK_C": config["BLOCK_C"],
+            "DOT_PRECISION": dot_precision(dtype)[0],
+            "UPCAST": False,
+        },
     ),
 )
 
@@ -253,8 +355,21 @@ def kmeans(
     meta, opts = split_launch_options(config)
     precision, upcast = dot_precision(x.dtype)
     _kmeans_kernel[(B,)](
-        x, labels, centroids, norms, iterations, N, C, x.stride(0), x.stride(1), max_iters,
-        KAPPA=num_clusters, KAPPA_PAD=kappa_pad, DOT_PRECISION=precision, UPCAST=upcast,
-        **meta, **opts,
+        x,
+        labels,
+        centroids,
+        norms,
+        iterations,
+        N,
+        C,
+        x.stride(0),
+        x.stride(1),
+        max_iters,
+        KAPPA=num_clusters,
+        KAPPA_PAD=kappa_pad,
+        DOT_PRECISION=precision,
+        UPCAST=upcast,
+        **meta,
+        **opts,
     )
     return labels, centroids[:, :num_clusters].to(x.dtype).contiguous(), iterations

@@ -18,9 +18,23 @@ import triton
 import triton.language as tl
 
 from ._common import INDEX_DTYPE, dot_precision, next_power_of_2
-from ._tuning import TRITON_TYPES, Tunable, rows_bucket, split_launch_options
+from ._tuning import TRITON_TYPES, Tunable, configs, rows_bucket, split_launch_options
 
 _NO_INDEX = 2**31 - 1  # "no neighbour" marker: larger than any row index
+
+
+@triton.jit
+def _squared_norms(base, offsets, row_mask, C, ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``|x|^2`` (float32) of ROWS rows at ``base + offsets`` (a (ROWS, BLOCK_C) tile of in-row
+    offsets), streamed over C channels in BLOCK_C slices."""
+    chans = tl.arange(0, BLOCK_C)
+    norms = tl.zeros([ROWS], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        tile = tl.load(
+            base + c0 + offsets, mask=row_mask[:, None] & (c0 + chans < C)[None, :], other=0.0
+        ).to(tl.float32)
+        norms += tl.sum(tile * tile, axis=1)
+    return norms
 
 
 @triton.jit
@@ -54,12 +68,7 @@ def _partition_knn_kernel(
         q_offsets = local_m[:, None] * stride_xm + chans[None, :]
         k_offsets = local_n[:, None] * stride_xm + chans[None, :]
 
-        q_norm = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            q = tl.load(q_base + c0 + q_offsets,
-                        mask=row_mask[:, None] & (c0 + chans < C)[None, :], other=0.0)
-            q = q.to(tl.float32)
-            q_norm += tl.sum(q * q, axis=1)
+        q_norm = _squared_norms(q_base, q_offsets, row_mask, C, BLOCK_M, BLOCK_C)
 
         best_d = tl.full([BLOCK_M, K_PAD], float("inf"), dtype=tl.float32)
         best_i = tl.full([BLOCK_M, K_PAD], 2147483647, dtype=tl.int32)
@@ -70,12 +79,7 @@ def _partition_knn_kernel(
             k_base = x_ptr + (start64 + (n0 - start)) * stride_xm
             # |k|^2 in its own pass: keeping it out of the product loop saves the registers of a
             # float32 copy of every candidate tile there.
-            k_norm = tl.zeros([BLOCK_N], dtype=tl.float32)
-            for c0 in range(0, C, BLOCK_C):
-                kf = tl.load(k_base + c0 + k_offsets,
-                             mask=cand_mask[:, None] & (c0 + chans < C)[None, :], other=0.0)
-                kf = kf.to(tl.float32)
-                k_norm += tl.sum(kf * kf, axis=1)
+            k_norm = _squared_norms(k_base, k_offsets, cand_mask, C, BLOCK_N, BLOCK_C)
             dot = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             for c0 in range(0, C, BLOCK_C):
                 col_mask = (c0 + chans < C)[None, :]
@@ -96,8 +100,12 @@ def _partition_knn_kernel(
                 new_i = tl.full([BLOCK_M, K_PAD], 2147483647, dtype=tl.int32)
                 for s in range(K):
                     nearest = tl.minimum(tl.min(d, axis=1), tl.min(best_d, axis=1))
-                    i_tile = tl.min(tl.where(d == nearest[:, None], cand[None, :], 2147483647), axis=1)
-                    i_best = tl.min(tl.where(best_d == nearest[:, None], best_i, 2147483647), axis=1)
+                    i_tile = tl.min(
+                        tl.where(d == nearest[:, None], cand[None, :], 2147483647), axis=1
+                    )
+                    i_best = tl.min(
+                        tl.where(best_d == nearest[:, None], best_i, 2147483647), axis=1
+                    )
                     chosen = tl.minimum(i_tile, i_best)
                     d = tl.where(cand[None, :] == chosen[:, None], float("inf"), d)
                     best_d = tl.where(best_i == chosen[:, None], float("inf"), best_d)
@@ -114,52 +122,61 @@ def _partition_knn_kernel(
                 member = tl.sum(tl.where(slots[None, :] == s % size, ranked, 0), axis=1)
                 best_i = tl.where(slots[None, :] == s, member[:, None], best_i)
         out_base = out_ptr + row_start.to(tl.int64) * K
-        tl.store(out_base + local_m[:, None] * K + slots[None, :], best_i,
-                 mask=row_mask[:, None] & (slots[None, :] < K))
+        tl.store(
+            out_base + local_m[:, None] * K + slots[None, :],
+            best_i,
+            mask=row_mask[:, None] & (slots[None, :] < K),
+        )
 
 
 # Every config compiles without register spills for sm_80 and sm_90 (tests/kernels/
 # test_aot_compile.py). float32 products run on FMA units with larger operand fragments, hence
 # thinner channel slices than the tensor-core fp16/bf16 space.
-_SPACE_16BIT = [
-        {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_C": 64, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 8, "num_stages": 2},
-    ]
-_SPACE_32BIT = [
-        {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
-    ]
+_SPACE_16BIT = configs(
+    ("BLOCK_M", "BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
+    [
+        (16, 32, 32, 4, 2),
+        (16, 32, 64, 4, 2),
+        (16, 64, 32, 4, 2),
+        (16, 64, 64, 4, 2),
+        (32, 32, 32, 4, 2),
+        (32, 32, 64, 4, 2),
+        (32, 64, 32, 4, 2),
+        (32, 64, 64, 4, 2),
+        (64, 32, 32, 4, 2),
+        (64, 32, 64, 4, 2),
+        (64, 64, 32, 4, 2),
+        (64, 64, 64, 4, 2),
+        (32, 64, 32, 8, 2),
+        (64, 32, 64, 8, 2),
+        (64, 64, 32, 8, 2),
+        (64, 64, 64, 8, 2),
+    ],
+)
+_SPACE_32BIT = configs(
+    ("BLOCK_M", "BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
+    [
+        (16, 32, 16, 4, 1),
+        (16, 32, 32, 4, 1),
+        (16, 64, 16, 4, 1),
+        (16, 64, 32, 4, 1),
+        (32, 32, 16, 4, 1),
+        (32, 32, 32, 4, 1),
+        (32, 64, 16, 4, 1),
+        (32, 64, 32, 4, 1),
+        (64, 32, 16, 4, 1),
+        (64, 32, 32, 4, 1),
+        (64, 64, 16, 4, 1),
+        (64, 64, 32, 4, 1),
+        (32, 64, 32, 8, 2),
+        (64, 64, 32, 8, 2),
+    ],
+)
 
 
 PARTITION_KNN = Tunable(
     name="partition_knn",
-    kernels=[_partition_knn_kernel],
+    kernels=[_partition_knn_kernel, _squared_norms],
     space={"e2": _SPACE_16BIT, "e4": _SPACE_32BIT},
     default={
         "e2": {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},
@@ -169,15 +186,33 @@ PARTITION_KNN = Tunable(
         {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
         {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
     ],
-    bucket_fn=lambda M, C, K, S: f"C{C}/K{next_power_of_2(K)}/S{next_power_of_2(S)}/M{rows_bucket(M)}",
+    bucket_fn=lambda M, C, K, S: (
+        f"C{C}/K{next_power_of_2(K)}/S{next_power_of_2(S)}/M{rows_bucket(M)}"
+    ),
     signature_fn=lambda dtype, config: (
-        {"x_ptr": f"*{TRITON_TYPES[dtype]}", "offsets_ptr": "*i32", "out_ptr": "*i32",
-         "C": "i32", "stride_xm": "i32", "K": "constexpr", "K_PAD": "constexpr",
-         "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_C": "constexpr",
-         "DOT_PRECISION": "constexpr", "UPCAST": "constexpr"},
-        {"K": 32, "K_PAD": 32, "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
-         "BLOCK_C": config["BLOCK_C"], "DOT_PRECISION": dot_precision(dtype)[0],
-         "UPCAST": False},
+        {
+            "x_ptr": f"*{TRITON_TYPES[dtype]}",
+            "offsets_ptr": "*i32",
+            "out_ptr": "*i32",
+            "C": "i32",
+            "stride_xm": "i32",
+            "K": "constexpr",
+            "K_PAD": "constexpr",
+            "BLOCK_M": "constexpr",
+            "BLOCK_N": "constexpr",
+            "BLOCK_C": "constexpr",
+            "DOT_PRECISION": "constexpr",
+            "UPCAST": "constexpr",
+        },
+        {
+            "K": 32,
+            "K_PAD": 32,
+            "BLOCK_M": config["BLOCK_M"],
+            "BLOCK_N": config["BLOCK_N"],
+            "BLOCK_C": config["BLOCK_C"],
+            "DOT_PRECISION": dot_precision(dtype)[0],
+            "UPCAST": False,
+        },
     ),
 )
 
@@ -211,7 +246,16 @@ def partition_knn(
     precision, upcast = dot_precision(x.dtype)
     grid = (num_parts, triton.cdiv(max_partition_size, meta["BLOCK_M"]))
     _partition_knn_kernel[grid](
-        x, offsets, out, C, x.stride(0),
-        K=k, K_PAD=next_power_of_2(k), DOT_PRECISION=precision, UPCAST=upcast, **meta, **opts,
+        x,
+        offsets,
+        out,
+        C,
+        x.stride(0),
+        K=k,
+        K_PAD=next_power_of_2(k),
+        DOT_PRECISION=precision,
+        UPCAST=upcast,
+        **meta,
+        **opts,
     )
     return out

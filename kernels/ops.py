@@ -6,13 +6,13 @@ the pure-torch reference (``kernels/reference.py``) otherwise. ``register_fake``
 ``torch.compile`` their output shapes, so a compiled model sees each op as one graph node;
 ``permute_rows`` and ``max_aggregate`` carry their gradients.
 
-| op | inputs | outputs |
-|---|---|---|
-| ``batched_kmeans`` | x (B, N, C) float, kappa, max_iters | labels (B, N) i32, centroids (B, kappa, C), iterations (B,) i32 |
-| ``partition`` | labels (B, N) i32, kappa | perm (M,), inverse (M,), offsets (B*kappa+1,), segment (M,) i32 |
-| ``permute_rows`` | x (M, C), index (M,), inverse (M,) i32 | x[index] (M, C) |
-| ``partition_knn`` | x (M, C) float, offsets i32, K, max_partition_size | nbr (M, K) i32 |
-| ``max_aggregate`` | x (M, C) float, nbr (M, K) i32, relative | out (M, C), argslot (M, C) u8 |
+- ``batched_kmeans``: x (B, N, C) float, kappa, max_iters -> labels (B, N) i32,
+  centroids (B, kappa, C), iterations (B,) i32
+- ``partition``: labels (B, N) i32, kappa -> perm (M,), inverse (M,), offsets (B*kappa+1,),
+  segment (M,), all i32
+- ``permute_rows``: x (M, C), index (M,) i32, inverse (M,) i32 -> x[index] (M, C)
+- ``partition_knn``: x (M, C) float, offsets i32, K, max_partition_size -> nbr (M, K) i32
+- ``max_aggregate``: x (M, C) float, nbr (M, K) i32, relative -> out (M, C), argslot (M, C) u8
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import reference
 from ._common import (
-    OP_DTYPES,
     INDEX_DTYPE,
     MAX_CLUSTERS,
     MAX_NEIGHBORS,
+    OP_DTYPES,
     check_finite,
     check_int,
     check_tensor,
@@ -47,7 +47,8 @@ def _check_kmeans(x: Tensor, num_clusters: int, max_iters: int) -> None:
     check_int("kmeans", "num_clusters", num_clusters, low=1, high=MAX_CLUSTERS)
     if num_clusters > n:
         raise ValueError(
-            f"kmeans: argument 'num_clusters' must be in [1, N] with N = {n} nodes, got {num_clusters}"
+            f"kmeans: argument 'num_clusters' must be in [1, N] with N = {n} nodes, "
+            f"got {num_clusters}"
         )
     check_int("kmeans", "max_iters", max_iters, low=1)
 
@@ -190,7 +191,8 @@ def _check_knn(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> N
     check_tensor("partition_knn", "offsets", offsets, ndim=1, dtypes=_INDEX, device=x.device)
     if offsets.shape[0] < 2:
         raise ValueError(
-            f"partition_knn: argument 'offsets' must have at least 2 entries, got {offsets.shape[0]}"
+            "partition_knn: argument 'offsets' must have at least 2 entries, "
+            f"got {offsets.shape[0]}"
         )
     check_int("partition_knn", "k", k, low=1, high=MAX_NEIGHBORS)
     check_int("partition_knn", "max_partition_size", max_partition_size, low=1)
@@ -325,7 +327,9 @@ def _concrete_int(t: Tensor) -> int | None:
 
 
 @register_flop_formula(torch.ops.clustervig.kmeans, get_raw=True)
-def _kmeans_flops(x: Tensor, num_clusters: int, max_iters: int, *args, out_val=None, **kwargs) -> int:
+def _kmeans_flops(
+    x: Tensor, num_clusters: int, max_iters: int, *args, out_val=None, **kwargs
+) -> int:
     B, N, C = x.shape
     passes = _concrete_int(out_val[2]) if out_val is not None else None
     passes = B * (max_iters + 1) if passes is None else passes + B

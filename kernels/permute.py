@@ -65,24 +65,43 @@ def _partition_kernel(
 PARTITION = Tunable(
     name="partition",
     kernels=[_partition_kernel],
-    space=per_width([
-        {"BLOCK_N": bn, "num_warps": w, "num_stages": 1} for bn in (128, 256, 512) for w in (2, 4, 8)
-    ]),
+    space=per_width(
+        [
+            {"BLOCK_N": bn, "num_warps": w, "num_stages": 1}
+            for bn in (128, 256, 512)
+            for w in (2, 4, 8)
+        ]
+    ),
     default=per_width({"BLOCK_N": 256, "num_warps": 4, "num_stages": 1}),
-    interpret_space=[{"BLOCK_N": 32, "num_warps": 4, "num_stages": 1},
-                     {"BLOCK_N": 64, "num_warps": 4, "num_stages": 1}],
+    interpret_space=[
+        {"BLOCK_N": 32, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_N": 64, "num_warps": 4, "num_stages": 1},
+    ],
     bucket_fn=lambda N, kappa: f"N{N}/k{kappa}",
     signature_fn=lambda dtype, config: (
-        {"labels_ptr": "*i32", "perm_ptr": "*i32", "inverse_ptr": "*i32", "offsets_ptr": "*i32",
-         "segment_ptr": "*i32", "N": "i32", "num_images": "i32", "stride_lb": "i32",
-         "KAPPA": "constexpr", "KAPPA_PAD": "constexpr", "BLOCK_N": "constexpr"},
+        {
+            "labels_ptr": "*i32",
+            "perm_ptr": "*i32",
+            "inverse_ptr": "*i32",
+            "offsets_ptr": "*i32",
+            "segment_ptr": "*i32",
+            "N": "i32",
+            "num_images": "i32",
+            "stride_lb": "i32",
+            "KAPPA": "constexpr",
+            "KAPPA_PAD": "constexpr",
+            "BLOCK_N": "constexpr",
+        },
         {"KAPPA": 6, "KAPPA_PAD": 8, "BLOCK_N": config["BLOCK_N"]},
     ),
 )
 
 
 def partition(
-    labels: torch.Tensor, num_clusters: int, *, out: tuple[torch.Tensor, ...] | None = None,
+    labels: torch.Tensor,
+    num_clusters: int,
+    *,
+    out: tuple[torch.Tensor, ...] | None = None,
     config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch :func:`_partition_kernel`: labels ``(B, N)`` int32 -> perm, inverse, offsets, segment.
@@ -110,8 +129,18 @@ def partition(
     )
     meta, opts = split_launch_options(config)
     _partition_kernel[(B,)](
-        labels, perm, inverse, offsets, segment, N, B, labels.stride(0),
-        KAPPA=num_clusters, KAPPA_PAD=next_power_of_2(num_clusters), **meta, **opts,
+        labels,
+        perm,
+        inverse,
+        offsets,
+        segment,
+        N,
+        B,
+        labels.stride(0),
+        KAPPA=num_clusters,
+        KAPPA_PAD=next_power_of_2(num_clusters),
+        **meta,
+        **opts,
     )
     return perm, inverse, offsets, segment
 
@@ -145,33 +174,48 @@ PERMUTE_ROWS = Tunable(
     name="permute_rows",
     kernels=[_permute_rows_kernel],
     # Spill-free for sm_80 and sm_90 (tests/kernels/test_aot_compile.py).
-    space=per_width([
-        {"BLOCK_M": 16, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 16, "BLOCK_C": 256, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 16, "BLOCK_C": 256, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_M": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 32, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 32, "BLOCK_C": 128, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_M": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 64, "BLOCK_C": 64, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_M": 64, "BLOCK_C": 256, "num_warps": 4, "num_stages": 1},
-    ]),
+    space=per_width(
+        [
+            {"BLOCK_M": 16, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
+            {"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1},
+            {"BLOCK_M": 16, "BLOCK_C": 256, "num_warps": 4, "num_stages": 1},
+            {"BLOCK_M": 16, "BLOCK_C": 256, "num_warps": 8, "num_stages": 1},
+            {"BLOCK_M": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
+            {"BLOCK_M": 32, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1},
+            {"BLOCK_M": 32, "BLOCK_C": 128, "num_warps": 8, "num_stages": 1},
+            {"BLOCK_M": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
+            {"BLOCK_M": 64, "BLOCK_C": 64, "num_warps": 8, "num_stages": 1},
+            {"BLOCK_M": 64, "BLOCK_C": 256, "num_warps": 4, "num_stages": 1},
+        ]
+    ),
     default=per_width({"BLOCK_M": 32, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1}),
-    interpret_space=[{"BLOCK_M": 16, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
-                     {"BLOCK_M": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1}],
+    interpret_space=[
+        {"BLOCK_M": 16, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_M": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
+    ],
     bucket_fn=lambda M, C: f"C{C}/M{rows_bucket(M)}",
     signature_fn=lambda dtype, config: (
-        {"x_ptr": f"*{TRITON_TYPES[dtype]}", "index_ptr": "*i32",
-         "out_ptr": f"*{TRITON_TYPES[dtype]}", "M": "i32", "C": "i32", "stride_xm": "i32",
-         "stride_xc": "i32", "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"},
+        {
+            "x_ptr": f"*{TRITON_TYPES[dtype]}",
+            "index_ptr": "*i32",
+            "out_ptr": f"*{TRITON_TYPES[dtype]}",
+            "M": "i32",
+            "C": "i32",
+            "stride_xm": "i32",
+            "stride_xc": "i32",
+            "BLOCK_M": "constexpr",
+            "BLOCK_C": "constexpr",
+        },
         {"BLOCK_M": config["BLOCK_M"], "BLOCK_C": config["BLOCK_C"]},
     ),
 )
 
 
 def permute_rows(
-    x: torch.Tensor, index: torch.Tensor, *, out: torch.Tensor | None = None,
+    x: torch.Tensor,
+    index: torch.Tensor,
+    *,
+    out: torch.Tensor | None = None,
     config: dict | None = None,
 ) -> torch.Tensor:
     """Launch :func:`_permute_rows_kernel`: ``out[i] = x[index[i]]``, x ``(M, C)`` any strides."""

@@ -6,8 +6,9 @@ M = B*N rows in partition order, P = B*kappa partitions, K neighbours. Index ten
 
 Precision: distances and means are computed in float32 (the CPU path of the model should not
 pay for float64), or in float64 for float64 inputs: the tests pass float64 copies to use the
-references as oracles. Results are cast back to the input dtype. Ties are broken towards the lowest index everywhere
-(argmin over clusters, neighbour order, argmax over neighbour slots), as the kernels do.
+references as oracles. Results are cast back to the input dtype. Ties are broken towards the
+lowest index everywhere (argmin over clusters, neighbour order, argmax over neighbour slots), as
+the kernels do.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def _nearest_first(dist: torch.Tensor, k: int) -> torch.Tensor:
     ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
     column = torch.arange(dist.shape[-1], device=dist.device, dtype=torch.int64)
     keys = (ordered << 32) | column
-    return (torch.topk(keys, k, dim=-1, largest=False, sorted=True).values & 0xFFFFFFFF)
+    return torch.topk(keys, k, dim=-1, largest=False, sorted=True).values & 0xFFFFFFFF
 
 
 def partition_knn(x: torch.Tensor, offsets: torch.Tensor, k: int) -> torch.Tensor:
@@ -263,7 +264,8 @@ def max_aggregate_backward(
 ) -> torch.Tensor:
     """Gradient of :func:`max_aggregate` w.r.t. ``x``: route ``grad`` to the winning neighbours.
 
-    ``grad_x[nbr[v, argslot[v, c]], c] += grad[v, c]`` and, if relative, ``grad_x[v, c] -= grad[v, c]``.
+    ``grad_x[nbr[v, argslot[v, c]], c] += grad[v, c]``; if relative also
+    ``grad_x[v, c] -= grad[v, c]``.
     Accumulates in float64, returns ``grad.dtype``.
     """
     M, C = grad.shape

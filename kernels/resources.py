@@ -52,12 +52,14 @@ def cuobjdump() -> str:
 
     path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"cuobjdump not found at {path} (it ships with Triton's CUDA backend)")
+        raise FileNotFoundError(
+            f"cuobjdump not found at {path} (it ships with Triton's CUDA backend)"
+        )
     return path
 
 
 def compile_kernel(tunable: Tunable, config: dict, dtype: torch.dtype, arch: int):
-    """``triton.compile`` the tunable's main kernel for ``sm_<arch>``; returns the CompiledKernel."""
+    """``triton.compile`` the tunable's main kernel for ``sm_<arch>`` (a CompiledKernel)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -73,7 +75,8 @@ def compile_kernel(tunable: Tunable, config: dict, dtype: torch.dtype, arch: int
     # strides that are multiples of 16 (C = 192, 320, 640 and their multiples). This is what
     # lets Triton vectorise loads; without it every element gets its own 64-bit address.
     aligned = [
-        name for name, kind in signature.items()
+        name
+        for name, kind in signature.items()
         if kind.startswith("*") or name == "C" or name.startswith("stride")
     ]
     attrs = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned}
@@ -138,23 +141,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--ops", nargs="+", choices=sorted(REGISTRY), help="ops (default: all)")
     parser.add_argument("--all-configs", action="store_true", help="every config of every space")
-    parser.add_argument("--dtypes", nargs="+", choices=["fp32", "fp16", "bf16"],
-                        default=["fp32", "fp16", "bf16"])
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=["fp32", "fp16", "bf16"], default=["fp32", "fp16", "bf16"]
+    )
     parser.add_argument("--archs", nargs="+", type=int, choices=ARCHS, default=list(ARCHS))
     parser.add_argument("--json", metavar="PATH", help="also write every row to PATH as JSON")
     args = parser.parse_args(argv)
     by_name = {v: k for k, v in TRITON_TYPES.items()}
-    print(f"{'op':24s} {'sm':>3s} {'dtype':5s} {'regs':>4s} {'smem B':>7s} {'stack':>5s} "
-          f"{'local':>5s}  config", flush=True)
+    print(
+        f"{'op':24s} {'sm':>3s} {'dtype':5s} {'regs':>4s} {'smem B':>7s} {'stack':>5s} "
+        f"{'local':>5s}  config",
+        flush=True,
+    )
     spills = 0
     rows = []
     for usage in survey(args.ops, args.all_configs, [by_name[d] for d in args.dtypes], args.archs):
         spills += usage.spills
         rows.append({**asdict(usage), "spills": usage.spills})
         flag = "  SPILLS" if usage.spills else ""
-        print(f"{usage.op:24s} {usage.arch:>3d} {usage.dtype:5s} {usage.registers:>4d} "
-              f"{usage.shared:>7d} {usage.stack:>5d} {usage.local:>5d}  "
-              f"{_config_text(usage.config)}{flag}", flush=True)
+        print(
+            f"{usage.op:24s} {usage.arch:>3d} {usage.dtype:5s} {usage.registers:>4d} "
+            f"{usage.shared:>7d} {usage.stack:>5d} {usage.local:>5d}  "
+            f"{_config_text(usage.config)}{flag}",
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)

@@ -1,10 +1,10 @@
 """``python -m reports``: benchmarks -> reports/results/*.json -> figures and tables.
 
-    python -m reports run        # models x batch sizes on the best device
-    python -m reports scaling    # one DEGC layer vs one dense k-NN layer, N = 196..3136
-    python -m reports micro      # kernel microbenchmarks
-    python -m reports plot       # figures + tables from the result files (no benchmarking)
-    python -m reports all        # run + scaling + micro + plot
+python -m reports run        # models x batch sizes on the best device
+python -m reports scaling    # one DEGC layer vs one dense k-NN layer, N = 196..3136
+python -m reports micro      # kernel microbenchmarks
+python -m reports plot       # figures + tables from the result files (no benchmarking)
+python -m reports all        # run + scaling + micro + plot
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import bench, micro, plot, scaling
-from .common import RESULTS_DIR, FIGURES_DIR, best_device, progress, result_path, write_json
+from .common import FIGURES_DIR, RESULTS_DIR, best_device, progress, result_path, write_json
 from .schema import ResultError
 
 
@@ -42,25 +42,53 @@ def _device(name: str) -> torch.device:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", type=_device, default="auto",
-                        help="auto (CUDA if present, else CPU), cpu or cuda")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
-                        help=f"where result JSON goes (default {RESULTS_DIR})")
+    parser.add_argument(
+        "--device",
+        type=_device,
+        default="auto",
+        help="auto (CUDA if present, else CPU), cpu or cuda",
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help=f"where result JSON goes (default {RESULTS_DIR})",
+    )
 
 
 def _run_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", metavar="NAME",
-                        help="models (registry names, e.g. cvig_ti pvig_s; timm:efficientformer_l1 "
-                             "with timm). Default: CPU cvig_ti cvig_s pvig_ti pvig_s ivig_ti; CUDA all "
-                             "ClusterViG, PViG and IViG variants (+ EfficientFormer if timm is installed)")
-    parser.add_argument("--batch-sizes", type=_positive_ints, metavar="'1 2 4'",
-                        help="batch sizes (default: CPU 1 2 4 8 16; CUDA 1 8 16 ... 512)")
-    parser.add_argument("--dtype", choices=sorted(bench.DTYPES),
-                        help="float32, or bfloat16/float16 autocast (default: CPU float32, CUDA bfloat16)")
-    parser.add_argument("--compile", nargs="+", choices=bench.COMPILE_MODES, dest="compile_modes",
-                        help="torch.compile modes to run, 'none' = eager (default: CPU none, CUDA default)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default CPU 1, CUDA 5)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default CPU 5, CUDA 30)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        metavar="NAME",
+        help="models (registry names, e.g. cvig_ti pvig_s; timm:efficientformer_l1 "
+        "with timm). Default: CPU cvig_ti cvig_s pvig_ti pvig_s ivig_ti; CUDA all "
+        "ClusterViG, PViG and IViG variants (+ EfficientFormer if timm is installed)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=_positive_ints,
+        metavar="'1 2 4'",
+        help="batch sizes (default: CPU 1 2 4 8 16; CUDA 1 8 16 ... 512)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(bench.DTYPES),
+        help="float32, or bfloat16/float16 autocast (default: CPU float32, CUDA bfloat16)",
+    )
+    parser.add_argument(
+        "--compile",
+        nargs="+",
+        choices=bench.COMPILE_MODES,
+        dest="compile_modes",
+        help="torch.compile modes to run, 'none' = eager (default: CPU none, CUDA default)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed calls first (default CPU 1, CUDA 5)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed calls (default CPU 5, CUDA 30)"
+    )
     parser.add_argument("--img-size", type=int, default=224)
 
 
@@ -82,13 +110,21 @@ def _parser() -> argparse.ArgumentParser:
     mi.add_argument("--batch-sizes", type=_positive_ints, metavar="'8 64'")
     mi.add_argument("--cases", nargs="+", choices=sorted(micro.CASES))
     pl = sub.add_parser("plot", help="draw figures and tables from result files")
-    pl.add_argument("results", nargs="*", type=Path,
-                    help=f"result files or directories (default {RESULTS_DIR}: newest per device)")
-    pl.add_argument("--out", type=Path, default=FIGURES_DIR, help=f"output directory ({FIGURES_DIR})")
+    pl.add_argument(
+        "results",
+        nargs="*",
+        type=Path,
+        help=f"result files or directories (default {RESULTS_DIR}: newest per device)",
+    )
+    pl.add_argument(
+        "--out", type=Path, default=FIGURES_DIR, help=f"output directory ({FIGURES_DIR})"
+    )
     al = sub.add_parser("all", help="run + scaling + micro + plot")
     _common(al)
     _run_args(al)
-    al.add_argument("--out", type=Path, default=FIGURES_DIR, help=f"figure directory ({FIGURES_DIR})")
+    al.add_argument(
+        "--out", type=Path, default=FIGURES_DIR, help=f"figure directory ({FIGURES_DIR})"
+    )
     return parser
 
 
@@ -110,8 +146,16 @@ def _defaults(args: argparse.Namespace) -> None:
 
 def _cmd_run(args) -> Path:
     batch_sizes = args.batch_sizes or bench.DEFAULT_BATCH_SIZES[args.device.type]
-    doc = bench.run(args.device, args.models, batch_sizes, bench.DTYPES[args.dtype],
-                    tuple(args.compile_modes), args.img_size, args.warmup, args.repeats)
+    doc = bench.run(
+        args.device,
+        args.models,
+        batch_sizes,
+        bench.DTYPES[args.dtype],
+        tuple(args.compile_modes),
+        args.img_size,
+        args.warmup,
+        args.repeats,
+    )
     path = write_json(result_path("models", args.device, args.results_dir), doc)
     progress(f"[run] wrote {path}")
     return path
@@ -146,11 +190,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "plot":
             _defaults(args)
             try:
-                args.models = [bench.resolve_model_name(m) for m in args.models] if hasattr(args, "models") else None
+                args.models = (
+                    [bench.resolve_model_name(m) for m in args.models]
+                    if hasattr(args, "models")
+                    else None
+                )
             except ValueError as err:
                 parser.error(str(err))
             for flag in ("warmup", "repeats"):
-                if getattr(args, flag, 1) is not None and getattr(args, flag, 1) < (0 if flag == "warmup" else 1):
+                if getattr(args, flag, 1) is not None and getattr(args, flag, 1) < (
+                    0 if flag == "warmup" else 1
+                ):
                     parser.error(f"--{flag} must be {'>= 0' if flag == 'warmup' else '>= 1'}")
         if args.command == "run":
             _cmd_run(args)

@@ -29,8 +29,18 @@ TIMM_MODELS = {
 }
 
 DEFAULT_MODELS = {
-    "cuda": ["cvig_ti", "cvig_s", "cvig_b", "cvig_b_hr", "pvig_ti", "pvig_s", "pvig_b",
-             "ivig_ti", "ivig_s", "ivig_b"],
+    "cuda": [
+        "cvig_ti",
+        "cvig_s",
+        "cvig_b",
+        "cvig_b_hr",
+        "pvig_ti",
+        "pvig_s",
+        "pvig_b",
+        "ivig_ti",
+        "ivig_s",
+        "ivig_b",
+    ],
     "cpu": ["cvig_ti", "cvig_s", "pvig_ti", "pvig_s", "ivig_ti"],
 }
 DEFAULT_BATCH_SIZES = {"cuda": [1, 8, 16, 32, 64, 128, 256, 512], "cpu": [1, 2, 4, 8, 16]}
@@ -50,7 +60,9 @@ def resolve_model_name(name: str) -> str:
     if key.lower() in TIMM_MODELS or key.lower().startswith("timm:"):
         key = key.lower().removeprefix("timm:")
         if not timm_available():
-            raise ValueError(f"model {name!r} needs timm, which is not installed (pip install timm)")
+            raise ValueError(
+                f"model {name!r} needs timm, which is not installed (pip install timm)"
+            )
         return f"timm:{key}"
     return canonical_name(key)
 
@@ -97,20 +109,29 @@ def benchmark_model(
     """Rows for one model and compile mode over all batch sizes."""
     rows: list[dict] = []
     base = {
-        "model": key, "display": display_name(key), "compile": compile_mode,
-        "dtype": str(dtype).replace("torch.", ""), "img_size": img_size,
+        "model": key,
+        "display": display_name(key),
+        "compile": compile_mode,
+        "dtype": str(dtype).replace("torch.", ""),
+        "img_size": img_size,
     }
     try:
         model = build_model(key).eval().to(device)
         base["params_m"] = round(count_parameters(model) / 1e6, 2)
         runner = (
-            model if compile_mode == "none"
-            else torch.compile(model, mode=None if compile_mode == "default" else compile_mode,
-                               fullgraph=not key.startswith("timm:"))
+            model
+            if compile_mode == "none"
+            else torch.compile(
+                model,
+                mode=None if compile_mode == "default" else compile_mode,
+                fullgraph=not key.startswith("timm:"),
+            )
         )
     except Exception as err:  # a model that cannot be built fails its rows, not the run
-        return [dict(base, batch_size=b, status="failed", error=f"{type(err).__name__}: {err}")
-                for b in batch_sizes]
+        return [
+            dict(base, batch_size=b, status="failed", error=f"{type(err).__name__}: {err}")
+            for b in batch_sizes
+        ]
     oom_seen = False
     for batch in batch_sizes:
         row = dict(base, batch_size=batch)
@@ -127,12 +148,20 @@ def benchmark_model(
                 with torch.no_grad(), _autocast(device, dtype):
                     return runner(x)
 
-            timing = time_call(forward, device, warmup=warmup, repeats=repeats,
-                               min_seconds=min_seconds)
-            row.update(status="ok", error=None, **timing.as_dict(),
-                       throughput=batch / timing.median,
-                       peak_memory_mib=(torch.cuda.max_memory_allocated(device) / 2**20
-                                        if device.type == "cuda" else None))
+            timing = time_call(
+                forward, device, warmup=warmup, repeats=repeats, min_seconds=min_seconds
+            )
+            row.update(
+                status="ok",
+                error=None,
+                **timing.as_dict(),
+                throughput=batch / timing.median,
+                peak_memory_mib=(
+                    torch.cuda.max_memory_allocated(device) / 2**20
+                    if device.type == "cuda"
+                    else None
+                ),
+            )
         except torch.cuda.OutOfMemoryError:
             oom_seen = True
             row.update(status="oom", error="CUDA out of memory")
@@ -145,16 +174,20 @@ def benchmark_model(
         except Exception as err:
             row.update(status="failed", error=_short_error(err))
         finally:
-            del x
+            x = None
             _release(device)
         rows.append(row)
         if row["status"] == "ok":
-            progress(f"[run] {row['display']:10s} {compile_mode:15s} b={batch:<4d} "
-                     f"{row['median_ms']:9.2f} ms  {row['throughput']:9.1f} img/s")
+            progress(
+                f"[run] {row['display']:10s} {compile_mode:15s} b={batch:<4d} "
+                f"{row['median_ms']:9.2f} ms  {row['throughput']:9.1f} img/s"
+            )
         else:
-            progress(f"[run] {row['display']:10s} {compile_mode:15s} b={batch:<4d} "
-                     f"{row['status'].upper()}: {row['error']}")
-    del runner, model
+            progress(
+                f"[run] {row['display']:10s} {compile_mode:15s} b={batch:<4d} "
+                f"{row['status'].upper()}: {row['error']}"
+            )
+    runner = model = None
     _release(device)
     return rows
 
@@ -182,8 +215,9 @@ def run(
     for i, (mode, key) in enumerate([(m, k) for m in compile_modes for k in keys], start=1):
         progress(f"[run] ({i}/{total}) {display_name(key)} compile={mode} on {device}")
         torch.manual_seed(0)
-        rows += benchmark_model(key, device, batch_sizes, dtype, mode, img_size, warmup, repeats,
-                                min_seconds)
+        rows += benchmark_model(
+            key, device, batch_sizes, dtype, mode, img_size, warmup, repeats, min_seconds
+        )
     return {
         "kind": "models",
         "schema": 1,

@@ -49,13 +49,22 @@ def _inputs(B: int, N: int, C: int, kappa: int, K: int, dtype: torch.dtype, devi
     nbr = kernels.partition_knn(x_ua, offsets, K, N)
     _, argslot = reference.max_aggregate(x_ua.cpu(), nbr.cpu(), True)
     return {
-        "x": x, "labels": labels, "iterations": iterations, "perm": perm, "inverse": inverse,
-        "offsets": offsets, "x_ua": x_ua, "nbr": nbr, "argslot": argslot.to(device),
+        "x": x,
+        "labels": labels,
+        "iterations": iterations,
+        "perm": perm,
+        "inverse": inverse,
+        "offsets": offsets,
+        "x_ua": x_ua,
+        "nbr": nbr,
+        "argslot": argslot.to(device),
         "grad": torch.randn(B * N, C, device=device, dtype=dtype),
     }
 
 
-def _work(op: str, t: dict, B: int, N: int, C: int, kappa: int, K: int, esize: int) -> tuple[float, float]:
+def _work(
+    op: str, t: dict, B: int, N: int, C: int, kappa: int, K: int, esize: int
+) -> tuple[float, float]:
     """(minimum bytes moved, FLOPs) of one call."""
     M = B * N
     if op == "kmeans":
@@ -76,8 +85,9 @@ def _work(op: str, t: dict, B: int, N: int, C: int, kappa: int, K: int, esize: i
     raise KeyError(op)
 
 
-def _candidates(t: dict, B: int, N: int, C: int, kappa: int, K: int, on_gpu: bool
-                ) -> dict[str, dict[str, Callable[[], object]]]:
+def _candidates(
+    t: dict, B: int, N: int, C: int, kappa: int, K: int, on_gpu: bool
+) -> dict[str, dict[str, Callable[[], object]]]:
     """op -> {implementation: thunk}."""
     x, x_ua, nbr, argslot = t["x"], t["x_ua"], t["nbr"], t["argslot"]
     impls: dict[str, dict[str, Callable[[], object]]] = {
@@ -136,10 +146,18 @@ def run(
                         work_op = "dense_masked_knn" if impl == "dense_masked_topk" else op
                         nbytes, flops = _work(work_op, t, B, N, C, kappa, K, esize)
                         row = {
-                            "case": case, "op": op, "impl": impl, "batch_size": B,
-                            "dtype": str(dtype).replace("torch.", ""), "N": N, "C": C,
-                            "kappa": kappa, "K": K, **timing.as_dict(),
-                            "bytes": nbytes, "flops": flops,
+                            "case": case,
+                            "op": op,
+                            "impl": impl,
+                            "batch_size": B,
+                            "dtype": str(dtype).replace("torch.", ""),
+                            "N": N,
+                            "C": C,
+                            "kappa": kappa,
+                            "K": K,
+                            **timing.as_dict(),
+                            "bytes": nbytes,
+                            "flops": flops,
                             "gbps": nbytes / timing.median / 1e9,
                             "tflops": flops / timing.median / 1e12 if flops else None,
                         }
@@ -155,7 +173,11 @@ def run(
                     progress(
                         f"[micro] {case} B={B} {row['dtype']:8s} {op:23s} "
                         + "  ".join(f"{k}={v * 1e3:8.3f}ms" for k, v in times.items())
-                        + (f"  (fastest: {fastest}, {base / times[fastest]:.1f}x reference)" if base else "")
+                        + (
+                            f"  (fastest: {fastest}, {base / times[fastest]:.1f}x reference)"
+                            if base
+                            else ""
+                        )
                     )
     return {
         "kind": "micro",

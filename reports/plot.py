@@ -107,20 +107,25 @@ def plot_speedup(doc: dict, rows: list[dict], compile_mode: str, dtype: str, out
     names = _names(rows)
     groups = [g for g in GROUPS if g[1] in latency] or GROUPS[:1]
     fig, axes = plt.subplots(1, len(groups), figsize=(5.4 * len(groups), 4.4), squeeze=False)
-    for ax, (group, baseline, models) in zip(axes[0], groups):
+    for ax, (group, baseline, models) in zip(axes[0], groups, strict=True):
         ax.set_title(f"{group} group (baseline {names.get(baseline, baseline)})")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size (images)")
         ax.set_ylabel("speedup over PViG (x, latency ratio)")
         ax.grid(True, which="both", alpha=0.3)
         if baseline not in latency:
-            ax.text(0.5, 0.5, f"no {baseline} results", ha="center", va="center",
-                    transform=ax.transAxes)
+            ax.text(
+                0.5, 0.5, f"no {baseline} results", ha="center", va="center", transform=ax.transAxes
+            )
             continue
         base = latency[baseline]
         batches = sorted(base)
-        ax.plot(batches, [1.0] * len(batches), label=names[baseline],
-                **dict(_style(baseline), color="black"))
+        ax.plot(
+            batches,
+            [1.0] * len(batches),
+            label=names[baseline],
+            **dict(_style(baseline), color="black"),
+        )
         for model in models:
             if model not in latency:
                 continue
@@ -128,7 +133,9 @@ def plot_speedup(doc: dict, rows: list[dict], compile_mode: str, dtype: str, out
             ax.plot(batches, speedup, label=names[model], **_style(model))
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.legend(loc="best", fontsize=9)
-    fig.suptitle(_title(doc, "Inference speedup over Pyramid ViG (paper Fig. 5)", compile_mode, dtype))
+    fig.suptitle(
+        _title(doc, "Inference speedup over Pyramid ViG (paper Fig. 5)", compile_mode, dtype)
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=130)
     plt.close(fig)
@@ -141,8 +148,9 @@ def plot_throughput(doc: dict, rows: list[dict], compile_mode: str, dtype: str, 
     fig, ax = plt.subplots(figsize=(9, 5))
     batches = sorted({b for values in throughput.values() for b in values})
     for model, values in throughput.items():
-        ax.plot(batches, [values.get(b, math.nan) for b in batches], label=names[model],
-                **_style(model))
+        ax.plot(
+            batches, [values.get(b, math.nan) for b in batches], label=names[model], **_style(model)
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(batches, [str(b) for b in batches])
@@ -150,8 +158,9 @@ def plot_throughput(doc: dict, rows: list[dict], compile_mode: str, dtype: str, 
     ax.set_ylabel("throughput (images / s)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
-    ax.set_title(_title(doc, "Inference throughput (paper Table VI)", compile_mode, dtype),
-                 fontsize=10)
+    ax.set_title(
+        _title(doc, "Inference throughput (paper Table VI)", compile_mode, dtype), fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=130)
     plt.close(fig)
@@ -185,20 +194,37 @@ def table6(doc: dict, rows: list[dict], compile_mode: str, dtype: str) -> str:
 def plot_scaling(doc: dict, out: Path) -> Path:
     rows = doc["rows"]
     panels = [
-        ("graph construction latency (ms)", "median_ms",
-         {"degc_graph": "DEGC: k-means + in-partition k-NN", "dense_graph": "dense k-NN over all nodes"}),
-        ("whole layer latency (ms)", "median_ms",
-         {"degc": "DEGC layer", "dense_knn": "dense k-NN graph layer (ViG)"}),
+        (
+            "graph construction latency (ms)",
+            "median_ms",
+            {
+                "degc_graph": "DEGC: k-means + in-partition k-NN",
+                "dense_graph": "dense k-NN over all nodes",
+            },
+        ),
+        (
+            "whole layer latency (ms)",
+            "median_ms",
+            {"degc": "DEGC layer", "dense_knn": "dense k-NN graph layer (ViG)"},
+        ),
     ]
     if any(r.get("peak_memory_mib") is not None for r in rows):
-        panels.append(("whole layer peak memory (MiB)", "peak_memory_mib",
-                       {"degc": "DEGC layer", "dense_knn": "dense k-NN graph layer (ViG)"}))
+        panels.append(
+            (
+                "whole layer peak memory (MiB)",
+                "peak_memory_mib",
+                {"degc": "DEGC layer", "dense_knn": "dense k-NN graph layer (ViG)"},
+            )
+        )
     fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.4), squeeze=False)
     nodes = sorted({r["nodes"] for r in rows})
-    for ax, (ylabel, key, layers) in zip(axes[0], panels):
+    for ax, (ylabel, key, layers) in zip(axes[0], panels, strict=True):
         for layer, label in layers.items():
-            points = {r["nodes"]: r.get(key) for r in rows
-                      if r["layer"] == layer and r.get("status") == "ok"}
+            points = {
+                r["nodes"]: r.get(key)
+                for r in rows
+                if r["layer"] == layer and r.get("status") == "ok"
+            }
             values = [math.nan if points.get(n) is None else points[n] for n in nodes]
             ax.plot(nodes, values, marker="o", label=label)
         ax.set_xscale("log")
@@ -213,7 +239,9 @@ def plot_scaling(doc: dict, out: Path) -> Path:
     fig.suptitle(
         f"One graph layer vs nodes (C={settings.get('channels')}, K={settings.get('k')}, "
         f"batch {settings.get('batch_size')}, kappa 4/6/6)\n{env['device']} | "
-        f"{settings.get('dtype')} | torch {env['torch']}", fontsize=10)
+        f"{settings.get('dtype')} | torch {env['torch']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=130)
     plt.close(fig)
@@ -254,8 +282,9 @@ def render(paths: list[Path] | None = None, out_dir: Path | None = None) -> list
             for (mode, dtype), rows in _partitions(doc).items():
                 tag = f"{slug}-{dtype}-{mode}"
                 written.append(plot_speedup(doc, rows, mode, dtype, out_dir / f"fig5-{tag}.png"))
-                written.append(plot_throughput(doc, rows, mode, dtype,
-                                               out_dir / f"throughput-{tag}.png"))
+                written.append(
+                    plot_throughput(doc, rows, mode, dtype, out_dir / f"throughput-{tag}.png")
+                )
                 table = out_dir / f"table6-{tag}.md"
                 table.write_text(table6(doc, rows, mode, dtype))
                 written.append(table)

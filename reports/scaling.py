@@ -93,25 +93,41 @@ def run(
     for grid in grids:
         for name, layer in layers(channels, grid, k).items():
             layer = layer.eval().to(device)
-            row = {"layer": name, "nodes": grid * grid, "grid": grid, "batch_size": batch_size,
-                   "channels": channels, "k": k, "dtype": str(dtype).replace("torch.", ""),
-                   "num_clusters": CLUSTERS.get(grid, 4) if name.startswith("degc") else None}
+            row = {
+                "layer": name,
+                "nodes": grid * grid,
+                "grid": grid,
+                "batch_size": batch_size,
+                "channels": channels,
+                "k": k,
+                "dtype": str(dtype).replace("torch.", ""),
+                "num_clusters": CLUSTERS.get(grid, 4) if name.startswith("degc") else None,
+            }
             try:
                 x = F.normalize(torch.randn(batch_size, channels, grid, grid, device=device), dim=1)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                     base = torch.cuda.memory_allocated(device)
-                autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
-                            else contextlib.nullcontext())
+                autocast = (
+                    torch.autocast(device.type, dtype=dtype)
+                    if dtype != torch.float32
+                    else contextlib.nullcontext()
+                )
 
                 def forward():
                     with torch.no_grad(), autocast:
                         return layer(x)
 
                 timing = time_call(forward, device, warmup=warmup, repeats=repeats)
-                row.update(status="ok", **timing.as_dict(),
-                           peak_memory_mib=((torch.cuda.max_memory_allocated(device) - base) / 2**20
-                                            if device.type == "cuda" else None))
+                row.update(
+                    status="ok",
+                    **timing.as_dict(),
+                    peak_memory_mib=(
+                        (torch.cuda.max_memory_allocated(device) - base) / 2**20
+                        if device.type == "cuda"
+                        else None
+                    ),
+                )
                 progress(f"[scaling] {name:11s} N={grid * grid:5d} {row['median_ms']:9.2f} ms")
             except torch.cuda.OutOfMemoryError:
                 row.update(status="oom", error="CUDA out of memory")
@@ -125,7 +141,11 @@ def run(
         "kind": "scaling",
         "schema": 1,
         "environment": environment(device),
-        "settings": {"channels": channels, "k": k, "batch_size": batch_size,
-                     "dtype": str(dtype).replace("torch.", "")},
+        "settings": {
+            "channels": channels,
+            "k": k,
+            "batch_size": batch_size,
+            "dtype": str(dtype).replace("torch.", ""),
+        },
         "rows": rows,
     }

@@ -24,13 +24,20 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
 def poisoned(shape, dtype, device, value=None) -> torch.Tensor:
     """A tensor full of a value no kernel writes: NaN for floats, -7 for integers."""
     if dtype.is_floating_point:
-        return torch.full(shape, float("nan") if value is None else value, dtype=dtype, device=device)
+        return torch.full(
+            shape, float("nan") if value is None else value, dtype=dtype, device=device
+        )
     return torch.full(shape, POISON_INT if value is None else value, dtype=dtype, device=device)
 
 
-def random_partition_sizes(num_images: int, num_nodes: int, num_clusters: int, *,
-                           generator: torch.Generator | None = None,
-                           min_size: int = 0) -> torch.Tensor:
+def random_partition_sizes(
+    num_images: int,
+    num_nodes: int,
+    num_clusters: int,
+    *,
+    generator: torch.Generator | None = None,
+    min_size: int = 0,
+) -> torch.Tensor:
     """Ragged cluster sizes (num_images, num_clusters) summing to num_nodes per image."""
     sizes = torch.full((num_images, num_clusters), min_size, dtype=torch.int64)
     rest = num_nodes - min_size * num_clusters
@@ -49,8 +56,15 @@ def offsets_from_sizes(sizes: torch.Tensor) -> torch.Tensor:
     return offsets.to(torch.int32)
 
 
-def integer_features(rows: int, channels: int, dtype: torch.dtype, *, low: int = -6,
-                     high: int = 7, generator: torch.Generator | None = None) -> torch.Tensor:
+def integer_features(
+    rows: int,
+    channels: int,
+    dtype: torch.dtype,
+    *,
+    low: int = -6,
+    high: int = 7,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Small random integers: exact in every float dtype, and so are their squared distances
     (fp32 accumulation of integer products is exact), so a kernel and the float64 reference
     see the same distances and equal distances are exact ties the lowest-index rule resolves."""

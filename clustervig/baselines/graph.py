@@ -29,7 +29,9 @@ def relative_position_table(channels: int, grid: int) -> Tensor:
     for distant nodes. Computed in float64 on the CPU.
     """
     if channels % 4:
-        raise ValueError(f"relative_position_table: 'channels' must be a multiple of 4, got {channels}")
+        raise ValueError(
+            f"relative_position_table: 'channels' must be a multiple of 4, got {channels}"
+        )
     quarter = channels // 4
     omega = 1.0 / 10000.0 ** (torch.arange(quarter, dtype=torch.float64, device="cpu") / quarter)
     coords = torch.arange(grid, dtype=torch.float64, device="cpu")
@@ -51,7 +53,9 @@ def relative_position_bias(channels: int, num_nodes: int, reduction: int) -> Ten
     grid = math.isqrt(num_nodes)
     table = relative_position_table(channels, grid).float()[None, None]
     table = F.interpolate(
-        table, size=(num_nodes, num_nodes // (reduction * reduction)), mode="bicubic",
+        table,
+        size=(num_nodes, num_nodes // (reduction * reduction)),
+        mode="bicubic",
         align_corners=False,
     )
     return -table.squeeze(1)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import FFN, ClassifierHead, ConvBN, check_images
+from ..layers import FFN, ClassifierHead, ConvBN, add_position_embedding, check_images
 from ..model import _init_weights, neighbour_schedule
 from .graph import ViGGrapher
 
@@ -74,20 +73,23 @@ class IViG(nn.Module):
             blocks.append(ViGGrapher(c, ks[i], dilation, 1, num_nodes, False, drop[i]))
             blocks.append(FFN(c, 4 * c, drop_path=drop[i]))
         self.backbone = nn.Sequential(*blocks)
+        # The coarsest graph needs k * dilation keys: the fewest nodes an input may give.
+        self.min_nodes = max(g.k * g.dilation for g in blocks if isinstance(g, ViGGrapher))
         self.head = ClassifierHead(c, config.num_classes, drop_rate=config.drop_rate)
         self.validate_inputs = True
         _init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        k_dilated = max(g.k * g.dilation for g in self.backbone if isinstance(g, ViGGrapher))
-        check_images("IViG", x, self.config.in_channels, self.reduction, min_nodes=k_dilated,
-                     needs="k * dilation",
-                     check_finite=self.validate_inputs)
-        x = self.stem(x)
-        pos = self.pos_embed
-        if pos.shape[2:] != x.shape[2:]:
-            pos = F.interpolate(pos, size=x.shape[2:], mode="bicubic", align_corners=False)
-        return self.backbone(x + pos)
+        check_images(
+            "IViG",
+            x,
+            self.config.in_channels,
+            self.reduction,
+            min_nodes=self.min_nodes,
+            needs="k * dilation",
+            check_finite=self.validate_inputs,
+        )
+        return self.backbone(add_position_embedding(self.stem(x), self.pos_embed))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x))

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import FFN, ClassifierHead, ConvBN, check_images
+from ..layers import FFN, ClassifierHead, ConvBN, add_position_embedding, check_images
 from ..model import _init_weights
 from .graph import ViGGrapher
 
@@ -67,7 +66,7 @@ class PViG(nn.Module):
         drop = torch.linspace(0, config.drop_path_rate, total, device="cpu").tolist()
         layers: list[nn.Module] = []
         idx = 0
-        for stage, (c, depth) in enumerate(zip(chans, config.blocks)):
+        for stage, (c, depth) in enumerate(zip(chans, config.blocks, strict=True)):
             if stage > 0:
                 layers.append(ConvBN(chans[stage - 1], c, 3, stride=2))
                 grid //= 2
@@ -89,15 +88,16 @@ class PViG(nn.Module):
         _init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        check_images("PViG", x, self.config.in_channels, self.reduction,
-                     min_nodes=self.config.k * (49 // self.config.k),
-                     needs="k * dilation",
-                     check_finite=self.validate_inputs)
-        x = self.stem(x)
-        pos = self.pos_embed
-        if pos.shape[2:] != x.shape[2:]:
-            pos = F.interpolate(pos, size=x.shape[2:], mode="bicubic", align_corners=False)
-        return self.backbone(x + pos)
+        check_images(
+            "PViG",
+            x,
+            self.config.in_channels,
+            self.reduction,
+            min_nodes=self.config.k * (49 // self.config.k),
+            needs="k * dilation",
+            check_finite=self.validate_inputs,
+        )
+        return self.backbone(add_position_embedding(self.stem(x), self.pos_embed))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x))

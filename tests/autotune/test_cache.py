@@ -119,7 +119,11 @@ def test_changed_search_space_is_ignored(tmp_path):
 def test_config_outside_the_space_is_never_applied(tmp_path):
     doc = _valid_doc()
     doc["entries"][TUNABLE.name][BUCKET]["config"] = {
-        "BLOCK_M": 7, "BLOCK_C": 3, "num_warps": 4, "num_stages": 1}
+        "BLOCK_M": 7,
+        "BLOCK_C": 3,
+        "num_warps": 4,
+        "num_stages": 1,
+    }
     _expect_ignored(tmp_path, doc, "search space")
 
 
@@ -131,8 +135,10 @@ def test_shipped_defaults_are_read_and_the_user_cache_wins(tmp_path, monkeypatch
     cache.cache_path(identity, shipped).write_text(json.dumps(doc))
     monkeypatch.setattr(cache, "shipped_dir", lambda: shipped)
     assert _launch() == {"config": TUNABLE.interpret_space[0], "source": "cache"}
-    cache.save_entries(identity, {TUNABLE.name: {BUCKET: cache.make_entry(
-        TUNABLE, TUNABLE.interpret_space[1], 0.1)}})
+    cache.save_entries(
+        identity,
+        {TUNABLE.name: {BUCKET: cache.make_entry(TUNABLE, TUNABLE.interpret_space[1], 0.1)}},
+    )
     cache.reset()
     assert _launch() == {"config": TUNABLE.interpret_space[1], "source": "cache"}
 

@@ -14,7 +14,7 @@ from autotune import cache
 from autotune.__main__ import main
 from autotune.space import model_launches
 from autotune.tuner import tune
-from kernels import knn, kmeans
+from kernels import kmeans, knn
 from kernels._tuning import LAUNCHES, tunables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,8 +67,21 @@ def test_force_retunes(cache_dir, capsys):
 
 
 def test_dry_run_lists_buckets_and_tunes_nothing(cache_dir, capsys):
-    assert main(["--interpret", "--dry-run", "--models", "cvig_ti", "cvig_b_hr",
-                 "--batch-sizes", "1", "64"]) == 0
+    assert (
+        main(
+            [
+                "--interpret",
+                "--dry-run",
+                "--models",
+                "cvig_ti",
+                "cvig_b_hr",
+                "--batch-sizes",
+                "1",
+                "64",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "partition_knn" in out and "kmeans" in out and "S1024" in out  # B-dagger: N = 784
     assert not list(cache_dir.glob("*.json"))
@@ -85,9 +98,9 @@ def test_show_prints_the_cache(cache_dir, capsys):
 def test_buckets_come_from_the_models():
     launches, notes = model_launches(tunables(), ["cvig_s", "pvig_s"], [1, 512], [torch.bfloat16])
     assert any("pvig_s" in n for n in notes)
-    ops = {l.op for l in launches}
+    ops = {launch.op for launch in launches}
     assert ops == set(tunables())
-    knn_buckets = {l.bucket for l in launches if l.op == "partition_knn"}
+    knn_buckets = {launch.bucket for launch in launches if launch.op == "partition_knn"}
     # CViG-S: C=320, N=196, K from 9 to 18 -> K padded to 16 and 32, batch 1 and 512.
     assert knn_buckets == {f"e2/C320/K{k}/S256/M{m}" for k in (16, 32) for m in (256, 262144)}
 
@@ -95,14 +108,22 @@ def test_buckets_come_from_the_models():
 def test_gpu_without_cuda_exits_nonzero_with_one_line():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    proc = subprocess.run([sys.executable, "-m", "autotune", "--gpu"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "autotune", "--gpu"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode != 0
     assert len(proc.stderr.strip().splitlines()) == 1 and "CUDA" in proc.stderr
 
 
-@pytest.mark.parametrize("args", [["--gpu", "--interpret"], ["--interpret", "--ops", "nope"],
-                                  ["--interpret", "--batch-sizes", "0"], []])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--gpu", "--interpret"],
+        ["--interpret", "--ops", "nope"],
+        ["--interpret", "--batch-sizes", "0"],
+        [],
+    ],
+)
 def test_bad_arguments_exit_with_usage(args, cache_dir):
     with pytest.raises(SystemExit) as info:
         main(args)
@@ -112,8 +133,10 @@ def test_bad_arguments_exit_with_usage(args, cache_dir):
 def test_tune_rejects_nothing_and_picks_a_space_config_for_kmeans_and_knn():
     from autotune.space import Launch
 
-    for tunable, shape in ((kmeans.KMEANS, {"B": 2, "N": 40, "C": 24, "kappa": 3}),
-                           (knn.PARTITION_KNN, {"M": 80, "C": 24, "K": 9, "S": 40})):
+    for tunable, shape in (
+        (kmeans.KMEANS, {"B": 2, "N": 40, "C": 24, "kappa": 3}),
+        (knn.PARTITION_KNN, {"M": 80, "C": 24, "K": 9, "S": 40}),
+    ):
         launch = Launch(tunable.name, torch.float32, shape, tunable.bucket(torch.float32, **shape))
         outcome = tune(launch, tunable, list(tunable.interpret_space), torch.device("cpu"), 0, 1)
         assert outcome.best in [dict(c) for c in tunable.interpret_space]

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from clustervig import create_model
-from clustervig.baselines import MRConv, PViG, ViGGrapher, dense_dilated_knn, relative_position_table
+from clustervig.baselines import (
+    MRConv,
+    PViG,
+    ViGGrapher,
+    dense_dilated_knn,
+    relative_position_table,
+)
 
 
 def sincos_embedding(channels: int, grid: int) -> torch.Tensor:

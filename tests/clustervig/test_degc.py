@@ -20,7 +20,9 @@ def degc_direct(layer: DEGC, x: torch.Tensor) -> torch.Tensor:
     for b in range(B):
         t = x[b].flatten(1).t()
         t = t - t.mean(0, keepdim=True)
-        labels, centroids, _ = reference.kmeans(t.unsqueeze(0), layer.num_clusters, layer.kmeans_iters)
+        labels, centroids, _ = reference.kmeans(
+            t.unsqueeze(0), layer.num_clusters, layer.kmeans_iters
+        )
         labels = labels[0]
         z = layer.global_update(centroids)[0]
         unit = F.normalize(t, dim=-1).double()
@@ -39,7 +41,9 @@ def degc_direct(layer: DEGC, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("train", [False, True])
-@pytest.mark.parametrize("B,C,H,W,K,kappa", [(2, 6, 5, 6, 4, 3), (1, 4, 7, 7, 9, 4), (3, 5, 3, 4, 5, 5)])
+@pytest.mark.parametrize(
+    "B,C,H,W,K,kappa", [(2, 6, 5, 6, 4, 3), (1, 4, 7, 7, 9, 4), (3, 5, 3, 4, 5, 5)]
+)
 def test_degc_matches_direct_computation(B, C, H, W, K, kappa, train):
     layer = DEGC(C, k=K, num_clusters=kappa).train(train)
     x = torch.randn(B, C, H, W)

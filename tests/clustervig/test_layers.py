@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from clustervig.layers import (
-    LOCAL_UPDATES,
-    GATv2GlobalUpdate,
     GGIN,
     GMRGCN,
-    GroupedLinear,
+    LOCAL_UPDATES,
     CViGStem,
+    GATv2GlobalUpdate,
+    GroupedLinear,
 )
 
 

@@ -133,8 +133,15 @@ def test_triton_kernels_reproduce_the_reference_model(train):
     import kernels
 
     torch.manual_seed(0)
-    model = CViG(channels=32, depth=2, grid=8, img_size=64, num_clusters=3, num_classes=10,
-                 distillation=False).train(train)
+    model = CViG(
+        channels=32,
+        depth=2,
+        grid=8,
+        img_size=64,
+        num_clusters=3,
+        num_classes=10,
+        distillation=False,
+    ).train(train)
     x = torch.randn(2, 3, 64, 64)
     results = []
     for backend in ("reference", "triton"):

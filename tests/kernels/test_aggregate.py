@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kernels import aggregate, reference
-from tests.helpers import DTYPES, POISON_INT, assert_close, poisoned
+from tests.helpers import DTYPES, assert_close, poisoned
 
 
 def _inputs(M, C, K, dtype, device):
@@ -65,4 +65,6 @@ def test_every_interpreter_config(device, config):
     assert torch.equal(out.cpu(), e_out) and torch.equal(slot.cpu(), e_slot)
     grad = torch.randn(70, 50).to(device)
     got = aggregate.max_aggregate_backward(grad, nbr, slot, True, config=config)
-    torch.testing.assert_close(got.cpu(), reference.max_aggregate_backward(grad.cpu(), nbr.cpu(), e_slot, True))
+    torch.testing.assert_close(
+        got.cpu(), reference.max_aggregate_backward(grad.cpu(), nbr.cpu(), e_slot, True)
+    )

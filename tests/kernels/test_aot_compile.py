@@ -27,7 +27,11 @@ def run_resources(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProce
     out = tmp_path / "usage.json"
     proc = subprocess.run(
         [sys.executable, "-m", "kernels.resources", *args, "--json", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     rows = json.loads(out.read_text()) if out.exists() else []
     return proc, rows
@@ -67,5 +71,9 @@ def test_compiling_interpreted_kernels_fails_clearly():
     if not os.environ.get("TRITON_INTERPRET"):
         pytest.skip("kernels are real JIT functions in this run")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-        resources.compile_kernel(REGISTRY["permute_rows"], REGISTRY["permute_rows"].default["e4"],
-                                 __import__("torch").float32, 90)
+        resources.compile_kernel(
+            REGISTRY["permute_rows"],
+            REGISTRY["permute_rows"].default["e4"],
+            __import__("torch").float32,
+            90,
+        )

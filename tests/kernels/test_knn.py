@@ -57,7 +57,9 @@ def test_integer_features_match_reference_exactly(device, B, N, C, kappa, K, dty
     assert torch.equal(out.cpu(), expected)
 
 
-@pytest.mark.parametrize("config", _configs(), ids=lambda c: f"M{c['BLOCK_M']}N{c['BLOCK_N']}C{c['BLOCK_C']}")
+@pytest.mark.parametrize(
+    "config", _configs(), ids=lambda c: f"M{c['BLOCK_M']}N{c['BLOCK_N']}C{c['BLOCK_C']}"
+)
 def test_every_interpreter_config(device, config):
     B, N, C, kappa, K = 2, 75, 33, 3, 10
     offsets = offsets_from_sizes(_sizes(B, N, kappa)).to(device)
@@ -72,7 +74,9 @@ DIST_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,N,C,kappa,K", [(2, 49, 24, 4, 9), (1, 196, 40, 4, 18), (3, 30, 17, 6, 9)])
+@pytest.mark.parametrize(
+    "B,N,C,kappa,K", [(2, 49, 24, 4, 9), (1, 196, 40, 4, 18), (3, 30, 17, 6, 9)]
+)
 def test_unit_features_give_the_nearest_neighbours(device, B, N, C, kappa, K, dtype):
     """Model-like inputs (L2-normalised random rows): the chosen neighbours lie in the node's own
     partition and their distances are the K smallest, up to the dtype's rounding. (Indices are
@@ -93,7 +97,9 @@ def test_unit_features_give_the_nearest_neighbours(device, B, N, C, kappa, K, dt
 def test_small_partition_repeats_members(device):
     offsets = torch.tensor([0, 2, 3, 10], dtype=torch.int32, device=device)
     x = torch.tensor([[0.0], [1.0], [5.0]] + [[float(20 + i * i)] for i in range(7)], device=device)
-    out = knn.partition_knn(x, offsets, 5, 8, config=_configs()[0] if device.type == "cpu" else None)
+    out = knn.partition_knn(
+        x, offsets, 5, 8, config=_configs()[0] if device.type == "cpu" else None
+    )
     assert out[0].tolist() == [0, 1, 0, 1, 0]
     assert out[1].tolist() == [1, 0, 1, 0, 1]
     assert out[2].tolist() == [2, 2, 2, 2, 2]

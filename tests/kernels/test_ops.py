@@ -15,8 +15,7 @@ BACKENDS = ["reference", "triton"]
 def _partitioned(B=2, N=30, C=12, kappa=3, dtype=torch.float32, device="cpu"):
     x = torch.randn(B, N, C, dtype=dtype, device=device)
     labels, _, _ = reference.kmeans(x.cpu().float(), kappa)
-    perm, inverse, offsets, segment = reference.partition(labels, kappa)
-    x_ua = reference.permute_rows(x.reshape(B * N, C).cpu(), perm).to(device)
+    perm, inverse, offsets, _ = reference.partition(labels, kappa)
     return x, labels.to(device), perm.to(device), inverse.to(device), offsets.to(device)
 
 
@@ -34,7 +33,9 @@ def _op_args(device="cpu"):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ["kmeans", "partition", "permute_rows", "partition_knn", "max_aggregate"])
+@pytest.mark.parametrize(
+    "name", ["kmeans", "partition", "permute_rows", "partition_knn", "max_aggregate"]
+)
 def test_opcheck(name, backend):
     op, args = _op_args()[name]
     with kernels.use_backend(backend):
@@ -42,7 +43,9 @@ def test_opcheck(name, backend):
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("name", ["kmeans", "partition", "permute_rows", "partition_knn", "max_aggregate"])
+@pytest.mark.parametrize(
+    "name", ["kmeans", "partition", "permute_rows", "partition_knn", "max_aggregate"]
+)
 def test_opcheck_cuda(name):
     op, args = _op_args("cuda")[name]
     torch.library.opcheck(op, args)
@@ -53,12 +56,12 @@ def test_backends_agree_through_the_ops():
     results = {}
     for backend in BACKENDS:
         with kernels.use_backend(backend):
-            l, z, it = kernels.batched_kmeans(x, 3)
-            p = kernels.partition(l, 3)
+            labels, _, iterations = kernels.batched_kmeans(x, 3)
+            p = kernels.partition(labels, 3)
             rows = kernels.permute_rows(x.reshape(-1, 12), p[0], p[1])
             nbr = kernels.partition_knn(rows, p[2], 5, 30)
-            results[backend] = (l, it, *p, rows, nbr, kernels.max_aggregate(rows, nbr))
-    for a, b in zip(results["reference"], results["triton"]):
+            results[backend] = (labels, iterations, *p, rows, nbr, kernels.max_aggregate(rows, nbr))
+    for a, b in zip(results["reference"], results["triton"], strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
@@ -109,21 +112,65 @@ def test_backward_without_saved_slots_raises_clearly():
     [
         (lambda: kernels.batched_kmeans(torch.randn(10, 4), 2), "'x' must have 3 dimensions"),
         (lambda: kernels.batched_kmeans(torch.randn(1, 10, 4).int(), 2), "'x' must have dtype"),
-        (lambda: kernels.batched_kmeans(torch.randn(1, 10, 4), 11), "'num_clusters' must be in \\[1, N\\]"),
+        (
+            lambda: kernels.batched_kmeans(torch.randn(1, 10, 4), 11),
+            "'num_clusters' must be in \\[1, N\\]",
+        ),
         (lambda: kernels.batched_kmeans(torch.randn(1, 10, 4), 0), "'num_clusters'"),
         (lambda: kernels.batched_kmeans(torch.randn(1, 10, 4), 2, 0), "'max_iters'"),
         (lambda: kernels.batched_kmeans(torch.full((1, 10, 4), float("nan")), 2), "NaN"),
-        (lambda: kernels.partition(torch.zeros(2, 5, dtype=torch.int64), 2), "'labels' must have dtype"),
-        (lambda: kernels.partition(torch.full((2, 5), 3, dtype=torch.int32), 2), "'labels' must hold"),
-        (lambda: kernels.permute_rows(torch.randn(4, 2), torch.arange(3, dtype=torch.int32),
-                                      torch.arange(4, dtype=torch.int32)), "'index' and 'inverse'"),
-        (lambda: kernels.partition_knn(torch.randn(6, 2), torch.tensor([0, 6], dtype=torch.int32), 33, 6), "'k'"),
-        (lambda: kernels.partition_knn(torch.randn(6, 2), torch.tensor([0, 6], dtype=torch.int32), 0, 6), "'k'"),
-        (lambda: kernels.partition_knn(torch.randn(6, 2), torch.tensor([0, 5], dtype=torch.int32), 2, 6), "'offsets'"),
-        (lambda: kernels.partition_knn(torch.randn(6, 2), torch.tensor([0, 6], dtype=torch.int32), 2, 4), "max_partition_size"),
-        (lambda: kernels.partition_knn(torch.randn(6, 2), torch.tensor([0, 6]), 2, 6), "'offsets' must have dtype"),
-        (lambda: kernels.max_aggregate(torch.randn(6, 2), torch.zeros(5, 2, dtype=torch.int32)), "'nbr'"),
-        (lambda: kernels.max_aggregate(torch.randn(6, 2), torch.zeros(6, 40, dtype=torch.int32)), "nbr.shape\\[1\\]"),
+        (
+            lambda: kernels.partition(torch.zeros(2, 5, dtype=torch.int64), 2),
+            "'labels' must have dtype",
+        ),
+        (
+            lambda: kernels.partition(torch.full((2, 5), 3, dtype=torch.int32), 2),
+            "'labels' must hold",
+        ),
+        (
+            lambda: kernels.permute_rows(
+                torch.randn(4, 2),
+                torch.arange(3, dtype=torch.int32),
+                torch.arange(4, dtype=torch.int32),
+            ),
+            "'index' and 'inverse'",
+        ),
+        (
+            lambda: kernels.partition_knn(
+                torch.randn(6, 2), torch.tensor([0, 6], dtype=torch.int32), 33, 6
+            ),
+            "'k'",
+        ),
+        (
+            lambda: kernels.partition_knn(
+                torch.randn(6, 2), torch.tensor([0, 6], dtype=torch.int32), 0, 6
+            ),
+            "'k'",
+        ),
+        (
+            lambda: kernels.partition_knn(
+                torch.randn(6, 2), torch.tensor([0, 5], dtype=torch.int32), 2, 6
+            ),
+            "'offsets'",
+        ),
+        (
+            lambda: kernels.partition_knn(
+                torch.randn(6, 2), torch.tensor([0, 6], dtype=torch.int32), 2, 4
+            ),
+            "max_partition_size",
+        ),
+        (
+            lambda: kernels.partition_knn(torch.randn(6, 2), torch.tensor([0, 6]), 2, 6),
+            "'offsets' must have dtype",
+        ),
+        (
+            lambda: kernels.max_aggregate(torch.randn(6, 2), torch.zeros(5, 2, dtype=torch.int32)),
+            "'nbr'",
+        ),
+        (
+            lambda: kernels.max_aggregate(torch.randn(6, 2), torch.zeros(6, 40, dtype=torch.int32)),
+            "nbr.shape\\[1\\]",
+        ),
     ],
 )
 def test_bad_arguments_raise_value_errors(call, match):

@@ -20,7 +20,7 @@ def test_partition_matches_reference(device, B, N, kappa):
     outs = tuple(poisoned(e.shape, torch.int32, device) for e in expected)
     config = permute.PARTITION.interpret_space[0] if device.type == "cpu" else None
     got = permute.partition(labels.to(device), kappa, out=outs, config=config)
-    for name, g, e in zip(("perm", "inverse", "offsets", "segment"), got, expected):
+    for name, g, e in zip(("perm", "inverse", "offsets", "segment"), got, expected, strict=True):
         assert not (g == POISON_INT).any(), f"{name}: unwritten outputs"
         assert torch.equal(g.cpu(), e), name
 
@@ -28,7 +28,7 @@ def test_partition_matches_reference(device, B, N, kappa):
 def test_partition_of_a_strided_label_view(device):
     labels = torch.randint(0, 3, (4, 40), dtype=torch.int32)[:, ::2]  # column stride 2
     got = permute.partition(labels.to(device), 3)
-    for g, e in zip(got, reference.partition(labels, 3)):
+    for g, e in zip(got, reference.partition(labels, 3), strict=True):
         assert torch.equal(g.cpu(), e)
 
 

@@ -47,7 +47,9 @@ def brute_force_kmeans(x: torch.Tensor, kappa: int, max_iters: int):
     return torch.tensor(labels), torch.stack(z), iters
 
 
-@pytest.mark.parametrize("B,N,C,kappa", [(1, 49, 5, 4), (3, 37, 7, 3), (2, 64, 3, 6), (2, 10, 4, 10)])
+@pytest.mark.parametrize(
+    "B,N,C,kappa", [(1, 49, 5, 4), (3, 37, 7, 3), (2, 64, 3, 6), (2, 10, 4, 10)]
+)
 def test_kmeans_matches_brute_force(B, N, C, kappa):
     x = torch.randn(B, N, C, dtype=torch.float64)
     labels, centroids, iters = reference.kmeans(x, kappa, max_iters=20)

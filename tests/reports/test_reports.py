@@ -14,16 +14,29 @@ from reports.__main__ import main
 from reports.common import write_json
 from reports.schema import ResultError, load, validate
 
-ENV = {"device": "Test CPU (2 threads)", "device_type": "cpu", "device_slug": "test-cpu",
-       "torch": "2.13.0", "triton": "3.9.0", "date": "2026-11-24T00:00:00+00:00"}
+ENV = {
+    "device": "Test CPU (2 threads)",
+    "device_type": "cpu",
+    "device_slug": "test-cpu",
+    "torch": "2.13.0",
+    "triton": "3.9.0",
+    "date": "2026-11-24T00:00:00+00:00",
+}
 
 
 def _row(model, display, batch, ms=None, status="ok"):
-    row = {"model": model, "display": display, "batch_size": batch, "compile": "none",
-           "dtype": "float32", "status": status}
+    row = {
+        "model": model,
+        "display": display,
+        "batch_size": batch,
+        "compile": "none",
+        "dtype": "float32",
+        "status": status,
+    }
     if status == "ok":
-        row.update(median_ms=ms, p10_ms=ms * 0.9, p90_ms=ms * 1.1, repeats=5,
-                   throughput=batch / ms * 1e3)
+        row.update(
+            median_ms=ms, p10_ms=ms * 0.9, p90_ms=ms * 1.1, repeats=5, throughput=batch / ms * 1e3
+        )
     else:
         row["error"] = "CUDA out of memory" if status == "oom" else "RuntimeError: boom"
     return row
@@ -76,8 +89,11 @@ def test_plot_from_a_fixture_result_file(models_doc, tmp_path):
     path = write_json(tmp_path / "models-test-cpu-2026-11-24.json", models_doc)
     written = plot.render([path], tmp_path / "fig")
     names = sorted(p.name for p in written)
-    assert names == ["fig5-test-cpu-float32-none.png", "table6-test-cpu-float32-none.md",
-                     "throughput-test-cpu-float32-none.png"]
+    assert names == [
+        "fig5-test-cpu-float32-none.png",
+        "table6-test-cpu-float32-none.md",
+        "throughput-test-cpu-float32-none.png",
+    ]
     for p in written:
         assert p.stat().st_size > 0
     table = (tmp_path / "fig" / "table6-test-cpu-float32-none.md").read_text()
@@ -124,8 +140,14 @@ def test_cli_plot_of_a_missing_path_fails_cleanly(tmp_path, capsys):
 
 
 def test_help_on_every_command(capsys):
-    for argv in (["--help"], ["run", "--help"], ["plot", "--help"], ["all", "--help"],
-                 ["micro", "--help"], ["scaling", "--help"]):
+    for argv in (
+        ["--help"],
+        ["run", "--help"],
+        ["plot", "--help"],
+        ["all", "--help"],
+        ["micro", "--help"],
+        ["scaling", "--help"],
+    ):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 0
@@ -159,14 +181,21 @@ def test_bench_records_oom_and_failures_instead_of_crashing(monkeypatch):
     doc = bench.run(torch.device("cpu"), ["cvig_ti", "pvig_ti"], [1, 2, 4], warmup=0, repeats=1)
     validate(doc)
     status = {(r["model"], r["batch_size"]): r["status"] for r in doc["rows"]}
-    assert status == {("cvig_ti", 1): "ok", ("cvig_ti", 2): "oom", ("cvig_ti", 4): "oom",
-                      ("pvig_ti", 1): "failed", ("pvig_ti", 2): "failed", ("pvig_ti", 4): "failed"}
+    assert status == {
+        ("cvig_ti", 1): "ok",
+        ("cvig_ti", 2): "oom",
+        ("cvig_ti", 4): "oom",
+        ("pvig_ti", 1): "failed",
+        ("pvig_ti", 2): "failed",
+        ("pvig_ti", 4): "failed",
+    }
     assert "shape mismatch" in doc["rows"][3]["error"]
 
 
 def test_scaling_run_and_plot(tmp_path):
-    doc = scaling.run(torch.device("cpu"), batch_size=1, channels=16, k=4, grids=(4, 8),
-                      warmup=0, repeats=1)
+    doc = scaling.run(
+        torch.device("cpu"), batch_size=1, channels=16, k=4, grids=(4, 8), warmup=0, repeats=1
+    )
     validate(doc)
     assert {r["layer"] for r in doc["rows"]} == {"degc", "dense_knn", "degc_graph", "dense_graph"}
     out = plot.plot_scaling(doc, tmp_path / "scaling.png")
@@ -177,8 +206,14 @@ def test_micro_run_on_cpu(tmp_path):
     doc = micro.run(torch.device("cpu"), ["cvig_ti"], [1], repeats=1)
     validate(doc)
     ops = {r["op"] for r in doc["rows"]}
-    assert ops == {"kmeans", "partition", "permute_rows", "partition_knn", "max_aggregate",
-                   "max_aggregate_backward"}
+    assert ops == {
+        "kmeans",
+        "partition",
+        "permute_rows",
+        "partition_knn",
+        "max_aggregate",
+        "max_aggregate_backward",
+    }
     assert any(r["impl"] == "dense_masked_topk" for r in doc["rows"])
     assert doc["peaks"] is None
     assert "| cvig_ti |" in plot.micro_table(doc)
