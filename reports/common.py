@@ -167,9 +167,11 @@ def today() -> str:
 
 
 def result_path(kind: str, device: torch.device, directory: Path | None = None) -> Path:
-    """``reports/results/<kind>-<device-slug>-<date>.json`` (kind ``models``, ``micro``, ...)."""
+    """``reports/results/<device-slug>-<date>.json`` for the model benchmark,
+    ``<kind>-<device-slug>-<date>.json`` for the others (``micro``, ``scaling``)."""
     directory = directory or RESULTS_DIR
-    return directory / f"{kind}-{device_slug(device)}-{today()}.json"
+    prefix = "" if kind == "models" else f"{kind}-"
+    return directory / f"{prefix}{device_slug(device)}-{today()}.json"
 
 
 def write_json(path: Path, data: dict) -> Path:

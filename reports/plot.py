@@ -14,6 +14,7 @@ Rows that ran out of memory or failed are gaps in the curves, never a crash.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -46,32 +47,32 @@ def _style(model: str) -> dict:
 # --------------------------------------------------------------------------------------------
 # loading
 # --------------------------------------------------------------------------------------------
-def find_results(paths: list[Path] | None = None, kind: str | None = None) -> list[Path]:
-    """Result files to plot: the given files and directories (default: reports/results), keeping
-    for every (kind, device) the newest file by its date suffix."""
-    paths = paths or [RESULTS_DIR]
-    files: list[Path] = []
+def find_results(paths: list[Path] | None = None) -> list[tuple[Path, dict]]:
+    """Result documents to draw: the given files, and in the given directories (default
+    reports/results) the newest document of every (kind, device). A broken file given by name is
+    an error; one found in a directory is skipped with a warning."""
+    paths = [Path(p) for p in (paths or [RESULTS_DIR])]
+    explicit: list[tuple[Path, dict]] = []
+    newest: dict[tuple[str, str], tuple[Path, dict]] = {}
     for path in paths:
-        path = Path(path)
-        if path.is_dir():
-            files += sorted(path.glob("*.json"))
-        elif path.is_file():
-            files.append(path)
+        if path.is_file():
+            explicit.append((path, load(path)))
+        elif path.is_dir():
+            for file in sorted(path.glob("*.json")):
+                try:
+                    doc = load(file)
+                except ResultError as err:
+                    warnings.warn(f"skipping {err}", stacklevel=2)
+                    continue
+                key = (doc["kind"], doc["environment"]["device_slug"])
+                stamp = (doc["environment"]["date"], file.name)
+                best = newest.get(key)
+                if best is None or stamp > (best[1]["environment"]["date"], best[0].name):
+                    newest[key] = (file, doc)
         else:
             raise FileNotFoundError(f"no result file or directory at {path}")
-    newest: dict[tuple[str, str], Path] = {}
-    for file in files:
-        stem = file.stem
-        file_kind = stem.split("-", 1)[0]
-        if kind and file_kind != kind:
-            continue
-        device = stem[len(file_kind) + 1 : -11] if len(stem) > 11 else stem  # strip -YYYY-MM-DD
-        key = (file_kind, device)
-        if key not in newest or file.name > newest[key].name:
-            newest[key] = file
-    explicit = [Path(p) for p in paths if Path(p).is_file()]
-    chosen = set(newest.values()) | set(explicit)
-    return sorted(chosen)
+    chosen = {file: doc for file, doc in [*newest.values(), *explicit]}
+    return sorted(chosen.items())
 
 
 def _series(rows: list[dict], value: str) -> dict[str, dict[int, float]]:
@@ -272,11 +273,10 @@ def render(paths: list[Path] | None = None, out_dir: Path | None = None) -> list
     out_dir = Path(out_dir or FIGURES_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    files = find_results(paths)
-    if not files:
+    found = find_results(paths)
+    if not found:
         raise ResultError(f"no result files found in {paths or [RESULTS_DIR]}")
-    for file in files:
-        doc = load(file)
+    for _, doc in found:
         slug = doc["environment"]["device_slug"]
         if doc["kind"] == "models":
             for (mode, dtype), rows in _partitions(doc).items():

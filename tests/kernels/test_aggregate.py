@@ -18,7 +18,9 @@ def _inputs(M, C, K, dtype, device):
 
 @pytest.mark.parametrize("relative", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M,C,K", [(1, 8, 1), (49, 24, 9), (196, 40, 18), (77, 130, 32)])
+@pytest.mark.parametrize(
+    "M,C,K", [(1, 8, 1), (49, 24, 9), (196, 40, 18), (77, 130, 32), (784, 20, 12)]
+)
 def test_forward_matches_reference(device, M, C, K, dtype, relative):
     x, nbr = _inputs(M, C, K, dtype, device)
     out = poisoned((M, C), dtype, device)

@@ -79,14 +79,14 @@ def test_schema_rejects_broken_documents(models_doc, mutate, match):
 
 
 def test_load_reports_unreadable_files(tmp_path):
-    bad = tmp_path / "models-x-2026-01-01.json"
+    bad = tmp_path / "x-2026-01-01.json"
     bad.write_text("{not json")
     with pytest.raises(ResultError, match="cannot read"):
         load(bad)
 
 
 def test_plot_from_a_fixture_result_file(models_doc, tmp_path):
-    path = write_json(tmp_path / "models-test-cpu-2026-11-24.json", models_doc)
+    path = write_json(tmp_path / "test-cpu-2026-11-24.json", models_doc)
     written = plot.render([path], tmp_path / "fig")
     names = sorted(p.name for p in written)
     assert names == [
@@ -110,10 +110,17 @@ def test_oom_and_failed_rows_are_gaps_in_the_curves(models_doc):
 
 
 def test_newest_result_per_device_is_plotted(models_doc, tmp_path):
-    write_json(tmp_path / "models-test-cpu-2026-01-01.json", models_doc)
-    newer = write_json(tmp_path / "models-test-cpu-2026-11-24.json", models_doc)
-    other = write_json(tmp_path / "models-other-gpu-2026-02-02.json", models_doc)
-    assert plot.find_results([tmp_path]) == sorted([newer, other])
+    old = copy.deepcopy(models_doc)
+    old["environment"]["date"] = "2026-01-01T00:00:00+00:00"
+    write_json(tmp_path / "test-cpu-2026-01-01.json", old)
+    newer = write_json(tmp_path / "test-cpu-2026-11-24.json", models_doc)
+    gpu = copy.deepcopy(models_doc)
+    gpu["environment"]["device_slug"] = "other-gpu"
+    other = write_json(tmp_path / "other-gpu-2026-02-02.json", gpu)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.warns(UserWarning, match="broken.json"):
+        found = plot.find_results([tmp_path])
+    assert [path for path, _ in found] == sorted([newer, other])
 
 
 def test_cli_validates_arguments(capsys):
@@ -218,3 +225,31 @@ def test_micro_run_on_cpu(tmp_path):
     assert doc["peaks"] is None
     assert "| cvig_ti |" in plot.micro_table(doc)
     json.dumps(doc)  # serialisable
+
+
+def test_timm_comparison_models_are_built_through_timm(monkeypatch):
+    """EfficientFormer joins the benchmark through timm when it is installed (faked here)."""
+    import sys
+    import types
+
+    built = []
+    fake = types.ModuleType("timm")
+
+    def create_model(name, pretrained=False):
+        built.append((name, pretrained))
+        return torch.nn.Linear(2, 2)
+
+    fake.create_model = create_model
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    assert bench.resolve_model_name("efficientformer_l1") == "timm:efficientformer_l1"
+    assert bench.display_name("timm:efficientformer_l3") == "EfficientFormer-L3"
+    bench.build_model("timm:efficientformer_l7")
+    assert built == [("efficientformer_l7", False)]
+
+
+def test_timm_models_without_timm_fail_clearly(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
+    with pytest.raises(ValueError, match="needs timm"):
+        bench.resolve_model_name("timm:efficientformer_l1")
