@@ -17,6 +17,7 @@ import sys
 import time
 
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
+DEFAULT_MODELS = ("cvig_ti", "cvig_s", "cvig_b", "cvig_b_hr")
 
 
 def _positive_ints(text: str) -> int:
@@ -102,6 +103,95 @@ def _fmt_config(config: dict) -> str:
     return " ".join(f"{short.get(k, k)}{config[k]}" for k in keys)
 
 
+def _show(cache, device, identity, selected) -> None:
+    path = cache.cache_path(identity)
+    print(
+        f"device: {identity}\nuser cache: {path} ({'present' if path.exists() else 'absent'})"
+        f"\nshipped defaults: {cache.cache_path(identity, cache.shipped_dir())}"
+    )
+    entries = cache.load(device)
+    for op, tunable in selected.items():
+        for bucket, entry in sorted(entries.get(op, {}).items()):
+            state = "ok" if cache.lookup(tunable, device, bucket) else "stale"
+            print(
+                f"  {op:24s} {bucket:28s} {_fmt_config(entry.get('config', {})):26s} "
+                f"{entry.get('time_ms', float('nan')):9.4f} ms  {state}"
+            )
+
+
+def _space(tunable, launch, interpret: bool) -> list[dict]:
+    if interpret:
+        return list(tunable.interpret_space)
+    return list(tunable.space[launch.bucket.split("/", 1)[0]])
+
+
+def _dry_run(launches, cached, selected, interpret: bool) -> None:
+    for launch in launches:
+        state = "cached" if launch in cached else "tune"
+        more = f" +{len(launch.sources) - 1}" if len(launch.sources) > 1 else ""
+        print(
+            f"  {state:6s} {launch.op:24s} {launch.bucket:28s} "
+            f"{len(_space(selected[launch.op], launch, interpret)):3d} configs  "
+            f"shape {launch.shape}  ({launch.sources[0]}{more})"
+        )
+
+
+def _tune_all(args, cache, tune, device, identity, todo, selected) -> list:
+    """Tune every bucket in ``todo``, saving each winner as soon as it is known."""
+    interpret = args.interpret
+    warmup = args.warmup if args.warmup is not None else (0 if interpret else 10)
+    repeats = args.repeats if args.repeats is not None else (1 if interpret else 50)
+    if interpret:
+        warmup, repeats = int(warmup), int(repeats)
+    outcomes = []
+    start = time.perf_counter()
+    for i, launch in enumerate(todo, start=1):
+        if args.max_minutes is not None and time.perf_counter() - start > 60 * args.max_minutes:
+            print(
+                f"[autotune] --max-minutes {args.max_minutes} reached: {len(todo) - i + 1} "
+                "buckets left untuned (run again to continue)"
+            )
+            break
+        tunable = selected[launch.op]
+        configs = _space(tunable, launch, interpret)
+        print(
+            f"[autotune] ({i}/{len(todo)}) {launch.op} {launch.bucket}: {len(configs)} configs "
+            f"on {launch.shape} ...",
+            flush=True,
+        )
+        outcome = tune(launch, tunable, configs, device, warmup, repeats)
+        for config, reason in outcome.rejected:
+            print(f"    rejected {_fmt_config(config)}: {reason}")
+        print(
+            f"    best {_fmt_config(outcome.best)}  {outcome.best_ms:.4f} ms "
+            f"(default {outcome.default_ms:.4f} ms, "
+            f"{outcome.default_ms / outcome.best_ms:.2f}x)",
+            flush=True,
+        )
+        entry = cache.make_entry(tunable, outcome.best, outcome.best_ms)
+        cache.save_entries(identity, {launch.op: {launch.bucket: entry}})
+        outcomes.append(outcome)
+    cache.reset()
+    print(f"\n[autotune] tuned {len(outcomes)} buckets in {time.perf_counter() - start:.0f} s")
+    return outcomes
+
+
+def _summary(cache, identity, outcomes, cached, existing) -> None:
+    print(f"[autotune] summary (cache {cache.cache_path(identity)}):")
+    print(f"  {'op':24s} {'bucket':28s} {'best config':26s} {'ms':>9s} {'vs default':>10s}")
+    for o in outcomes:
+        print(
+            f"  {o.launch.op:24s} {o.launch.bucket:28s} {_fmt_config(o.best):26s} "
+            f"{o.best_ms:9.4f} {o.default_ms / o.best_ms:9.2f}x"
+        )
+    for launch in cached:
+        entry = existing.get(launch.op, {}).get(launch.bucket, {})
+        print(
+            f"  {launch.op:24s} {launch.bucket:28s} {_fmt_config(entry.get('config', {})):26s} "
+            f"{entry.get('time_ms', float('nan')):9.4f}     cached"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -130,39 +220,22 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda") if args.gpu else torch.device("cpu")
     identity = cache.device_identity(device)
     all_tunables = tunables()
-    ops = args.ops or list(all_tunables)
-    unknown = [op for op in ops if op not in all_tunables]
+    unknown = [op for op in args.ops or () if op not in all_tunables]
     if unknown:
         parser.error(f"--ops: unknown {unknown}; choose from {list(all_tunables)}")
-    selected = {op: all_tunables[op] for op in ops}
-
+    selected = {op: all_tunables[op] for op in args.ops or all_tunables}
     if args.show:
-        path = cache.cache_path(identity)
-        entries = cache.load(device)
-        print(
-            f"device: {identity}\nuser cache: {path} ({'present' if path.exists() else 'absent'})"
-            f"\nshipped defaults: {cache.cache_path(identity, cache.shipped_dir())}"
-        )
-        for op in selected:
-            for bucket, entry in sorted(entries.get(op, {}).items()):
-                state = "ok" if cache.lookup(selected[op], device, bucket) else "stale"
-                print(
-                    f"  {op:24s} {bucket:28s} {_fmt_config(entry.get('config', {})):26s} "
-                    f"{entry.get('time_ms', float('nan')):9.4f} ms  {state}"
-                )
+        _show(cache, device, identity, selected)
         return 0
 
     interpret = args.interpret
-    models = args.models or (
-        ["cvig_ti"] if interpret else ["cvig_ti", "cvig_s", "cvig_b", "cvig_b_hr"]
-    )
+    models = args.models or (["cvig_ti"] if interpret else list(DEFAULT_MODELS))
     batch_sizes = args.batch_sizes or ([1] if interpret else [1, 8, 64, 512])
-    dtypes = [
-        getattr(torch, d)
-        for d in (args.dtypes or (["float32"] if interpret else ["bfloat16", "float32"]))
-    ]
+    dtype_names = args.dtypes or (["float32"] if interpret else ["bfloat16", "float32"])
     try:
-        launches, notes = model_launches(selected, models, batch_sizes, dtypes)
+        launches, notes = model_launches(
+            selected, models, batch_sizes, [getattr(torch, d) for d in dtype_names]
+        )
     except ValueError as err:
         parser.error(str(err))
     for note in notes:
@@ -178,73 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         f" {len(launches)} buckets, {len(cached)} cached, {len(todo)} to tune"
     )
     if args.dry_run:
-        for launch in launches:
-            state = "cached" if launch in cached else "tune"
-            space = (
-                selected[launch.op].interpret_space
-                if interpret
-                else selected[launch.op].space[launch.bucket.split("/", 1)[0]]
-            )
-            print(
-                f"  {state:6s} {launch.op:24s} {launch.bucket:28s} {len(space):3d} configs  "
-                f"shape {launch.shape}  ({launch.sources[0]}"
-                f"{f' +{len(launch.sources) - 1}' if len(launch.sources) > 1 else ''})"
-            )
+        _dry_run(launches, cached, selected, interpret)
         return 0
-
-    warmup = args.warmup if args.warmup is not None else (0 if interpret else 10)
-    repeats = args.repeats if args.repeats is not None else (1 if interpret else 50)
-    outcomes = []
-    start = time.perf_counter()
-    for i, launch in enumerate(todo, start=1):
-        if args.max_minutes is not None and time.perf_counter() - start > 60 * args.max_minutes:
-            print(
-                f"[autotune] --max-minutes {args.max_minutes} reached: {len(todo) - i + 1} "
-                "buckets left untuned (run again to continue)"
-            )
-            break
-        tunable = selected[launch.op]
-        width = launch.bucket.split("/", 1)[0]
-        configs = list(tunable.interpret_space if interpret else tunable.space[width])
-        print(
-            f"[autotune] ({i}/{len(todo)}) {launch.op} {launch.bucket}: {len(configs)} configs "
-            f"on {launch.shape} ...",
-            flush=True,
-        )
-        outcome = tune(
-            launch, tunable, configs, device, warmup, int(repeats) if interpret else repeats
-        )
-        for config, reason in outcome.rejected:
-            print(f"    rejected {_fmt_config(config)}: {reason}")
-        gain = outcome.default_ms / outcome.best_ms if outcome.best_ms else float("nan")
-        print(
-            f"    best {_fmt_config(outcome.best)}  {outcome.best_ms:.4f} ms "
-            f"(default {outcome.default_ms:.4f} ms, {gain:.2f}x)",
-            flush=True,
-        )
-        cache.save_entries(
-            identity,
-            {launch.op: {launch.bucket: cache.make_entry(tunable, outcome.best, outcome.best_ms)}},
-        )
-        outcomes.append(outcome)
-    cache.reset()
-
-    print(
-        f"\n[autotune] summary ({time.perf_counter() - start:.0f} s, cache "
-        f"{cache.cache_path(identity)}):"
-    )
-    print(f"  {'op':24s} {'bucket':28s} {'best config':26s} {'ms':>9s} {'vs default':>10s}")
-    for o in outcomes:
-        print(
-            f"  {o.launch.op:24s} {o.launch.bucket:28s} {_fmt_config(o.best):26s} "
-            f"{o.best_ms:9.4f} {o.default_ms / o.best_ms:9.2f}x"
-        )
-    for launch in cached:
-        entry = existing.get(launch.op, {}).get(launch.bucket, {})
-        print(
-            f"  {launch.op:24s} {launch.bucket:28s} {_fmt_config(entry.get('config', {})):26s} "
-            f"{entry.get('time_ms', float('nan')):9.4f}     cached"
-        )
+    outcomes = _tune_all(args, cache, tune, device, identity, todo, selected)
+    _summary(cache, identity, outcomes, cached, existing)
     return 0
 
 

@@ -31,6 +31,26 @@ def _positive_ints(text: str) -> list[int]:
     return values
 
 
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _model(name: str) -> str:
+    try:
+        return bench.resolve_model_name(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return best_device()
@@ -60,6 +80,7 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models",
         nargs="+",
+        type=_model,
         metavar="NAME",
         help="models (registry names, e.g. cvig_ti pvig_s; timm:efficientformer_l1 "
         "with timm). Default: CPU cvig_ti cvig_s pvig_ti pvig_s ivig_ti; CUDA all "
@@ -84,10 +105,10 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
         help="torch.compile modes to run, 'none' = eager (default: CPU none, CUDA default)",
     )
     parser.add_argument(
-        "--warmup", type=int, default=None, help="untimed calls first (default CPU 1, CUDA 5)"
+        "--warmup", type=_count(0), default=None, help="untimed calls first (default CPU 1, CUDA 5)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed calls (default CPU 5, CUDA 30)"
+        "--repeats", type=_count(1), default=None, help="timed calls (default CPU 5, CUDA 30)"
     )
     parser.add_argument("--img-size", type=int, default=224)
 
@@ -129,18 +150,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _defaults(args: argparse.Namespace) -> None:
+    """Device-dependent defaults of ``run`` and ``all``."""
     cuda = args.device.type == "cuda"
-    if getattr(args, "models", None) is None and hasattr(args, "models"):
+    if args.models is None:
         args.models = list(bench.DEFAULT_MODELS[args.device.type])
         if cuda and bench.timm_available():
             args.models += [f"timm:{m}" for m in bench.TIMM_MODELS]
-    if hasattr(args, "dtype") and args.dtype is None:
+    if args.dtype is None:
         args.dtype = "bfloat16" if cuda else "float32"
-    if hasattr(args, "compile_modes") and args.compile_modes is None:
+    if args.compile_modes is None:
         args.compile_modes = ["default"] if cuda else ["none"]
-    if hasattr(args, "warmup") and args.warmup is None:
+    if args.warmup is None:
         args.warmup = 5 if cuda else 1
-    if hasattr(args, "repeats") and args.repeats is None:
+    if args.repeats is None:
         args.repeats = 30 if cuda else 5
 
 
@@ -183,25 +205,11 @@ def _cmd_plot(paths: list[Path] | None, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     start = time.perf_counter()
+    if args.command in ("run", "all"):
+        _defaults(args)
     try:
-        if args.command != "plot":
-            _defaults(args)
-            try:
-                args.models = (
-                    [bench.resolve_model_name(m) for m in args.models]
-                    if hasattr(args, "models")
-                    else None
-                )
-            except ValueError as err:
-                parser.error(str(err))
-            for flag in ("warmup", "repeats"):
-                if getattr(args, flag, 1) is not None and getattr(args, flag, 1) < (
-                    0 if flag == "warmup" else 1
-                ):
-                    parser.error(f"--{flag} must be {'>= 0' if flag == 'warmup' else '>= 1'}")
         if args.command == "run":
             _cmd_run(args)
         elif args.command == "scaling":
