@@ -20,8 +20,8 @@ INDEX_DTYPE = torch.int32
 
 #: The largest K that ``partition_knn`` and ``max_aggregate`` support (the model uses 9..18).
 MAX_NEIGHBORS = 32
-#: The largest number of clusters the k-means kernel supports (the paper caps kappa at 6).
-MAX_CLUSTERS = 64
+#: The largest kappa (the paper uses at most 6); the kernels are compiled and checked for it.
+MAX_CLUSTERS = 16
 
 
 def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:

@@ -270,8 +270,6 @@ _SPACE_32BIT = configs(
         (64, 32, 8, 1),
         (64, 32, 8, 2),
         (64, 64, 4, 1),
-        (64, 64, 8, 1),
-        (128, 16, 8, 2),
         (128, 32, 4, 1),
         (128, 32, 4, 2),
         (128, 64, 8, 1),
@@ -311,7 +309,7 @@ KMEANS = Tunable(
             "UPCAST": "constexpr",
         },
         {
-            "KAPPA": 6,
+            "KAPPA": 16,
             "KAPPA_PAD": 16,
             "BLOCK_N": config["BLOCK_N"],
             "BLOCK_C": config["BLOCK_C"],

@@ -70,6 +70,7 @@ PARTITION = Tunable(
             {"BLOCK_N": bn, "num_warps": w, "num_stages": 1}
             for bn in (128, 256, 512)
             for w in (2, 4, 8)
+            if bn <= 128 * w  # (BLOCK_N, KAPPA_PAD) one-hot tiles: 512 rows need 4+ warps
         ]
     ),
     default=per_width({"BLOCK_N": 256, "num_warps": 4, "num_stages": 1}),
@@ -92,7 +93,7 @@ PARTITION = Tunable(
             "KAPPA_PAD": "constexpr",
             "BLOCK_N": "constexpr",
         },
-        {"KAPPA": 6, "KAPPA_PAD": 8, "BLOCK_N": config["BLOCK_N"]},
+        {"KAPPA": 16, "KAPPA_PAD": 16, "BLOCK_N": config["BLOCK_N"]},
     ),
 )
 

@@ -36,7 +36,15 @@ CENTROID_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
 @pytest.mark.parametrize(
-    "B,N,C,kappa", [(1, 49, 24, 4), (3, 37, 17, 6), (2, 196, 40, 4), (1, 20, 8, 1), (1, 784, 12, 6)]
+    "B,N,C,kappa",
+    [
+        (1, 49, 24, 4),
+        (3, 37, 17, 6),
+        (2, 196, 40, 4),
+        (1, 20, 8, 1),
+        (1, 784, 12, 6),
+        (2, 40, 8, 16),
+    ],
 )
 def test_float32_random_features_match_reference(device, B, N, C, kappa):
     x = torch.randn(B, N, C)
