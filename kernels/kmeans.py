@@ -169,74 +169,28 @@ def _kmeans_kernel(
     tl.debug_barrier()  # centroids are read by other threads of this program below
 
     changed = _assign(
-        x_img,
-        labels_img,
-        z_img,
-        norms_img,
-        N,
-        C,
-        stride_xn,
-        True,
-        KAPPA,
-        KAPPA_PAD,
-        BLOCK_N,
-        BLOCK_C,
-        DOT_PRECISION,
-        UPCAST,
-    )
+        x_img, labels_img, z_img, norms_img, N, C, stride_xn, True,
+        KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
+    )  # fmt: skip
     iterations = tl.zeros([], dtype=tl.int32)
     while (changed > 0) & (iterations < max_iters):
         tl.debug_barrier()
         _update(
-            x_img,
-            labels_img,
-            z_img,
-            norms_img,
-            N,
-            C,
-            stride_xn,
-            KAPPA,
-            KAPPA_PAD,
-            BLOCK_N,
-            BLOCK_C,
-            DOT_PRECISION,
-            UPCAST,
-        )
+            x_img, labels_img, z_img, norms_img, N, C, stride_xn,
+            KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
+        )  # fmt: skip
         tl.debug_barrier()
         changed = _assign(
-            x_img,
-            labels_img,
-            z_img,
-            norms_img,
-            N,
-            C,
-            stride_xn,
-            False,
-            KAPPA,
-            KAPPA_PAD,
-            BLOCK_N,
-            BLOCK_C,
-            DOT_PRECISION,
-            UPCAST,
-        )
+            x_img, labels_img, z_img, norms_img, N, C, stride_xn, False,
+            KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
+        )  # fmt: skip
         iterations += 1
     if changed > 0:  # hit the cap: centroids belong to the previous labels, re-average
         tl.debug_barrier()
         _update(
-            x_img,
-            labels_img,
-            z_img,
-            norms_img,
-            N,
-            C,
-            stride_xn,
-            KAPPA,
-            KAPPA_PAD,
-            BLOCK_N,
-            BLOCK_C,
-            DOT_PRECISION,
-            UPCAST,
-        )
+            x_img, labels_img, z_img, norms_img, N, C, stride_xn,
+            KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
+        )  # fmt: skip
     tl.store(iterations_ptr + b, iterations)
 
 
