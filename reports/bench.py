@@ -17,6 +17,7 @@ import torch
 from clustervig import DISPLAY_NAMES, canonical_name, count_parameters, create_model
 
 from .common import environment, progress, time_call
+from .schema import SCHEMA_VERSION
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -220,7 +221,7 @@ def run(
         )
     return {
         "kind": "models",
-        "schema": 1,
+        "schema": SCHEMA_VERSION,
         "environment": environment(device),
         "settings": {
             "dtype": str(dtype).replace("torch.", ""),

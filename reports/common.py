@@ -17,7 +17,6 @@ import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FIGURES_DIR = Path(__file__).resolve().parent / "figures"
-SCHEMA_VERSION = 1
 
 
 def best_device() -> torch.device:

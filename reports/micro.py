@@ -19,6 +19,7 @@ import kernels
 from kernels import reference
 
 from .common import environment, measure_peaks, progress, time_call
+from .schema import SCHEMA_VERSION
 
 #: Layer shapes of the variants: (nodes N, channels C, clusters kappa, neighbours K of the
 #: deepest block).
@@ -181,7 +182,7 @@ def run(
                     )
     return {
         "kind": "micro",
-        "schema": 1,
+        "schema": SCHEMA_VERSION,
         "environment": environment(device),
         "peaks": peaks,
         "rows": rows,

@@ -21,6 +21,7 @@ from clustervig.baselines.graph import MRConv, dense_dilated_knn
 from clustervig.degc import DEGC
 
 from .common import environment, progress, time_call
+from .schema import SCHEMA_VERSION
 
 GRIDS = (14, 28, 56)
 CLUSTERS = {14: 4, 28: 6, 56: 6}  # kappa per grid (the paper keeps kappa <= 6)
@@ -139,7 +140,7 @@ def run(
             rows.append(row)
     return {
         "kind": "scaling",
-        "schema": 1,
+        "schema": SCHEMA_VERSION,
         "environment": environment(device),
         "settings": {
             "channels": channels,
