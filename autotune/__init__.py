@@ -1,2 +1,3 @@
-"""Per-GPU kernel tuning: ``python -m autotune --gpu`` tunes every kernel and persists the
-winners; kernel launches read them back (``autotune/cache.py``)."""
+"""Per-GPU kernel tuning: ``python -m autotune --gpu`` self-checks and tunes every kernel and
+persists the winners in the per-GPU cache that kernel launches read (``kernels/tuning_cache.py``).
+It builds on ``kernels/``; nothing in ``kernels/`` imports it."""

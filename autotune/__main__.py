@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kernels._tuning import tunables
 
-    from . import cache
+    from kernels import tuning_cache as cache
     from .space import model_launches
     from .tuner import tune
 

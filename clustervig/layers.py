@@ -56,8 +56,10 @@ def check_images(
     divide H and W by ``reduction``; raise ``ValueError`` naming the argument ``x``.
     ``min_nodes`` is the fewest nodes the coarsest stage may have, ``needs`` says why.
 
-    The NaN/Inf check syncs with the device, so it runs in eager mode only (not under
-    ``torch.compile``) and only when ``check_finite`` is set.
+    The NaN/Inf check reads the values, so it runs on CPU tensors in eager mode only (not under
+    ``torch.compile``, and never on a GPU, where it would stall the host every call and break
+    CUDA-graph capture) and only when ``check_finite`` is set. Non-finite values elsewhere
+    propagate to the output as in any PyTorch model; the graph ops keep every index valid.
     """
     if not isinstance(x, Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -86,7 +88,12 @@ def check_images(
             f"{model}: argument 'x' of {h}x{w} gives {nodes} nodes at the coarsest stage, fewer "
             f"than the {min_nodes} needed ({needs}); use images of at least {side}x{side}"
         )
-    if check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+    if (
+        check_finite
+        and x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not bool(torch.isfinite(x).all())
+    ):
         raise ValueError(f"{model}: argument 'x' contains NaN or Inf; images must be finite")
 
 

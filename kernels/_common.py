@@ -2,6 +2,7 @@
 
 Every public op validates its arguments here so that a bad call fails with a ``ValueError`` that
 names the op, the argument and what is accepted, instead of a shape error deep inside a kernel.
+Validation reads shapes and dtypes only: nothing here syncs with a device.
 """
 
 from __future__ import annotations
@@ -75,16 +76,10 @@ def check_int(
     return value
 
 
-def check_finite(op: str, name: str, t: torch.Tensor) -> None:
-    """Raise if ``t`` holds NaN or Inf. Costs a device sync, so ops call it on CPU tensors only."""
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{op}: argument '{name}' contains NaN or Inf; inputs must be finite")
-
-
 # --------------------------------------------------------------------------------------------
 # Backend selection
 # --------------------------------------------------------------------------------------------
-_BACKENDS = ("auto", "reference", "triton")
+_BACKENDS = ("auto", "torch", "triton", "reference")  # "reference": older name of "torch"
 _backend_override: str | None = None
 
 
@@ -94,24 +89,30 @@ def interpreter_active() -> bool:
 
 
 def backend() -> str:
-    """The backend for CPU tensors: ``reference`` (default) or ``triton`` (interpreter only).
+    """The backend the ops use: ``auto`` (default), ``torch`` or ``triton``.
 
-    CUDA tensors always run the Triton kernels. Set with :func:`use_backend` or the environment
-    variable ``CLUSTERVIG_BACKEND`` (``auto`` | ``reference`` | ``triton``).
+    - ``auto``: CUDA tensors run the Triton kernels (except a kernel whose self-check failed on
+      this GPU, see :mod:`kernels.selfcheck`), CPU tensors the PyTorch references.
+    - ``torch``: the PyTorch references on every device (a pure-PyTorch ClusterViG on a GPU).
+    - ``triton``: the kernels on CUDA, and on CPU tensors under the Triton interpreter.
+
+    Set with :func:`use_backend` or the environment variable ``CLUSTERVIG_BACKEND``.
     """
-    value = _backend_override or os.environ.get("CLUSTERVIG_BACKEND", "auto")
+    value = (_backend_override or os.environ.get("CLUSTERVIG_BACKEND", "auto")).lower()
     if value not in _BACKENDS:
-        raise ValueError(f"CLUSTERVIG_BACKEND must be one of {_BACKENDS}, got {value!r}")
-    return value
+        raise ValueError(f"CLUSTERVIG_BACKEND must be one of {_BACKENDS[:3]}, got {value!r}")
+    return "torch" if value == "reference" else value
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Temporarily choose the backend for CPU tensors (``triton`` needs ``TRITON_INTERPRET=1``)."""
+    """Temporarily choose the backend (``auto``, ``torch`` or ``triton``; see :func:`backend`)."""
     global _backend_override
-    if name not in _BACKENDS:
-        raise ValueError(f"use_backend: argument 'name' must be one of {_BACKENDS}, got {name!r}")
-    previous, _backend_override = _backend_override, name
+    if not isinstance(name, str) or name.lower() not in _BACKENDS:
+        raise ValueError(
+            f"use_backend: argument 'name' must be one of {_BACKENDS[:3]}, got {name!r}"
+        )
+    previous, _backend_override = _backend_override, name.lower()
     try:
         yield
     finally:
@@ -119,25 +120,32 @@ def use_backend(name: str) -> Iterator[None]:
 
 
 def runs_triton(t: torch.Tensor, op: str = "op") -> bool:
-    """Whether an op on ``t`` launches the Triton kernel (else it runs the torch reference)."""
-    use = t.is_cuda or (t.device.type == "cpu" and backend() == "triton")
-    if use and t.is_floating_point() and t.dtype not in FLOAT_DTYPES:
+    """Whether the op ``op`` on ``t`` launches its Triton kernel (else the PyTorch reference).
+
+    ``op`` is the kernel's name in the tuning cache (``kmeans``, ``max_aggregate_backward``...):
+    a kernel whose self-check verdict on this device is a failure is not launched.
+    """
+    choice = backend()
+    if choice == "torch":
+        return False
+    use = t.is_cuda or (t.device.type == "cpu" and choice == "triton")
+    if not use:
+        return False
+    if t.is_floating_point() and t.dtype not in FLOAT_DTYPES:
         if t.device.type == "cpu":
             return False  # float64 on the CPU: the reference, whatever the backend
         raise ValueError(
             f"{op}: the Triton kernels take float32, float16 or bfloat16 features, got "
             f"{str(t.dtype).replace('torch.', '')} on {t.device}"
         )
-    if t.is_cuda:
-        return True
-    if use:
-        if not interpreter_active():
-            raise RuntimeError(
-                "backend 'triton' on CPU tensors needs the Triton interpreter: set "
-                "TRITON_INTERPRET=1 before importing the kernels package"
-            )
-        return True
-    return False
+    if not t.is_cuda and not interpreter_active():
+        raise RuntimeError(
+            "backend 'triton' on CPU tensors needs the Triton interpreter: set "
+            "TRITON_INTERPRET=1 before importing the kernels package"
+        )
+    from . import selfcheck  # lazy: selfcheck imports the kernel modules (and so Triton)
+
+    return selfcheck.kernel_allowed(op, t)
 
 
 def dot_precision(dtype: torch.dtype) -> tuple[str, bool]:

@@ -153,9 +153,9 @@ class Tunable:
         key = (device.type, device.index, bucket)
         hit = self._memo.get(key)
         if hit is None:
-            from autotune import cache  # lazy: autotune imports nothing from kernels at load
+            from . import tuning_cache  # lazy: it imports this module for type names only
 
-            entry = cache.lookup(self, device, bucket)
+            entry = tuning_cache.lookup(self, device, bucket)
             default = self.default[bucket.split("/", 1)[0]]
             hit = (dict(entry), "cache") if entry is not None else (dict(default), "default")
             self._memo[key] = hit

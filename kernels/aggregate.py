@@ -3,8 +3,11 @@
 Forward: ``out[v, c] = max_k x[nbr[v, k], c] - x[v, c]`` (``relative``) or the plain max, without
 materialising the ``(M, K, C)`` gathered tensor: each program streams K neighbour rows of a tile
 and keeps a running max and the winning slot. The slot (uint8, first slot among equal maxima) is
-saved for the backward, which routes ``grad[v, c]`` to row ``nbr[v, slot[v, c]]`` with atomic adds
-(and subtracts it from row v when relative).
+saved for the backward, which starts from ``-grad`` (relative) or zeros and routes ``grad[v, c]``
+to row ``nbr[v, slot[v, c]]`` with relaxed float atomics: its sums are not bit-reproducible
+(their order varies); ``torch.use_deterministic_algorithms(True)`` takes the reference's
+deterministic scatter instead (``kernels/ops.py``). Neighbour indices are clamped into ``[0, M)``
+so no input makes a kernel read or write outside its tensors.
 """
 
 from __future__ import annotations
@@ -15,6 +18,13 @@ import triton.language as tl
 
 from ._common import next_power_of_2
 from ._tuning import TRITON_TYPES, Tunable, configs, per_width, rows_bucket, split_launch_options
+
+
+@triton.jit
+def _valid_rows(index, M):
+    """Row indices clamped to ``[0, M)`` as int64: a kernel never reads outside x, whatever
+    ``nbr`` holds (the model's neighbours are always valid; this is the guard for any caller)."""
+    return tl.minimum(tl.maximum(index, 0), M - 1).to(tl.int64)
 
 
 @triton.jit
@@ -40,11 +50,13 @@ def _max_aggregate_kernel(
     best = tl.full([BLOCK_M, BLOCK_C], float("-inf"), dtype=tl.float32)
     best_slot = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.int32)
     for k in range(K):
-        source = tl.load(nbr_ptr + rows64 * K + k, mask=row_mask, other=0).to(tl.int64)
+        source = _valid_rows(tl.load(nbr_ptr + rows64 * K + k, mask=row_mask, other=0), M)
         values = tl.load(
             x_ptr + source[:, None] * stride_xm + cols[None, :], mask=mask, other=float("-inf")
         ).to(tl.float32)
-        better = values > best  # strict: the first slot keeps a tie
+        # Strict: the first slot keeps a tie. A NaN wins over a number and then stays, so NaN
+        # propagates as in torch.amax (written out: GPU and interpreter differ on NaN in max).
+        better = (values > best) | ((values != values) & (best == best))
         best = tl.where(better, values, best)
         best_slot = tl.where(better, k, best_slot)
     if RELATIVE:
@@ -62,11 +74,10 @@ def _max_aggregate_backward_kernel(
     grad_ptr,  # *T (M, C) contiguous: gradient of the aggregation
     nbr_ptr,  # *i32 (M, K)
     slot_ptr,  # *u8 (M, C): winning slots from the forward
-    grad_x_ptr,  # *f32 (M, C) contiguous, zero-initialised: accumulated gradient of x
+    grad_x_ptr,  # *f32 (M, C) contiguous: -grad (relative) or zeros; neighbour terms added here
     M,
     C,
     K: tl.constexpr,
-    RELATIVE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -76,12 +87,11 @@ def _max_aggregate_backward_kernel(
     rows64 = rows.to(tl.int64)
     offsets = rows64[:, None] * C + cols[None, :]
     grad = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    slot = tl.load(slot_ptr + offsets, mask=mask, other=0).to(tl.int64)
-    source = tl.load(nbr_ptr + rows64[:, None] * K + slot, mask=mask, other=0).to(tl.int64)
-    # Several rows can share a neighbour: accumulate with atomics.
-    tl.atomic_add(grad_x_ptr + source * C + cols[None, :], grad, mask=mask)
-    if RELATIVE:
-        tl.atomic_add(grad_x_ptr + offsets, -grad, mask=mask)
+    slot = tl.minimum(tl.load(slot_ptr + offsets, mask=mask, other=0).to(tl.int64), K - 1)
+    source = _valid_rows(tl.load(nbr_ptr + rows64[:, None] * K + slot, mask=mask, other=0), M)
+    # Several rows can share a neighbour: accumulate with atomics. Relaxed: a sum needs no
+    # ordering, and the default (acq_rel) fences every add with a GPU-wide barrier.
+    tl.atomic_add(grad_x_ptr + source * C + cols[None, :], grad, mask=mask, sem="relaxed")
 
 
 # Spill-free for sm_80 and sm_90 at every width (tests/kernels/test_aot_compile.py).
@@ -161,17 +171,16 @@ def _backward_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
             "M": "i32",
             "C": "i32",
             "K": "constexpr",
-            "RELATIVE": "constexpr",
             "BLOCK_M": "constexpr",
             "BLOCK_C": "constexpr",
         },
-        {"K": 32, "RELATIVE": True, "BLOCK_M": config["BLOCK_M"], "BLOCK_C": config["BLOCK_C"]},
+        {"K": 32, "BLOCK_M": config["BLOCK_M"], "BLOCK_C": config["BLOCK_C"]},
     )
 
 
 MAX_AGGREGATE = Tunable(
     name="max_aggregate",
-    kernels=[_max_aggregate_kernel],
+    kernels=[_max_aggregate_kernel, _valid_rows],
     space=per_width(_FORWARD_SPACE),
     default=per_width({"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 2}),
     interpret_space=_INTERPRET_SPACE,
@@ -181,7 +190,7 @@ MAX_AGGREGATE = Tunable(
 
 MAX_AGGREGATE_BACKWARD = Tunable(
     name="max_aggregate_backward",
-    kernels=[_max_aggregate_backward_kernel],
+    kernels=[_max_aggregate_backward_kernel, _valid_rows],
     space=per_width(_BACKWARD_SPACE),
     default=per_width({"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1}),
     interpret_space=_INTERPRET_SPACE,
@@ -246,7 +255,12 @@ def max_aggregate_backward(
     M, C = grad.shape
     K = nbr.shape[1]
     grad = grad.contiguous()
-    grad_x = torch.zeros(M, C, dtype=torch.float32, device=grad.device)
+    # d(max_k x[nbr] - x)/dx: the -grad of the centre row is the start value, so the kernel
+    # only adds the neighbour terms (one atomic per element instead of two, no zero fill).
+    if relative:
+        grad_x = -grad.to(torch.float32)
+    else:
+        grad_x = torch.zeros(M, C, dtype=torch.float32, device=grad.device)
     if M and C:
         config = config or MAX_AGGREGATE_BACKWARD.config(
             grad.device, MAX_AGGREGATE_BACKWARD.bucket(grad.dtype, M=M, C=C, K=K)
@@ -261,7 +275,6 @@ def max_aggregate_backward(
             M,
             C,
             K=K,
-            RELATIVE=relative,
             **meta,
             **opts,
         )

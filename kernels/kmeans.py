@@ -4,7 +4,9 @@ One program per image runs: initial centroids (nodes spread over the raster orde
 ``assign`` (squared distance to every centroid via ``tl.dot``, argmin, count of changed labels)
 and ``update`` (segmented mean as a one-hot ``tl.dot``; an empty cluster keeps its centroid)
 until no label changes or ``max_iters`` updates ran. Each image stops on its own, the loop
-needs no host sync, and the whole k-means is one launch. Labels, centroids and the iteration
+needs no host sync, and the whole k-means is one launch. Labels lie in ``[0, kappa)`` for every
+input: a NaN distance counts as +inf, so a node of a non-finite image goes to cluster 0 and its
+NaN spreads into that image's centroids (and no other image's), as in any PyTorch op. Labels, centroids and the iteration
 count are the contract of :func:`kernels.reference.kmeans`.
 
 Distances skip ``|x|^2`` (the same for every centroid of a node): ``d = |z|^2 - 2 x.z``. float32
@@ -63,9 +65,14 @@ def _assign(
             if UPCAST:
                 xt = xt.to(tl.float32)
             dot += tl.dot(xt, tl.trans(zt.to(xt.dtype)), input_precision=DOT_PRECISION)
-        d = tl.where(k_mask[None, :], z_norm[None, :] - 2.0 * dot, float("inf"))
+        d = z_norm[None, :] - 2.0 * dot
+        # A NaN distance (non-finite node or centroid) counts as +inf, explicitly: the GPU's min
+        # ignores NaN while the interpreter's propagates it. A node with no finite distance then
+        # ties every cluster at +inf and goes to cluster 0, so labels stay in [0, KAPPA).
+        d = tl.where(k_mask[None, :] & (d == d), d, float("inf"))
         nearest = tl.min(d, axis=1)
-        label = tl.min(tl.where(d == nearest[:, None], ks[None, :], KAPPA_PAD), axis=1)
+        is_nearest = (d == nearest[:, None]) & k_mask[None, :]
+        label = tl.min(tl.where(is_nearest, ks[None, :], KAPPA - 1), axis=1)
         if not FIRST:
             old = tl.load(labels_img + rows, mask=row_mask, other=0)
             changed += tl.sum(((label != old) & row_mask).to(tl.int32), axis=0)
@@ -194,20 +201,17 @@ def _kmeans_kernel(
     tl.store(iterations_ptr + b, iterations)
 
 
-# Every config compiles without register spills for sm_80 and sm_90 (tests/kernels/
-# test_aot_compile.py); float32 (FMA products) keeps thinner tiles.
+# Every config compiles without register spills for sm_80 and sm_90 under both the oldest
+# supported Triton and the newest (tests/kernels/test_aot_compile.py, run by CI in both); float32 (FMA products) keeps thinner tiles.
 _SPACE_16BIT = configs(
     ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
     [
         (32, 64, 8, 2),
-        (32, 128, 8, 2),
         (64, 32, 8, 2),
         (64, 64, 8, 2),
         (64, 128, 8, 2),
         (128, 32, 8, 2),
-        (128, 64, 8, 2),
         (128, 128, 8, 2),
-        (32, 32, 4, 1),
         (64, 32, 4, 1),
         (64, 64, 4, 1),
         (128, 32, 4, 1),
@@ -217,14 +221,8 @@ _SPACE_16BIT = configs(
 _SPACE_32BIT = configs(
     ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
     [
-        (32, 16, 4, 1),
-        (32, 32, 8, 1),
-        (32, 32, 8, 2),
         (64, 16, 8, 2),
-        (64, 32, 8, 1),
         (64, 32, 8, 2),
-        (64, 64, 4, 1),
-        (128, 32, 4, 1),
         (128, 32, 4, 2),
         (128, 64, 8, 1),
     ],

@@ -3,9 +3,11 @@
 Nodes arrive in partition order with partition boundaries ``offsets``. Each program takes
 ``BLOCK_M`` rows of one partition, streams that partition's columns in ``BLOCK_N`` tiles,
 computes ``|q|^2 + |k|^2 - 2 q.k`` with ``tl.dot`` over ``BLOCK_C`` channel slices, and merges each
-tile into a running top-K held in registers (K passes of a row-wise min: cheap for K <= 32 and
-exact, including the lowest-index rule for equal distances). A tile whose nearest column is no
-closer than every row's current K-th neighbour is skipped. Partitions are ragged: the grid covers
+tile into a running top-K held in registers. Distances are packed with their column index into
+int64 keys (:func:`_distance_keys`), so each of the K merge passes is one row-wise min, exact,
+with the lowest-index rule for equal distances built in, and every selected key names a real
+row of the partition whatever the features hold (NaN counts as +inf). A tile whose smallest key
+is above every row's current K-th key is skipped. Partitions are ragged: the grid covers
 ``max_partition_size`` rows per partition and programs past a partition's end exit at once, so
 no host sync is needed to size the grid. A partition of ``s < K`` nodes gives slot j the member
 of rank ``j % s`` (the reference's rule).
@@ -20,7 +22,20 @@ import triton.language as tl
 from ._common import INDEX_DTYPE, dot_precision, next_power_of_2
 from ._tuning import TRITON_TYPES, Tunable, configs, rows_bucket, split_launch_options
 
-_NO_INDEX = 2**31 - 1  # "no neighbour" marker: larger than any row index
+_NO_KEY = tl.constexpr(2**63 - 1)  # "no candidate": above every real key
+
+
+@triton.jit
+def _distance_keys(d, index):
+    """int64 keys ordered by (float32 distance, index): the distance's order-preserving integer
+    image in the high 32 bits, the column index in the low 32. A NaN distance (non-finite
+    features) counts as +inf, explicitly (GPU and interpreter treat NaN in min() differently),
+    so it ranks after every finite one and every key still names a real row."""
+    d = tl.where(d == d, d, float("inf"))
+    d = tl.where(d == 0.0, 0.0, d)  # -0.0 and +0.0: one key
+    bits = d.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return (ordered.to(tl.int64) << 32) | index.to(tl.int64)
 
 
 @triton.jit
@@ -70,8 +85,7 @@ def _partition_knn_kernel(
 
         q_norm = _squared_norms(q_base, q_offsets, row_mask, C, BLOCK_M, BLOCK_C)
 
-        best_d = tl.full([BLOCK_M, K_PAD], float("inf"), dtype=tl.float32)
-        best_i = tl.full([BLOCK_M, K_PAD], 2147483647, dtype=tl.int32)
+        best = tl.full([BLOCK_M, K_PAD], _NO_KEY, dtype=tl.int64)  # running top-K keys
         start64 = start.to(tl.int64)
         for n0 in range(start, end, BLOCK_N):
             cand = n0 + local_n
@@ -90,30 +104,23 @@ def _partition_knn_kernel(
                     kt = kt.to(tl.float32)
                 dot += tl.dot(q, tl.trans(kt), input_precision=DOT_PRECISION)
             d = q_norm[:, None] + k_norm[None, :] - 2.0 * dot
-            d = tl.where(cand_mask[None, :], d, float("inf"))
+            keys = tl.where(cand_mask[None, :], _distance_keys(d, cand[None, :]), _NO_KEY)
 
-            # Later tiles hold higher indices, so a tie with the current K-th neighbour loses:
-            # skip the tile when no row has a strictly closer candidate.
-            kth = tl.max(tl.where(slots[None, :] < K, best_d, float("-inf")), axis=1)
-            if tl.sum((tl.min(d, axis=1) < kth).to(tl.int32), axis=0) > 0:
-                new_d = tl.full([BLOCK_M, K_PAD], float("inf"), dtype=tl.float32)
-                new_i = tl.full([BLOCK_M, K_PAD], 2147483647, dtype=tl.int32)
+            # Later tiles hold higher indices, and keys are unique, so a tile can only matter
+            # if some row has a key below its current K-th: skip it otherwise.
+            kth = tl.max(tl.where(slots[None, :] < K, best, -_NO_KEY), axis=1)
+            if tl.sum((tl.min(keys, axis=1) < kth).to(tl.int32), axis=0) > 0:
+                merged = tl.full([BLOCK_M, K_PAD], _NO_KEY, dtype=tl.int64)
                 for s in range(K):
-                    nearest = tl.minimum(tl.min(d, axis=1), tl.min(best_d, axis=1))
-                    i_tile = tl.min(
-                        tl.where(d == nearest[:, None], cand[None, :], 2147483647), axis=1
-                    )
-                    i_best = tl.min(
-                        tl.where(best_d == nearest[:, None], best_i, 2147483647), axis=1
-                    )
-                    chosen = tl.minimum(i_tile, i_best)
-                    d = tl.where(cand[None, :] == chosen[:, None], float("inf"), d)
-                    best_d = tl.where(best_i == chosen[:, None], float("inf"), best_d)
-                    new_d = tl.where(slots[None, :] == s, nearest[:, None], new_d)
-                    new_i = tl.where(slots[None, :] == s, chosen[:, None], new_i)
-                best_d = new_d
-                best_i = new_i
+                    # One min per pass: the smallest key of tile and list is the nearest
+                    # candidate (lowest index on equal distances); it is then taken out.
+                    nearest = tl.minimum(tl.min(keys, axis=1), tl.min(best, axis=1))
+                    keys = tl.where(keys == nearest[:, None], _NO_KEY, keys)
+                    best = tl.where(best == nearest[:, None], _NO_KEY, best)
+                    merged = tl.where(slots[None, :] == s, nearest[:, None], merged)
+                best = merged
 
+        best_i = (best & 0xFFFFFFFF).to(tl.int32)
         size = end - start
         if size < K:
             # Fewer members than K: slot s repeats the member of rank s % size.
@@ -129,8 +136,8 @@ def _partition_knn_kernel(
         )
 
 
-# Every config compiles without register spills for sm_80 and sm_90 (tests/kernels/
-# test_aot_compile.py). float32 products run on FMA units with larger operand fragments, hence
+# Every config compiles without register spills for sm_80 and sm_90 under both the oldest
+# supported Triton and the newest (tests/kernels/test_aot_compile.py, run by CI in both). float32 products run on FMA units with larger operand fragments, hence
 # thinner channel slices than the tensor-core fp16/bf16 space.
 _SPACE_16BIT = configs(
     ("BLOCK_M", "BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
@@ -138,13 +145,11 @@ _SPACE_16BIT = configs(
         (16, 32, 32, 4, 2),
         (16, 32, 64, 4, 2),
         (16, 64, 32, 4, 2),
-        (16, 64, 64, 4, 2),
         (32, 32, 32, 4, 2),
         (32, 32, 64, 4, 2),
         (32, 64, 32, 4, 2),
         (32, 64, 64, 4, 2),
         (64, 32, 32, 4, 2),
-        (64, 32, 64, 4, 2),
         (64, 64, 32, 4, 2),
         (64, 64, 64, 4, 2),
         (32, 64, 32, 8, 2),
@@ -157,11 +162,9 @@ _SPACE_32BIT = configs(
     ("BLOCK_M", "BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
     [
         (16, 32, 16, 4, 1),
-        (16, 32, 32, 4, 1),
         (16, 64, 16, 4, 1),
         (16, 64, 32, 4, 1),
         (32, 32, 16, 4, 1),
-        (32, 32, 32, 4, 1),
         (32, 64, 16, 4, 1),
         (32, 64, 32, 4, 1),
         (64, 32, 16, 4, 1),
@@ -169,14 +172,13 @@ _SPACE_32BIT = configs(
         (64, 64, 16, 4, 1),
         (64, 64, 32, 4, 1),
         (32, 64, 32, 8, 2),
-        (64, 64, 32, 8, 2),
     ],
 )
 
 
 PARTITION_KNN = Tunable(
     name="partition_knn",
-    kernels=[_partition_knn_kernel, _squared_norms],
+    kernels=[_partition_knn_kernel, _squared_norms, _distance_keys],
     space={"e2": _SPACE_16BIT, "e4": _SPACE_32BIT},
     default={
         "e2": {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2},

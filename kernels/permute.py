@@ -20,6 +20,14 @@ from ._tuning import TRITON_TYPES, Tunable, per_width, rows_bucket, split_launch
 # partition
 # --------------------------------------------------------------------------------------------
 @triton.jit
+def _clamped_labels(labels_img, n, N, KAPPA: tl.constexpr):
+    """Labels of nodes ``n`` clamped to ``[0, KAPPA)`` (-1 past N): whatever the labels hold,
+    every node is counted once and placed once, so ``perm`` is always a permutation."""
+    lab = tl.load(labels_img + n, mask=n < N, other=0)
+    return tl.where(n < N, tl.minimum(tl.maximum(lab, 0), KAPPA - 1), -1)
+
+
+@triton.jit
 def _partition_kernel(
     labels_ptr,  # *i32 (B, N): cluster of every node, row stride stride_lb
     perm_ptr,  # *i32 (B*N,): out, image-order index of the node at each partition position
@@ -40,7 +48,7 @@ def _partition_kernel(
     counts = tl.zeros([KAPPA_PAD], dtype=tl.int32)
     for n0 in range(0, N, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        lab = tl.load(labels_ptr + b * stride_lb + n, mask=n < N, other=-1)
+        lab = _clamped_labels(labels_ptr + b * stride_lb, n, N, KAPPA)
         counts += tl.sum((lab[:, None] == ks[None, :]).to(tl.int32), axis=0)
     base = b * N
     starts = tl.cumsum(counts, axis=0) - counts  # exclusive prefix sum
@@ -52,7 +60,7 @@ def _partition_kernel(
     for n0 in range(0, N, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         mask = n < N
-        lab = tl.load(labels_ptr + b * stride_lb + n, mask=mask, other=-1)
+        lab = _clamped_labels(labels_ptr + b * stride_lb, n, N, KAPPA)
         onehot = (lab[:, None] == ks[None, :]).to(tl.int32)
         rank = tl.cumsum(onehot, axis=0) - 1  # earlier nodes of the same cluster in this block
         position = base + tl.sum((rank + running[None, :]) * onehot, axis=1)
@@ -64,7 +72,7 @@ def _partition_kernel(
 
 PARTITION = Tunable(
     name="partition",
-    kernels=[_partition_kernel],
+    kernels=[_partition_kernel, _clamped_labels],
     space=per_width(
         [
             {"BLOCK_N": bn, "num_warps": w, "num_stages": 1}
@@ -107,7 +115,8 @@ def partition(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch :func:`_partition_kernel`: labels ``(B, N)`` int32 -> perm, inverse, offsets, segment.
 
-    Labels must lie in ``[0, num_clusters)`` (the kernel does not check). ``out`` may pass
+    Labels outside ``[0, num_clusters)`` are clamped into it (the CPU op rejects them first).
+    ``out`` may pass
     preallocated outputs (tests poison them); ``config`` overrides the tuned config.
     """
     B, N = labels.shape
@@ -166,7 +175,8 @@ def _permute_rows_kernel(
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     row_mask = rows < M
     mask = row_mask[:, None] & (cols[None, :] < C)
-    source = tl.load(index_ptr + rows, mask=row_mask, other=0).to(tl.int64)
+    source = tl.load(index_ptr + rows, mask=row_mask, other=0)
+    source = tl.minimum(tl.maximum(source, 0), M - 1).to(tl.int64)  # never outside x
     values = tl.load(x_ptr + source[:, None] * stride_xm + cols[None, :] * stride_xc, mask=mask)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], values, mask=mask)
 
@@ -203,11 +213,12 @@ PERMUTE_ROWS = Tunable(
             "M": "i32",
             "C": "i32",
             "stride_xm": "i32",
-            "stride_xc": "i32",
+            # The model's rows are contiguous: the JIT specialises a stride of 1 to a constant.
+            "stride_xc": "constexpr",
             "BLOCK_M": "constexpr",
             "BLOCK_C": "constexpr",
         },
-        {"BLOCK_M": config["BLOCK_M"], "BLOCK_C": config["BLOCK_C"]},
+        {"stride_xc": 1, "BLOCK_M": config["BLOCK_M"], "BLOCK_C": config["BLOCK_C"]},
     ),
 )
 

@@ -51,9 +51,12 @@ def _assign(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Nearest centroid of every node. x (B, N, C), z (B, kappa, C) -> (B, N) int64.
 
     |x|^2 is the same for every centroid of a node, so the argmin only needs |z|^2 - 2 x.z;
-    ``argmin`` returns the first minimum, i.e. ties go to the lowest cluster index.
+    ``argmin`` returns the first minimum, i.e. ties go to the lowest cluster index. A NaN
+    distance counts as +inf, so labels are valid for every input.
     """
     dist = (z * z).sum(-1).unsqueeze(1) - 2.0 * torch.bmm(x, z.transpose(1, 2))
+    # NaN counts as +inf (the kernel's rule): a node with no finite distance goes to cluster 0.
+    dist = torch.where(torch.isnan(dist), float("inf"), dist)
     return dist.argmin(dim=-1)
 
 
@@ -96,8 +99,11 @@ def kmeans(
     labels = _assign(xd, z)
     active = torch.ones(B, dtype=torch.bool, device=x.device)
     iterations = torch.zeros(B, dtype=torch.int32, device=x.device)
+    # On the CPU the loop stops when every image has converged; elsewhere it runs the cap with
+    # converged images masked (same result), since asking the device would stall the host.
+    stop_early = x.device.type == "cpu"
     for _ in range(max_iters):
-        if not bool(active.any()):
+        if stop_early and not bool(active.any()):
             break
         z = torch.where(active[:, None, None], _segment_mean(xd, labels, z, num_clusters), z)
         new_labels = _assign(xd, z)
@@ -119,7 +125,8 @@ def partition(
     """Partition order of the nodes: sorted by (image, cluster), stable inside a cluster.
 
     Args:
-        labels: ``(B, N)`` integer cluster of every node, in ``[0, kappa)``.
+        labels: ``(B, N)`` integer cluster of every node, in ``[0, kappa)`` (values outside
+            are clamped into it, as the kernel does, so the result is always a permutation).
 
     Returns (all int32):
         perm ``(M,)``: ``perm[p]`` = flat image-order index ``b*N + n`` of the node at partition
@@ -131,7 +138,7 @@ def partition(
     """
     B, N = labels.shape
     device = labels.device
-    lab = labels.to(torch.int64)
+    lab = labels.to(torch.int64).clamp(0, num_clusters - 1)
     order = torch.sort(lab, dim=1, stable=True).indices
     base = torch.arange(B, device=device, dtype=torch.int64).unsqueeze(1)
     perm = (order + base * N).reshape(-1)
@@ -163,8 +170,10 @@ def _nearest_first(dist: torch.Tensor, k: int) -> torch.Tensor:
 
     float64 (oracle mode): a stable sort. float32: ``topk`` over int64 keys that pack an
     order-preserving integer image of the distance above the column index, so equal distances
-    are ordered by index exactly as the stable sort would, at a fraction of its cost.
+    are ordered by index exactly as the stable sort would, at a fraction of its cost. NaN
+    ranks as +inf (the kernel's rule), after every finite distance and tied by index.
     """
+    dist = torch.where(torch.isnan(dist), float("inf"), dist)  # NaN ranks as +inf
     if dist.dtype != torch.float32:
         return torch.sort(dist, dim=-1, stable=True).indices[..., :k]
     bits = (dist + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into +0.0
@@ -174,35 +183,47 @@ def _nearest_first(dist: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(keys, k, dim=-1, largest=False, sorted=True).values & 0xFFFFFFFF
 
 
-def partition_knn(x: torch.Tensor, offsets: torch.Tensor, k: int) -> torch.Tensor:
+def partition_knn(
+    x: torch.Tensor, offsets: torch.Tensor, k: int, max_partition_size: int | None = None
+) -> torch.Tensor:
     """K nearest nodes of every node inside its own partition (itself included).
 
     Args:
         x: ``(M, C)`` float features in partition order (the model passes L2-normalised ones).
         offsets: ``(P + 1,)`` int partition boundaries (see :func:`partition`).
         k: K >= 1.
+        max_partition_size: a bound on every partition's size. Off the CPU it sizes the work
+            without asking the device (default: M); on the CPU the true largest size is used.
 
     Returns:
         ``(M, K)`` int32 row indices into ``x``, nearest first by squared Euclidean distance,
-        ties to the lower index. A node whose partition has ``s < K`` members gets those s members
-        in distance order, repeated cyclically: slot ``j`` holds the member of rank ``j % s``.
-        (Max aggregation over the list is unchanged by the repeats; sum aggregation must
-        weight slot ``j`` by ``j < s``.)
+        ties to the lower index, NaN distances ranked as +inf (so every index is a member of
+        the node's partition, for any input). A node whose partition has ``s < K`` members gets
+        those s members in distance order, repeated cyclically: slot ``j`` holds the member of
+        rank ``j % s``. (Max aggregation over the list is unchanged by the repeats; sum
+        aggregation must weight slot ``j`` by ``j < s``.)
+
+    No step reads a value back to the host off the CPU, so it runs on any device without a sync.
     """
     M, C = x.shape
-    out = torch.empty(M, k, dtype=INDEX_DTYPE, device=x.device)
-    if M == 0:
-        return out
+    P = offsets.shape[0] - 1
+    if M == 0 or P == 0:
+        return torch.empty(M, k, dtype=INDEX_DTYPE, device=x.device)
     starts = offsets[:-1].to(torch.int64)
     sizes = (offsets[1:] - offsets[:-1]).to(torch.int64)
-    keep = sizes > 0
-    starts, sizes = starts[keep], sizes[keep]
-    S = int(sizes.max())
+    if x.device.type == "cpu":
+        S = int(sizes.max())
+    else:
+        S = min(M, max_partition_size or M)
+    S = max(S, 1)
     xd = x.detach().to(compute_dtype(x))
+    # Row M of ``out`` is a sink for the padding slots of short partitions (no masked copy,
+    # which would need the count of valid rows on the host).
+    out = torch.empty(M + 1, k, dtype=INDEX_DTYPE, device=x.device)
     # Chunks of partitions keep the dense (chunk, S, S) distance block bounded.
     chunk = max(1, (1 << 24) // (S * S))
     ar = torch.arange(S, device=x.device)
-    for lo in range(0, starts.numel(), chunk):
+    for lo in range(0, P, chunk):
         st, sz = starts[lo : lo + chunk], sizes[lo : lo + chunk]
         valid = ar.unsqueeze(0) < sz.unsqueeze(1)  # (Q, S)
         rows = torch.where(valid, st.unsqueeze(1) + ar, 0)  # (Q, S)
@@ -211,11 +232,11 @@ def partition_knn(x: torch.Tensor, offsets: torch.Tensor, k: int) -> torch.Tenso
         dist = sq.unsqueeze(2) + sq.unsqueeze(1) - 2.0 * torch.bmm(xp, xp.transpose(1, 2))
         dist = dist.masked_fill(~valid.unsqueeze(1), float("inf"))
         order = _nearest_first(dist, min(k, S))  # (Q, S, min(K, S))
-        rank = torch.arange(k, device=x.device).unsqueeze(0) % sz.unsqueeze(1)  # (Q, K)
+        rank = torch.arange(k, device=x.device).unsqueeze(0) % sz.clamp_min(1).unsqueeze(1)
         nbr = torch.gather(order, 2, rank.unsqueeze(1).expand(-1, S, -1))  # (Q, S, K)
         nbr = nbr + st.view(-1, 1, 1)
-        out[rows[valid]] = nbr[valid].to(INDEX_DTYPE)
-    return out
+        out[torch.where(valid, rows, M)] = nbr.to(INDEX_DTYPE)
+    return out[:M]
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,9 +258,10 @@ def max_aggregate(
         channel c (the first slot among equal maxima), saved for the backward pass.
 
     Slots are scanned in order with a strict comparison, as the kernel does, so ties keep the
-    first slot and no ``(M, K, C)`` tensor is built.
+    first slot and no ``(M, K, C)`` tensor is built; a NaN beats any number (the first NaN slot
+    wins), so NaN propagates. Indices are clamped into ``[0, M)``.
     """
-    index = nbr.long()
+    index = nbr.long().clamp(0, max(x.shape[0] - 1, 0))  # never outside x (the kernel's rule)
     if not with_argslot:  # inference: one gather + reduction is faster than a slot loop
         best = x[index].amax(dim=1)
         if relative:
@@ -249,7 +271,8 @@ def max_aggregate(
     slot = torch.zeros(x.shape, dtype=torch.uint8, device=x.device) if with_argslot else None
     for k in range(1, index.shape[1]):
         candidate = x[index[:, k]]
-        better = candidate > best
+        # NaN wins over a number and then stays (torch.amax propagates NaN; so does the kernel).
+        better = (candidate > best) | (torch.isnan(candidate) & ~torch.isnan(best))
         best = torch.where(better, candidate, best)
         if slot is not None:
             slot.masked_fill_(better, k)
@@ -269,7 +292,8 @@ def max_aggregate_backward(
     Accumulates in float64, returns ``grad.dtype``.
     """
     M, C = grad.shape
-    source = torch.gather(nbr.long(), 1, argslot.long())  # (M, C) winning row per channel
+    slot = argslot.long().clamp(max=nbr.shape[1] - 1)
+    source = torch.gather(nbr.long(), 1, slot).clamp(0, max(M - 1, 0))  # (M, C) winning rows
     g = grad.to(torch.float64)
     grad_x = torch.zeros(M, C, dtype=torch.float64, device=grad.device)
     grad_x.scatter_add_(0, source, g)

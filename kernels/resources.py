@@ -71,13 +71,15 @@ def compile_kernel(tunable: Tunable, config: dict, dtype: torch.dtype, arch: int
             "ahead-of-time compilation needs real Triton kernels: unset TRITON_INTERPRET before "
             "importing the kernels package"
         )
-    # Specialise as the model's launches are: 16-byte aligned pointers, and channel counts and
-    # strides that are multiples of 16 (C = 192, 320, 640 and their multiples). This is what
-    # lets Triton vectorise loads; without it every element gets its own 64-bit address.
+    # Specialise as the JIT does for the model's launches: it turns an integer argument equal
+    # to 1 into a constant (the signatures declare those, e.g. a unit column stride, as
+    # constexpr 1) and marks pointers and integers divisible by 16 (the model's tensors are
+    # 16-byte aligned; C = 192, 320, 640 and the row strides built from it are multiples of 16).
+    # That is what lets Triton vectorise loads; without it every element gets its own address.
     aligned = [
         name
         for name, kind in signature.items()
-        if kind.startswith("*") or name == "C" or name.startswith("stride")
+        if kind.startswith("*") or (kind == "i32" and (name == "C" or name.startswith("stride")))
     ]
     attrs = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
@@ -86,6 +88,16 @@ def compile_kernel(tunable: Tunable, config: dict, dtype: torch.dtype, arch: int
 
 
 _FIELD = re.compile(r"(REG|STACK|SHARED|LOCAL):(\d+)")
+
+
+def disassemble(compiled) -> str:
+    """The SASS of a compiled kernel (``cuobjdump -sass`` of its cubin)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(compiled.asm["cubin"])
+        handle.flush()
+        return subprocess.run(
+            [cuobjdump(), "-sass", handle.name], capture_output=True, text=True, check=True
+        ).stdout
 
 
 def resource_usage(tunable: Tunable, config: dict, dtype: torch.dtype, arch: int) -> Usage:
@@ -147,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archs", nargs="+", type=int, choices=ARCHS, default=list(ARCHS))
     parser.add_argument("--json", metavar="PATH", help="also write every row to PATH as JSON")
     args = parser.parse_args(argv)
+    # Triton 3.9 warns once that its FP-fusion default will change; the table compiles with
+    # today's default (fusion on), so say so instead of printing the warning inside the table.
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     by_name = {v: k for k, v in TRITON_TYPES.items()}
     print(
         f"{'op':24s} {'sm':>3s} {'dtype':5s} {'regs':>4s} {'smem B':>7s} {'stack':>5s} "

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autotune import cache
+from kernels import tuning_cache as cache
 from autotune.__main__ import main
 from autotune.space import model_launches
 from autotune.tuner import tune

@@ -230,3 +230,21 @@ def test_max_aggregate_backward_matches_autograd(relative):
     _, slot = reference.max_aggregate(x.detach(), nbr, relative)
     got = reference.max_aggregate_backward(grad, nbr, slot, relative)
     torch.testing.assert_close(got, expected)
+
+
+def test_references_run_on_any_device_without_reading_values_back():
+    """On the meta device every value read-back (``.item()``, ``bool()``, boolean-mask indexing,
+    ``nonzero``) fails: references that run there never sync with a GPU and have no
+    data-dependent shapes, so ``CLUSTERVIG_BACKEND=torch`` runs them on any device."""
+    meta = torch.device("meta")
+    x = torch.empty(2, 30, 8, device=meta)
+    labels, centroids, iterations = reference.kmeans(x, 3, 20)
+    perm, inverse, offsets, segment = reference.partition(labels, 3)
+    rows = reference.permute_rows(x.reshape(60, 8), perm)
+    nbr = reference.partition_knn(rows, offsets, 5, 30)
+    out, slot = reference.max_aggregate(rows, nbr, True, True)
+    grad = reference.max_aggregate_backward(out, nbr, slot, True)
+    assert labels.shape == (2, 30) and centroids.shape == (2, 3, 8) and iterations.shape == (2,)
+    assert perm.shape == inverse.shape == segment.shape == (60,) and offsets.shape == (7,)
+    assert nbr.shape == (60, 5) and out.shape == slot.shape == grad.shape == (60, 8)
+    assert all(t.device == meta for t in (labels, perm, nbr, out, grad))

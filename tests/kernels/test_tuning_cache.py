@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from autotune import cache
+from kernels import tuning_cache as cache
 from kernels import permute
 from kernels._tuning import LAUNCHES
 
@@ -158,7 +158,7 @@ def _writer(directory: str, worker: int, rounds: int) -> None:
     import os
 
     os.environ["CLUSTERVIG_AUTOTUNE_DIR"] = directory
-    from autotune import cache as c
+    from kernels import tuning_cache as c
     from kernels import permute as p
 
     identity = c.device_identity(torch.device("cpu"))

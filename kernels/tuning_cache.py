@@ -1,4 +1,9 @@
-"""Per-GPU autotune cache: one JSON file per (GPU model, compute capability, Triton version).
+"""Per-GPU kernel cache: tuned configs and self-check verdicts, one JSON file per (GPU model,
+compute capability, Triton version).
+
+Kernel launches read it (:meth:`kernels._tuning.Tunable.config`, :mod:`kernels.selfcheck`);
+``python -m autotune --gpu`` and ``python -m kernels.selfcheck`` write it. It lives with the
+kernels so that ``kernels/`` never imports the tuner's package.
 
 File ``<gpu-slug>-sm<cc>-triton<major.minor>.json``::
 
@@ -7,11 +12,13 @@ File ``<gpu-slug>-sm<cc>-triton<major.minor>.json``::
      "torch": "2.11.0", "updated": "2026-11-24T12:00:00+00:00",
      "entries": {"<op>": {"<bucket>": {"config": {...}, "time_ms": 0.012,
                                         "source_hash": "...", "space_hash": "...",
-                                        "tuned_at": "..."}}}}
+                                        "tuned_at": "..."}}},
+     "verdicts": {"<op>/<dtype>": {"ok": true, "source_hash": "...", "max_error": 0.0,
+                                   "cases": 12, "detail": "", "checked_at": "..."}}}
 
 Lookup order: the user cache directory (``$CLUSTERVIG_AUTOTUNE_DIR``, else
 ``$XDG_CACHE_HOME/clustervig/autotune``, else ``~/.cache/clustervig/autotune``), then the defaults
-shipped in ``autotune/defaults/``. A file that is corrupt, from another GPU or Triton version, or
+shipped in ``kernels/defaults/``. A file that is corrupt, from another GPU or Triton version, or
 of another format is ignored with one warning; an entry whose kernel source or search space
 changed, or whose config is not in the space, is ignored with one warning per op. Writes go to a
 temporary file in the same directory and are renamed over the target (atomic), under a lock so
@@ -34,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from kernels._tuning import Tunable
+    from ._tuning import Tunable
 
 __all__ = [
     "AutotuneCacheWarning",
@@ -43,8 +50,10 @@ __all__ = [
     "cache_path",
     "device_identity",
     "load",
+    "load_verdicts",
     "lookup",
     "save_entries",
+    "save_verdicts",
     "shipped_dir",
 ]
 
@@ -71,7 +80,7 @@ def reset() -> None:
     """Forget loaded files and issued warnings (tests; after writing a cache file)."""
     _warned.clear()
     _loaded.clear()
-    from kernels._tuning import REGISTRY
+    from ._tuning import REGISTRY
 
     for tunable in REGISTRY.values():
         tunable.forget()
@@ -127,8 +136,9 @@ def cache_path(identity: dict[str, str], directory: Path | None = None) -> Path:
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
-def _read_file(path: Path, identity: dict[str, str]) -> dict[str, Any]:
-    """The entries of one file, or ``{}`` (with one warning) when it cannot be trusted."""
+def _read_file(path: Path, identity: dict[str, str]) -> dict[str, dict]:
+    """``{"entries": ..., "verdicts": ...}`` of one file, or ``{}`` (with one warning) when it
+    cannot be trusted."""
     if not path.is_file():
         return {}
     try:
@@ -153,24 +163,40 @@ def _read_file(path: Path, identity: dict[str, str]) -> dict[str, Any]:
         )
         return {}
     entries = data.get("entries")
-    if not isinstance(entries, dict):
-        _warn_once(str(path), f"autotune cache {path} has no 'entries' table; ignoring it")
+    verdicts = data.get("verdicts", {})
+    if not isinstance(entries, dict) or not isinstance(verdicts, dict):
+        _warn_once(
+            str(path), f"autotune cache {path} has no valid 'entries' table; ignoring it"
+        )
         return {}
-    return entries
+    return {"entries": entries, "verdicts": verdicts}
 
 
-def load(device: torch.device) -> dict[str, Any]:
-    """Entries for ``device``: the shipped defaults overlaid by the user cache (memoised)."""
+def _load_table(device: torch.device, table: str) -> dict[str, Any]:
+    """One table of ``device``'s files: the shipped defaults overlaid by the user cache
+    (memoised). ``entries`` merge per op and bucket, ``verdicts`` per key."""
     identity = device_identity(device)
-    key = (tuple(sorted(identity.items())), str(cache_dir()))
+    key = (tuple(sorted(identity.items())), str(cache_dir()), table)
     if key not in _loaded:
         merged: dict[str, Any] = {}
         for path in (cache_path(identity, shipped_dir()), cache_path(identity)):
-            for op, buckets in _read_file(path, identity).items():
-                if isinstance(buckets, dict):
-                    merged.setdefault(op, {}).update(buckets)
+            for name, value in _read_file(path, identity).get(table, {}).items():
+                if table == "entries" and isinstance(value, dict):
+                    merged.setdefault(name, {}).update(value)
+                elif table == "verdicts" and isinstance(value, dict):
+                    merged[name] = value
         _loaded[key] = merged
     return _loaded[key]
+
+
+def load(device: torch.device) -> dict[str, Any]:
+    """Tuned entries for ``device``: ``{op: {bucket: entry}}``."""
+    return _load_table(device, "entries")
+
+
+def load_verdicts(device: torch.device) -> dict[str, Any]:
+    """Self-check verdicts for ``device``: ``{"<op>/<dtype>": verdict}``."""
+    return _load_table(device, "verdicts")
 
 
 def _valid_config(entry: Any, tunable: Tunable, bucket: str) -> dict | None:
@@ -243,16 +269,17 @@ def atomic_write_json(path: Path, data: dict) -> None:
         raise
 
 
-def save_entries(
-    identity: dict[str, str], new_entries: dict[str, dict[str, dict]], directory: Path | None = None
+def _save_table(
+    identity: dict[str, str], table: str, update, directory: Path | None = None
 ) -> Path:
-    """Merge ``{op: {bucket: entry}}`` into the cache file of ``identity``, written atomically."""
+    """Apply ``update(existing_table)`` to one table of ``identity``'s file, under the lock,
+    written atomically; the other table is kept as it is."""
     path = cache_path(identity, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         existing = _read_file(path, identity) if path.exists() else {}
-        for op, buckets in new_entries.items():
-            existing.setdefault(op, {}).update(buckets)
+        tables = {"entries": existing.get("entries", {}), "verdicts": existing.get("verdicts", {})}
+        update(tables[table])
         atomic_write_json(
             path,
             {
@@ -260,11 +287,30 @@ def save_entries(
                 "device": identity,
                 "torch": torch.__version__,
                 "updated": _now(),
-                "entries": existing,
+                **tables,
             },
         )
     _loaded.clear()
     return path
+
+
+def save_entries(
+    identity: dict[str, str], new_entries: dict[str, dict[str, dict]], directory: Path | None = None
+) -> Path:
+    """Merge ``{op: {bucket: entry}}`` into the cache file of ``identity``, written atomically."""
+
+    def update(entries: dict) -> None:
+        for op, buckets in new_entries.items():
+            entries.setdefault(op, {}).update(buckets)
+
+    return _save_table(identity, "entries", update, directory)
+
+
+def save_verdicts(
+    identity: dict[str, str], new_verdicts: dict[str, dict], directory: Path | None = None
+) -> Path:
+    """Merge ``{"<op>/<dtype>": verdict}`` into the cache file of ``identity`` (atomic)."""
+    return _save_table(identity, "verdicts", lambda v: v.update(new_verdicts), directory)
 
 
 def make_entry(tunable: Tunable, config: dict, time_ms: float) -> dict:

@@ -1,0 +1,158 @@
+"""``kernels.selfcheck``: the CLI, verdicts, the first-use check and the fallback to the reference."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+import kernels
+from kernels import aggregate, selfcheck, tuning_cache
+from kernels.selfcheck import KernelSelfCheckWarning
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLUSTERVIG_AUTOTUNE_DIR", str(tmp_path))
+    monkeypatch.delenv("CLUSTERVIG_SELFCHECK", raising=False)
+    tuning_cache.reset()
+    selfcheck.reset()
+    yield
+    tuning_cache.reset()
+    selfcheck.reset()
+
+
+def _recorded(tmp_path) -> dict:
+    path = tuning_cache.cache_path(tuning_cache.device_identity(CPU), tmp_path)
+    return json.loads(path.read_text())["verdicts"]
+
+
+def test_cli_interpret_passes_and_records_every_kernel(tmp_path, capsys):
+    assert selfcheck.main(["--interpret"]) == 0
+    out = capsys.readouterr().out
+    for kernel in selfcheck.KERNELS:
+        assert kernel in out
+    assert "16 of 16 kernel/dtype checks passed" in out
+    verdicts = _recorded(tmp_path)
+    assert len(verdicts) == 16 and all(v["ok"] for v in verdicts.values())
+    assert verdicts["kmeans/bfloat16"]["source_hash"] == kernels.kmeans.KMEANS.source_hash()
+
+
+def test_cli_without_a_gpu_says_what_to_do(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert selfcheck.main([]) == 2
+    assert "--interpret" in capsys.readouterr().err
+
+
+def _broken_max_aggregate(monkeypatch):
+    """The forward kernel's launcher, off by one in every value."""
+    real = aggregate.max_aggregate
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        out, slot = real(*args, **kwargs)
+        out.add_(1.0)
+        return out, slot
+
+    monkeypatch.setattr(aggregate, "max_aggregate", broken)
+    return calls
+
+
+def test_a_broken_kernel_fails_is_recorded_and_falls_back_with_one_warning(tmp_path, monkeypatch):
+    from clustervig import CViG
+
+    torch.manual_seed(0)
+    model = CViG(channels=16, depth=2, grid=4, img_size=32, num_clusters=2, num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), kernels.use_backend("torch"):
+        expected = model(x)
+
+    calls = _broken_max_aggregate(monkeypatch)
+    result = selfcheck.check("max_aggregate", torch.float32, CPU)
+    assert not result.ok and "values differ" in result.detail
+    selfcheck.record([result], CPU, "quick")
+    assert _recorded(tmp_path)["max_aggregate/float32"]["ok"] is False
+
+    selfcheck.reset()  # a new process: the verdict comes from the file
+    calls.clear()
+    with warnings.catch_warnings(record=True) as caught, kernels.use_backend("triton"):
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            first = model(x)
+            second = model(x)
+    ours = [w for w in caught if issubclass(w.category, KernelSelfCheckWarning)]
+    assert len(ours) == 1, [str(w.message) for w in ours]
+    assert "'max_aggregate'" in str(ours[0].message) and "report" in str(ours[0].message)
+    assert not calls, "the failed kernel was launched"
+    torch.testing.assert_close(first, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(second, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_first_use_check_runs_once_and_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLUSTERVIG_SELFCHECK", "on")
+    ran = []
+    real = selfcheck.check
+    monkeypatch.setattr(selfcheck, "check", lambda *a, **k: ran.append(a[:2]) or real(*a, **k))
+    x = torch.randn(12, 8)
+    nbr = torch.randint(0, 12, (12, 3), dtype=torch.int32)
+    with kernels.use_backend("triton"):
+        for _ in range(3):
+            kernels.max_aggregate(x, nbr)
+    assert ran == [("max_aggregate", torch.float32)]
+    assert _recorded(tmp_path)["max_aggregate/float32"]["ok"] is True
+
+
+def test_first_use_check_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLUSTERVIG_SELFCHECK", "off")
+    _broken_max_aggregate(monkeypatch)
+    x = torch.randn(12, 8)
+    nbr = torch.randint(0, 12, (12, 3), dtype=torch.int32)
+    with kernels.use_backend("triton"):
+        kernels.max_aggregate(x, nbr)  # no check ran: the broken kernel itself answered
+    path = tuning_cache.cache_path(tuning_cache.device_identity(CPU), tmp_path)
+    assert not path.exists()
+
+
+def test_a_failing_first_use_check_falls_back(monkeypatch):
+    monkeypatch.setenv("CLUSTERVIG_SELFCHECK", "on")
+    calls = _broken_max_aggregate(monkeypatch)
+    x = torch.randn(12, 8)
+    nbr = torch.randint(0, 12, (12, 3), dtype=torch.int32)
+    with pytest.warns(KernelSelfCheckWarning, match="max_aggregate"):
+        with kernels.use_backend("triton"):
+            out = kernels.max_aggregate(x, nbr)
+    calls.clear()
+    with kernels.use_backend("triton"):
+        again = kernels.max_aggregate(x, nbr)
+    assert not calls
+    expected = kernels.reference.max_aggregate(x, nbr, True, False)[0]
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(again, expected)
+
+
+def test_a_verdict_for_another_kernel_source_is_ignored(tmp_path):
+    result = selfcheck.CheckResult("partition", "int32", ok=False, detail="old bug")
+    selfcheck.record([result], CPU, "quick")
+    selfcheck.reset()
+    path = tuning_cache.cache_path(tuning_cache.device_identity(CPU), tmp_path)
+    doc = json.loads(path.read_text())
+    doc["verdicts"]["partition/int32"]["source_hash"] = "0" * 16
+    path.write_text(json.dumps(doc))
+    tuning_cache.reset()
+    assert selfcheck.recorded_verdict("partition", torch.int32, CPU) is None
+    labels = torch.randint(0, 3, (2, 10), dtype=torch.int32)
+    with warnings.catch_warnings(), kernels.use_backend("triton"):
+        warnings.simplefilter("error")
+        kernels.partition(labels, 3)  # no failed verdict applies: no warning
+
+
+def test_unknown_kernel_or_mode_is_a_clear_error():
+    with pytest.raises(ValueError, match="'kernel'"):
+        selfcheck.check("knn", torch.float32, CPU)
+    with pytest.raises(ValueError, match="'mode'"):
+        selfcheck.check("kmeans", torch.float32, CPU, mode="fast")
