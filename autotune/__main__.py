@@ -6,7 +6,11 @@
     python -m autotune --gpu --show          # print this GPU's cache
     python -m autotune --interpret           # the whole flow on the CPU (Triton interpreter)
 
-Buckets already in the cache (same kernel source and search space) are skipped unless --force.
+Every run first checks the kernels against their references on the device
+(``python -m kernels.selfcheck``) and records the verdicts; a kernel that fails is not tuned
+(its op runs the PyTorch reference there). On a GPU, configs that spill registers on the
+installed Triton are dropped before timing. Buckets already in the cache (same kernel source
+and search space) are skipped unless --force.
 """
 
 from __future__ import annotations
@@ -72,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--show", action="store_true", help="print the cache for this device")
     parser.add_argument("--force", action="store_true", help="retune buckets already cached")
     parser.add_argument(
+        "--no-selfcheck",
+        action="store_true",
+        help="skip the kernel self-check that runs first (python -m kernels.selfcheck)",
+    )
+    parser.add_argument(
         "--cache-dir",
         help="cache directory (default $CLUSTERVIG_AUTOTUNE_DIR or ~/.cache/clustervig/autotune)",
     )
@@ -136,8 +145,12 @@ def _dry_run(launches, cached, selected, interpret: bool) -> None:
         )
 
 
-def _tune_all(args, cache, tune, device, identity, todo, selected) -> list:
+def _tune_all(args, cache, device, identity, todo, selected) -> list:
     """Tune every bucket in ``todo``, saving each winner as soon as it is known."""
+    import torch
+
+    from .tuner import drop_spilling, tune
+
     interpret = args.interpret
     warmup = args.warmup if args.warmup is not None else (0 if interpret else 10)
     repeats = args.repeats if args.repeats is not None else (1 if interpret else 50)
@@ -154,6 +167,11 @@ def _tune_all(args, cache, tune, device, identity, todo, selected) -> list:
             break
         tunable = selected[launch.op]
         configs = _space(tunable, launch, interpret)
+        if not interpret:
+            major, minor = torch.cuda.get_device_capability(device)
+            configs, spilling = drop_spilling(tunable, configs, launch.dtype, 10 * major + minor)
+            for config, reason in spilling:
+                print(f"    dropped {_fmt_config(config)}: {reason}")
         print(
             f"[autotune] ({i}/{len(todo)}) {launch.op} {launch.bucket}: {len(configs)} configs "
             f"on {launch.shape} ...",
@@ -164,8 +182,7 @@ def _tune_all(args, cache, tune, device, identity, todo, selected) -> list:
             print(f"    rejected {_fmt_config(config)}: {reason}")
         print(
             f"    best {_fmt_config(outcome.best)}  {outcome.best_ms:.4f} ms "
-            f"(default {outcome.default_ms:.4f} ms, "
-            f"{outcome.default_ms / outcome.best_ms:.2f}x)",
+            f"(default {outcome.default_ms:.4f} ms, {_ratio(outcome, interpret)})",
             flush=True,
         )
         entry = cache.make_entry(tunable, outcome.best, outcome.best_ms)
@@ -176,13 +193,19 @@ def _tune_all(args, cache, tune, device, identity, todo, selected) -> list:
     return outcomes
 
 
-def _summary(cache, identity, outcomes, cached, existing) -> None:
+def _ratio(outcome, interpret: bool) -> str:
+    if interpret:  # single interpreter calls measure Python overhead, not the kernel's speed
+        return "interpreter timing, not a speedup"
+    return f"{outcome.default_ms / outcome.best_ms:.2f}x"
+
+
+def _summary(cache, identity, outcomes, cached, existing, interpret: bool) -> None:
     print(f"[autotune] summary (cache {cache.cache_path(identity)}):")
     print(f"  {'op':24s} {'bucket':28s} {'best config':26s} {'ms':>9s} {'vs default':>10s}")
     for o in outcomes:
         print(
             f"  {o.launch.op:24s} {o.launch.bucket:28s} {_fmt_config(o.best):26s} "
-            f"{o.best_ms:9.4f} {o.default_ms / o.best_ms:9.2f}x"
+            f"{o.best_ms:9.4f} {_ratio(o, interpret):>10s}"
         )
     for launch in cached:
         entry = existing.get(launch.op, {}).get(launch.bucket, {})
@@ -211,11 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    from kernels import selfcheck
+    from kernels import tuning_cache as cache
     from kernels._tuning import tunables
 
-    from kernels import tuning_cache as cache
     from .space import model_launches
-    from .tuner import tune
 
     device = torch.device("cuda") if args.gpu else torch.device("cpu")
     identity = cache.device_identity(device)
@@ -253,9 +276,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         _dry_run(launches, cached, selected, interpret)
         return 0
-    outcomes = _tune_all(args, cache, tune, device, identity, todo, selected)
-    _summary(cache, identity, outcomes, cached, existing)
+    if not args.no_selfcheck:
+        failed = _selfcheck(selfcheck, device, selected, interpret)
+        todo = [launch for launch in todo if launch.op not in failed]
+    outcomes = _tune_all(args, cache, device, identity, todo, selected)
+    _summary(cache, identity, outcomes, cached, existing, interpret)
     return 0
+
+
+def _selfcheck(selfcheck, device, selected, interpret: bool) -> set[str]:
+    """Check the selected kernels against their references on this device, record the
+    verdicts, and return the kernels that failed (they are not tuned: they will not launch)."""
+    mode = "quick" if interpret else "full"
+    print(f"[autotune] self-check ({mode} shapes) before tuning:", flush=True)
+    kernels_to_check = tuple(k for k in selfcheck.KERNELS if k in selected)
+    results = selfcheck.check_all(device, mode, kernels_to_check)
+    selfcheck.record(results, device, mode)
+    failed = set()
+    for res in results:
+        state = "ok" if res.ok else f"FAILED: {res.detail}"
+        print(f"    {res.kernel:24s} {res.dtype:9s} {state}")
+        if not res.ok:
+            failed.add(res.kernel)
+    if failed:
+        print(
+            f"[autotune] not tuning {sorted(failed)}: they failed the self-check on this "
+            "device, so their ops run the PyTorch reference here (please report it)"
+        )
+    return failed
 
 
 if __name__ == "__main__":

@@ -107,6 +107,35 @@ def time_config(
     return sorted(samples)[len(samples) // 2]
 
 
+def drop_spilling(
+    tunable: Tunable, configs: list[dict], dtype: torch.dtype, arch: int
+) -> tuple[list[dict], list[tuple[dict, str]]]:
+    """Split ``configs`` into those that compile without register spills for ``sm_<arch>`` on
+    the installed Triton and those that spill there (with the reason).
+
+    Spill-free lists are checked in CI for the oldest and newest supported Triton, but register
+    allocation changes between versions: the installed compiler has the last word. A config
+    whose resources cannot be read is kept (and later timed like any other).
+    """
+    from kernels import resources
+
+    kept, dropped = [], []
+    for config in configs:
+        try:
+            usage = resources.resource_usage(tunable, config, dtype, arch)
+        except Exception:  # noqa: BLE001 - no cuobjdump or no compile: let timing decide
+            kept.append(config)
+            continue
+        if usage.spills:
+            reason = (
+                f"spills registers on this Triton (stack {usage.stack} B, local {usage.local} B)"
+            )
+            dropped.append((config, reason))
+        else:
+            kept.append(config)
+    return kept, dropped
+
+
 def tune(
     launch: Launch,
     tunable: Tunable,

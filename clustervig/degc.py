@@ -24,7 +24,7 @@ class DEGC(nn.Module):
     Args:
         channels: C, input channels.
         k: K, neighbours per node inside its partition (1..32).
-        num_clusters: kappa, partitions per image (1..64, at most H*W).
+        num_clusters: kappa, partitions per image (1..16, at most H*W).
         out_channels: output channels (default 2C).
         local_update: ``"mrgcn"`` (G-MRGCN, default), ``"edgeconv"``, ``"graphsage"`` or ``"gin"``.
         groups: channel groups of the local-update MLP (1 = dense).

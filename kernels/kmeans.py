@@ -6,8 +6,8 @@ and ``update`` (segmented mean as a one-hot ``tl.dot``; an empty cluster keeps i
 until no label changes or ``max_iters`` updates ran. Each image stops on its own, the loop
 needs no host sync, and the whole k-means is one launch. Labels lie in ``[0, kappa)`` for every
 input: a NaN distance counts as +inf, so a node of a non-finite image goes to cluster 0 and its
-NaN spreads into that image's centroids (and no other image's), as in any PyTorch op. Labels, centroids and the iteration
-count are the contract of :func:`kernels.reference.kmeans`.
+NaN spreads into that image's centroids (and no other image's), as in any PyTorch op. Labels,
+centroids and the iteration count are the contract of :func:`kernels.reference.kmeans`.
 
 Distances skip ``|x|^2`` (the same for every centroid of a node): ``d = |z|^2 - 2 x.z``. float32
 features use IEEE float32 products; fp16/bf16 features multiply the centroids rounded to their
@@ -202,7 +202,8 @@ def _kmeans_kernel(
 
 
 # Every config compiles without register spills for sm_80 and sm_90 under both the oldest
-# supported Triton and the newest (tests/kernels/test_aot_compile.py, run by CI in both); float32 (FMA products) keeps thinner tiles.
+# supported Triton and the newest (tests/kernels/test_aot_compile.py, run by CI in both);
+# float32 (FMA products) keeps thinner tiles.
 _SPACE_16BIT = configs(
     ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
     [

@@ -137,8 +137,9 @@ def _partition_knn_kernel(
 
 
 # Every config compiles without register spills for sm_80 and sm_90 under both the oldest
-# supported Triton and the newest (tests/kernels/test_aot_compile.py, run by CI in both). float32 products run on FMA units with larger operand fragments, hence
-# thinner channel slices than the tensor-core fp16/bf16 space.
+# supported Triton and the newest (tests/kernels/test_aot_compile.py, run by CI in both).
+# float32 products run on FMA units with larger operand fragments, hence thinner channel slices
+# than the tensor-core fp16/bf16 space.
 _SPACE_16BIT = configs(
     ("BLOCK_M", "BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
     [

@@ -5,9 +5,9 @@ under the Triton interpreter when the backend is ``triton``, see :func:`kernels.
 the pure-torch reference (``kernels/reference.py``, any device) otherwise: with
 ``CLUSTERVIG_BACKEND=torch``, and for a kernel whose self-check failed on this GPU
 (:mod:`kernels.selfcheck`). No op raises on NaN/Inf and none reads values back to the host off the
-CPU: every index output is valid for any input and NaN propagates into the values. ``register_fake`` gives
-``torch.compile`` their output shapes, so a compiled model sees each op as one graph node;
-``permute_rows`` and ``max_aggregate`` carry their gradients.
+CPU: every index output is valid for any input and NaN propagates into the values.
+``register_fake`` gives ``torch.compile`` their output shapes, so a compiled model sees each op
+as one graph node; ``permute_rows`` and ``max_aggregate`` carry their gradients.
 
 - ``batched_kmeans``: x (B, N, C) float, kappa, max_iters -> labels (B, N) i32,
   centroids (B, kappa, C), iterations (B,) i32

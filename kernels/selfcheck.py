@@ -260,7 +260,8 @@ def _check_partition(res, dtype, device, shapes: list[Shapes], seed: int) -> Non
             )
             got = permute.partition(lab.to(device), kappa, out=out)
             expected = reference.partition(lab, kappa)
-            for name, a, e in zip(("perm", "inverse", "offsets", "segment"), got, expected):
+            names = ("perm", "inverse", "offsets", "segment")
+            for name, a, e in zip(names, got, expected, strict=True):
                 _compare_exact(res, case, name, a, e)
 
 
@@ -389,7 +390,9 @@ def check(
     if kernel not in _CHECKS:
         raise ValueError(f"selfcheck: argument 'kernel' must be one of {KERNELS}, got {kernel!r}")
     if mode not in SHAPES:
-        raise ValueError(f"selfcheck: argument 'mode' must be one of {sorted(SHAPES)}, got {mode!r}")
+        raise ValueError(
+            f"selfcheck: argument 'mode' must be one of {sorted(SHAPES)}, got {mode!r}"
+        )
     res = CheckResult(kernel, _dtype_name(dtype))
     start = time.perf_counter()
     try:

@@ -165,9 +165,7 @@ def _read_file(path: Path, identity: dict[str, str]) -> dict[str, dict]:
     entries = data.get("entries")
     verdicts = data.get("verdicts", {})
     if not isinstance(entries, dict) or not isinstance(verdicts, dict):
-        _warn_once(
-            str(path), f"autotune cache {path} has no valid 'entries' table; ignoring it"
-        )
+        _warn_once(str(path), f"autotune cache {path} has no valid 'entries' table; ignoring it")
         return {}
     return {"entries": entries, "verdicts": verdicts}
 

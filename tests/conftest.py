@@ -5,6 +5,7 @@ kernel module is imported, so it is set here, before the test modules import ``k
 """
 
 import os
+import tempfile
 
 import torch
 
@@ -12,6 +13,8 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+# The suite never reads or writes the user's tuning cache (configs and self-check verdicts).
+os.environ["CLUSTERVIG_AUTOTUNE_DIR"] = tempfile.mkdtemp(prefix="clustervig-test-cache-")
 
 import pytest  # noqa: E402
 

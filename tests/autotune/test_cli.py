@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import tuning_cache as cache
 from autotune.__main__ import main
 from autotune.space import model_launches
 from autotune.tuner import tune
 from kernels import kmeans, knn
+from kernels import tuning_cache as cache
 from kernels._tuning import LAUNCHES, tunables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,3 +141,35 @@ def test_tune_rejects_nothing_and_picks_a_space_config_for_kmeans_and_knn():
         outcome = tune(launch, tunable, list(tunable.interpret_space), torch.device("cpu"), 0, 1)
         assert outcome.best in [dict(c) for c in tunable.interpret_space]
         assert not outcome.rejected and outcome.best_ms > 0
+
+
+def test_tuning_starts_with_the_selfcheck_and_records_its_verdicts(cache_dir, capsys):
+    assert main(["--interpret", "--ops", "permute_rows"]) == 0
+    out = capsys.readouterr().out
+    assert "self-check" in out and "interpreter timing, not a speedup" in out
+    identity = cache.device_identity(torch.device("cpu"))
+    verdicts = json.loads(cache.cache_path(identity).read_text())["verdicts"]
+    assert {k for k in verdicts} == {
+        "permute_rows/float32",
+        "permute_rows/float16",
+        "permute_rows/bfloat16",
+    }
+    assert all(v["ok"] for v in verdicts.values())
+
+
+def test_configs_that_spill_on_the_installed_triton_are_dropped(monkeypatch):
+    from autotune.tuner import drop_spilling
+    from kernels import resources
+
+    tunable = tunables()["permute_rows"]
+    space = list(tunable.space["e4"])
+    spilling = space[1]
+
+    def usage(t, config, dtype, arch):
+        stack = 16 if config == spilling else 0
+        return resources.Usage(t.name, arch, "fp32", dict(config), 40, 0, stack, 0)
+
+    monkeypatch.setattr(resources, "resource_usage", usage)
+    kept, dropped = drop_spilling(tunable, space, torch.float32, 90)
+    assert spilling not in kept and len(kept) == len(space) - 1
+    assert dropped == [(spilling, "spills registers on this Triton (stack 16 B, local 0 B)")]

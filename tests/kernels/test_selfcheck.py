@@ -1,4 +1,4 @@
-"""``kernels.selfcheck``: the CLI, verdicts, the first-use check and the fallback to the reference."""
+"""``kernels.selfcheck``: the CLI, verdicts, the first-use check and the reference fallback."""
 
 from __future__ import annotations
 

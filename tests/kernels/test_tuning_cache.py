@@ -9,8 +9,8 @@ import warnings
 import pytest
 import torch
 
-from kernels import tuning_cache as cache
 from kernels import permute
+from kernels import tuning_cache as cache
 from kernels._tuning import LAUNCHES
 
 CPU = torch.device("cpu")
@@ -158,8 +158,8 @@ def _writer(directory: str, worker: int, rounds: int) -> None:
     import os
 
     os.environ["CLUSTERVIG_AUTOTUNE_DIR"] = directory
-    from kernels import tuning_cache as c
     from kernels import permute as p
+    from kernels import tuning_cache as c
 
     identity = c.device_identity(torch.device("cpu"))
     for i in range(rounds):
