@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from . import __version__
 from .paper import COUNTER_GMACS, PAPER_GMACS, PAPER_PARAMS_M
 from .profile import count_gmacs, count_parameters
 from .registry import DISPLAY_NAMES, canonical_name, create_model, list_models
@@ -33,6 +34,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--img-size", type=int, default=224, help="forward-check image size")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     parser.add_argument("--no-forward", action="store_true", help="skip the forward check")
+    parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
     args = parser.parse_args(argv)
     try:
         args.models = [canonical_name(m) for m in args.models]
@@ -66,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_forward:
             x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
             start = time.perf_counter()
-            with torch.no_grad():
-                out = model(x)
+            try:
+                with torch.no_grad():
+                    out = model(x)
+            except ValueError as err:  # the user's sizes: say so, no traceback
+                print(f"python -m clustervig: {err}", file=sys.stderr)
+                return 2
             elapsed = time.perf_counter() - start
             ok = out.shape == (args.batch_size, 1000) and bool(torch.isfinite(out).all())
             failures += not ok

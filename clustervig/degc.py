@@ -54,6 +54,7 @@ class DEGC(nn.Module):
             )
         if kmeans_iters < 1:
             raise ValueError(f"DEGC: argument 'kmeans_iters' must be >= 1, got {kmeans_iters}")
+        local_update = local_update.lower() if isinstance(local_update, str) else local_update
         if local_update not in LOCAL_UPDATES:
             raise ValueError(
                 f"DEGC: argument 'local_update' must be one of {sorted(LOCAL_UPDATES)}, "
@@ -70,6 +71,8 @@ class DEGC(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         N = H * W
+        if B == 0:  # an empty batch: nothing to cluster
+            return x.new_zeros(0, self.out_channels, H, W)
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C), node n = h * W + w
         tokens = (tokens - tokens.mean(dim=1, keepdim=True)).contiguous()
 

@@ -51,10 +51,13 @@ def check_images(
     min_nodes: int = 1,
     needs: str = "",
     check_finite: bool = True,
+    like: Tensor | None = None,
 ) -> None:
     """Validate a batch of images ``(B, in_channels, H, W)`` for a model whose stem and stages
     divide H and W by ``reduction``; raise ``ValueError`` naming the argument ``x``.
-    ``min_nodes`` is the fewest nodes the coarsest stage may have, ``needs`` says why.
+    ``min_nodes`` is the fewest nodes the coarsest stage may have, ``needs`` says why. ``like``
+    (a parameter of the model) gives the device and dtype ``x`` must have (any float dtype under
+    autocast).
 
     The NaN/Inf check reads the values, so it runs on CPU tensors in eager mode only (not under
     ``torch.compile``, and never on a GPU, where it would stall the host every call and break
@@ -75,6 +78,19 @@ def check_images(
         raise ValueError(
             f"{model}: argument 'x' must be float32, float16 or bfloat16, got {x.dtype}"
         )
+    if like is not None:
+        if x.device != like.device:
+            raise ValueError(
+                f"{model}: argument 'x' is on {x.device} but the model is on {like.device}; "
+                f"move one of them (x.to({str(like.device)!r}) or model.to({str(x.device)!r}))"
+            )
+        if x.dtype != like.dtype and not torch.is_autocast_enabled(x.device.type):
+            name = str(like.dtype).replace("torch.", "")
+            raise ValueError(
+                f"{model}: argument 'x' has dtype {str(x.dtype).replace('torch.', '')} but the "
+                f"model's parameters are {name}; pass x.to(torch.{name}), convert the model "
+                "(model.to(dtype)), or run under torch.autocast"
+            )
     h, w = x.shape[2], x.shape[3]
     if h == 0 or w == 0 or h % reduction or w % reduction:
         raise ValueError(

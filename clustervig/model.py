@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from kernels._common import MAX_NEIGHBORS
+
+from ._config import apply_overrides
 from .degc import DEGC
 from .layers import (
     FFN,
@@ -119,7 +122,7 @@ class CViG(nn.Module):
 
     def __init__(self, config: CViGConfig | None = None, **overrides):
         super().__init__()
-        config = replace(config or CViGConfig(), **overrides)
+        config = _resolve_config(config or CViGConfig(), overrides)
         self.config = config
         c = config.channels
         self.stem = CViGStem(c, config.img_size, config.grid, config.in_channels)
@@ -150,8 +153,15 @@ class CViG(nn.Module):
 
     @classmethod
     def from_variant(cls, name: str, **overrides) -> CViG:
-        """A paper variant (``ti``, ``s``, ``b``, ``b_hr`` / ``b†``); keywords override options."""
-        key = _ALIASES.get(name.lower(), name.lower())
+        """A paper variant (``ti``, ``s``, ``b``, ``b_hr`` / ``b†``, or ``cvig_ti``, ``CViG-Ti``
+        ...; any case); keywords override options."""
+        if not isinstance(name, str):
+            raise ValueError(
+                f"CViG.from_variant: argument 'name' must be a string such as 'ti' or 'CViG-Ti', "
+                f"got {name!r}"
+            )
+        key = name.strip().lower().replace("-", "_")
+        key = _ALIASES.get(key, key)
         if key not in VARIANTS:
             raise ValueError(
                 f"CViG.from_variant: argument 'name' must be one of {sorted(VARIANTS)} "
@@ -170,6 +180,7 @@ class CViG(nn.Module):
             min_nodes=self.config.num_clusters,
             needs="num_clusters",
             check_finite=self.validate_inputs,
+            like=self.pos_embed,
         )
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -182,6 +193,36 @@ class CViG(nn.Module):
 
     def degc_layers(self) -> list[DEGC]:
         return [m for m in self.modules() if isinstance(m, DEGC)]
+
+
+def _resolve_config(base: CViGConfig, overrides: dict) -> CViGConfig:
+    """``base`` with ``overrides``, checked by name. An ``img_size`` without a ``grid`` keeps the
+    variant's stem reduction (16 for the 14x14 variants, 8 for B-dagger), so any size that
+    reduction divides works: 256 px gives a 16x16 grid."""
+    overrides = dict(overrides)
+    if isinstance(overrides.get("local_update"), str):
+        overrides["local_update"] = overrides["local_update"].lower()
+    if "img_size" in overrides and "grid" not in overrides:
+        size, ratio = overrides["img_size"], base.img_size // base.grid
+        if not isinstance(size, int) or size < ratio or size % ratio:
+            raise ValueError(
+                f"CViG: argument 'img_size' must be a positive multiple of {ratio} (the stem "
+                f"divides it by {ratio}), got {size!r}; for another reduction pass 'grid' too "
+                f"(img_size / grid must be a power of two up to 16)"
+            )
+        overrides["grid"] = size // ratio
+    config = apply_overrides("CViG", base, overrides)
+    for name in ("k_min", "k_max"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or not 1 <= value <= MAX_NEIGHBORS:
+            raise ValueError(
+                f"CViG: argument '{name}' must be an int in [1, {MAX_NEIGHBORS}], got {value!r}"
+            )
+    if config.k_min > config.k_max:
+        raise ValueError(
+            f"CViG: argument 'k_min' ({config.k_min}) must not exceed 'k_max' ({config.k_max})"
+        )
+    return config
 
 
 def _init_weights(model: nn.Module) -> None:

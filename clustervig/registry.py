@@ -44,6 +44,11 @@ def list_models() -> list[str]:
 
 def canonical_name(name: str) -> str:
     """``"CViG-B†"``, ``"cvig-b-hr"``, ``"b†"`` ... -> the registry key (``"cvig_b_hr"``)."""
+    if not isinstance(name, str):
+        raise ValueError(
+            f"create_model: argument 'name' must be a model name, one of {list_models()}, "
+            f"got {name!r}"
+        )
     key = name.strip().lower().replace("-", "_")
     for registry_key, display in DISPLAY_NAMES.items():
         if key == display.lower().replace("-", "_"):

@@ -196,10 +196,10 @@ def permute_rows(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
 def _check_knn(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> None:
     check_tensor("partition_knn", "x", x, ndim=2, dtypes=OP_DTYPES)
     check_tensor("partition_knn", "offsets", offsets, ndim=1, dtypes=_INDEX, device=x.device)
-    if offsets.shape[0] < 2:
+    if offsets.shape[0] < 1:
         raise ValueError(
-            "partition_knn: argument 'offsets' must have at least 2 entries, "
-            f"got {offsets.shape[0]}"
+            "partition_knn: argument 'offsets' must have at least 1 entry (P + 1 for P "
+            f"partitions), got {offsets.shape[0]}"
         )
     check_int("partition_knn", "k", k, low=1, high=MAX_NEIGHBORS)
     check_int("partition_knn", "max_partition_size", max_partition_size, low=1)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from .._config import apply_overrides
 from ..layers import FFN, ClassifierHead, ConvBN, add_position_embedding, check_images
 from ..model import _init_weights, neighbour_schedule
 from .graph import ViGGrapher
@@ -57,7 +58,7 @@ class IViG(nn.Module):
 
     def __init__(self, config: IViGConfig | None = None, **overrides):
         super().__init__()
-        config = replace(config or IViGConfig(), **overrides)
+        config = apply_overrides("IViG", config or IViGConfig(), overrides)
         self.config = config
         c = config.channels
         grid = config.img_size // self.reduction
@@ -88,6 +89,7 @@ class IViG(nn.Module):
             min_nodes=self.min_nodes,
             needs="k * dilation",
             check_finite=self.validate_inputs,
+            like=self.pos_embed,
         )
         return self.backbone(add_position_embedding(self.stem(x), self.pos_embed))
 

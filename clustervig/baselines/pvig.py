@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from .._config import apply_overrides
 from ..layers import FFN, ClassifierHead, ConvBN, add_position_embedding, check_images
 from ..model import _init_weights
 from .graph import ViGGrapher
@@ -55,7 +56,7 @@ class PViG(nn.Module):
 
     def __init__(self, config: PViGConfig | None = None, **overrides):
         super().__init__()
-        config = replace(config or PViGConfig(), **overrides)
+        config = apply_overrides("PViG", config or PViGConfig(), overrides)
         self.config = config
         chans = config.channels
         grid = config.img_size // 4
@@ -96,6 +97,7 @@ class PViG(nn.Module):
             min_nodes=self.config.k * (49 // self.config.k),
             needs="k * dilation",
             check_finite=self.validate_inputs,
+            like=self.pos_embed,
         )
         return self.backbone(add_position_embedding(self.stem(x), self.pos_embed))
 

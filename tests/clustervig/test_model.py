@@ -115,10 +115,12 @@ def test_bad_construction_arguments():
         create_model("cvig_xl")
     with pytest.raises(ValueError, match="num_clusters"):
         create_model("cvig_ti", num_clusters=0)
-    with pytest.raises(ValueError, match="'k'"):
+    with pytest.raises(ValueError, match="'k_max'"):
         create_model("cvig_ti", k_max=40)
-    with pytest.raises(ValueError, match="power of two"):
+    with pytest.raises(ValueError, match="multiple of 16"):
         create_model("cvig_ti", img_size=200)
+    with pytest.raises(ValueError, match="power of two"):
+        create_model("cvig_ti", img_size=200, grid=10)
 
 
 def test_create_model_accepts_display_names():

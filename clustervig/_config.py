@@ -1,0 +1,23 @@
+"""Model configs with user overrides: unknown names and bad values are reported by name."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TypeVar
+
+__all__ = ["apply_overrides"]
+
+C = TypeVar("C")
+
+
+def apply_overrides(owner: str, config: C, overrides: dict) -> C:
+    """``config`` with ``overrides`` applied; an unknown option raises ``ValueError`` listing the
+    valid ones (instead of the dataclass's ``unexpected keyword argument``)."""
+    fields = [f.name for f in dataclasses.fields(config)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"{owner}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"valid options: {', '.join(fields)}"
+        )
+    return dataclasses.replace(config, **overrides)
