@@ -75,25 +75,27 @@ class DEGC(nn.Module):
             return x.new_zeros(0, self.out_channels, H, W)
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C), node n = h * W + w
         tokens = (tokens - tokens.mean(dim=1, keepdim=True)).contiguous()
+        nodes = tokens.reshape(B * N, C)  # image order: row b * N + n
 
-        # (1) Partition: batched k-means, then the nodes in partition order (X_ua in the paper).
+        # (1) Partition: batched k-means, then the partition order of the nodes (X_ua).
         labels, centroids, _ = batched_kmeans(tokens, self.num_clusters, self.kmeans_iters)
-        perm, inverse, offsets, segment = partition(labels, self.num_clusters)
-        x_ua = permute_rows(tokens.reshape(B * N, C), perm, inverse)  # (B*N, C)
+        perm, inverse, offsets, _ = partition(labels, self.num_clusters)
 
-        # (2) Graph: K nearest neighbours inside each partition.
-        nbr = partition_knn(F.normalize(x_ua, dim=-1), offsets, self.k, N)  # (B*N, K) int32
+        # (2) Graph: K nearest neighbours inside each partition, on the L2-normalised features
+        # in partition order (no gradient flows through the choice of neighbours), then turned
+        # into image-order rows so the local update reads the nodes where they are.
+        unit_ua = permute_rows(F.normalize(nodes.detach(), dim=-1), perm, inverse)
+        nbr_ua = partition_knn(unit_ua, offsets, self.k, N)  # (B*N, K) partition positions
+        nbr = perm[nbr_ua[inverse.long()].long()]  # (B*N, K) int32 image-order rows
 
         # (3) Global update: GATv2 over each image's complete centroid graph.
         z = self.global_update(centroids).reshape(B * self.num_clusters, -1)  # (B*kappa, C)
 
         # (4) Local update: a G-GCN on every partition, aware of its updated centroid.
-        segment = segment.long()
-        partition_size = (offsets[1:] - offsets[:-1])[segment]
-        degree = torch.clamp(partition_size, max=self.k)
-        out_ua = self.local_update(x_ua, nbr, z[segment], degree)  # (B*N, C_out)
-
-        out = permute_rows(out_ua, inverse, perm)  # back to image order
+        first = torch.arange(0, B * self.num_clusters, self.num_clusters, device=x.device)
+        segment = (labels.long() + first.unsqueeze(1)).reshape(-1)  # partition of every row
+        degree = torch.clamp((offsets[1:] - offsets[:-1])[segment], max=self.k)
+        out = self.local_update(nodes, nbr, z, segment, degree)  # (B*N, C_out)
         return out.reshape(B, N, -1).transpose(1, 2).reshape(B, -1, H, W)
 
     def extra_repr(self) -> str:

@@ -292,8 +292,11 @@ class GATv2GlobalUpdate(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Local update: the G-GCNs of paper Table II. Rows are nodes in partition order.
-#   forward(x (M, C), nbr (M, K) int32, z (M, C) = z'_{p(v)}, degree (M,) = min(K, |partition|))
+# Local update: the G-GCNs of paper Table II. Rows are nodes (image order in the model):
+#   forward(x (M, C), nbr (M, K) int32 rows of x, z (P, C) updated centroids,
+#           segment (M,) int64 partition of every row, degree (M,) = min(K, |partition|))
+# The MLP's input is never built: its weight columns are split by what they multiply (the node,
+# its aggregate, its centroid), and the centroid part is computed once per centroid.
 # --------------------------------------------------------------------------------------------
 class GroupedLinear(nn.Module):
     """Linear layer whose input and output channels are split into ``groups`` independent blocks
@@ -323,8 +326,67 @@ class GroupedLinear(nn.Module):
         out = torch.bmm(xg, self.weight.transpose(1, 2))  # (G, M, out/G)
         return out.transpose(0, 1).reshape(m, self.out_features) + self.bias
 
+    def forward_parts(
+        self,
+        node_parts: list[tuple[int, int, Tensor]],
+        centroid_parts: list[tuple[int, int, Tensor]],
+        segment: Tensor,
+        bias: bool = True,
+    ) -> Tensor:
+        """This layer applied to an input that is never materialised.
+
+        The input row of node v is described by parts ``(start, step, t)``: input channel
+        ``start + step * i`` is ``t[v, i]`` for node parts (``(M, L)`` tensors) and
+        ``t[segment[v], i]`` for centroid parts (``(P, L)``, one row per partition). Each part is
+        multiplied by its own weight columns, group by group (the same products as
+        :meth:`forward`, without the interleave, the concatenation or the ``z[segment]``
+        gather), and a centroid part once per centroid. Returns ``(M, out)``, plus the bias
+        unless ``bias=False``; input channels no part covers count as zeros.
+        """
+        fan_in, fan_out = self.in_features // self.groups, self.out_features // self.groups
+        node_out, centroid_out = [], []
+        for g in range(self.groups):
+            lo, hi = g * fan_in, (g + 1) * fan_in
+            node_out.append(_project(self.weight[g], lo, hi, node_parts))
+            centroid_out.append(_project(self.weight[g], lo, hi, centroid_parts))
+        out = _assemble(node_out, fan_out)
+        if out is None:
+            out = self.weight.new_zeros(segment.shape[0], self.out_features)
+        if bias:
+            out = out + self.bias
+        centroids = _assemble(centroid_out, fan_out)
+        if centroids is not None:
+            out = out + centroids[segment]
+        return out
+
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, groups={self.groups}"
+
+
+def _project(weight: Tensor, lo: int, hi: int, parts) -> Tensor | None:
+    """Sum over ``parts`` of ``t[:, i0:i1] @ weight[:, columns]^T`` for the input channels that
+    fall in ``[lo, hi)`` (one group's columns of ``weight``), or None if none do."""
+    total = None
+    for start, step, t in parts:
+        first = max(0, -(-(lo - start) // step))  # ceil((lo - start) / step)
+        stop = min(t.shape[1], -(-(hi - start) // step))
+        if first >= stop:
+            continue
+        column = start + step * first - lo
+        columns = weight[:, column : column + step * (stop - first - 1) + 1 : step]
+        term = F.linear(t[:, first:stop], columns)
+        total = term if total is None else total + term
+    return total
+
+
+def _assemble(per_group: list[Tensor | None], fan_out: int) -> Tensor | None:
+    """Per-group outputs side by side (zeros for a group no part reached), or None."""
+    present = [p for p in per_group if p is not None]
+    if not present:
+        return None
+    rows = present[0].shape[0]
+    blocks = [p if p is not None else present[0].new_zeros(rows, fan_out) for p in per_group]
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
 
 
 class _NodeMLP(nn.Sequential):
@@ -337,37 +399,47 @@ class _NodeMLP(nn.Sequential):
             nn.GELU(),
         )
 
-
-def _interleave(a: Tensor, b: Tensor) -> Tensor:
-    """``(M, C), (M, C) -> (M, 2C)`` as ``a_0, b_0, a_1, b_1, ...`` (the authors' channel order)."""
-    return torch.stack([a, b], dim=-1).flatten(1)
+    def forward_parts(self, node_parts, centroid_parts, segment: Tensor) -> Tensor:
+        """The MLP on an input described by parts (see :meth:`GroupedLinear.forward_parts`)."""
+        linear, norm, act = self
+        return act(norm(linear.forward_parts(node_parts, centroid_parts, segment)))
 
 
 class GMRGCN(nn.Module):
-    """G-MRGCN: ``x'_v = MLP([x_v | max_u (x_u - x_v) | z'_p(v)])``; x and the max interleaved."""
+    """G-MRGCN: ``x'_v = MLP([x_v | max_u (x_u - x_v) | z'_p(v)])``; x and the max interleaved
+    channel by channel (the authors' order), so x_c meets MLP input column 2c and the
+    aggregate's channel c column 2c + 1."""
 
     def __init__(self, channels: int, out_channels: int, groups: int = 1):
         super().__init__()
         self.mlp = _NodeMLP(3 * channels, out_channels, groups)
 
-    def forward(self, x: Tensor, nbr: Tensor, z: Tensor, degree: Tensor) -> Tensor:
+    def forward(self, x: Tensor, nbr: Tensor, z: Tensor, segment: Tensor, degree: Tensor) -> Tensor:
+        c = x.shape[1]
         relative_max = max_aggregate(x, nbr, relative=True)
-        return self.mlp(torch.cat([_interleave(x, relative_max), z], dim=1))
+        return self.mlp.forward_parts([(0, 2, x), (1, 2, relative_max)], [(2 * c, 1, z)], segment)
 
 
 class GEdgeConv(nn.Module):
-    """G-EdgeConv: ``x'_v = max_u MLP([x_v | x_u - x_v | z'_p(v)])``, the MLP applied per edge."""
+    """G-EdgeConv: ``x'_v = max_u MLP([x_v | x_u - x_v | z'_p(v)])``, the MLP applied per edge.
+
+    The linear layer is split by its inputs: ``W_x x_v + W_d (x_u - x_v) + W_z z`` is
+    ``(W_x - W_d) x_v + W_d x_u + W_z z``, so the products run once per node (and per centroid),
+    not once per edge; only BatchNorm, GELU and the max see the ``(M, K, C_out)`` edges.
+    """
 
     def __init__(self, channels: int, out_channels: int, groups: int = 1):
         super().__init__()
         self.mlp = _NodeMLP(3 * channels, out_channels, groups)
 
-    def forward(self, x: Tensor, nbr: Tensor, z: Tensor, degree: Tensor) -> Tensor:
+    def forward(self, x: Tensor, nbr: Tensor, z: Tensor, segment: Tensor, degree: Tensor) -> Tensor:
         m, k = nbr.shape
-        neighbours = x[nbr.long()]  # (M, K, C)
-        centre = x.unsqueeze(1).expand_as(neighbours)
-        edges = torch.cat([centre, neighbours - centre, z.unsqueeze(1).expand_as(neighbours)], -1)
-        messages = self.mlp(edges.reshape(m * k, -1)).reshape(m, k, -1)
+        c = x.shape[1]
+        linear, norm, act = self.mlp
+        centre = linear.forward_parts([(0, 1, x), (c, 1, -x)], [(2 * c, 1, z)], segment)
+        neighbour = linear.forward_parts([(c, 1, x)], [], segment, bias=False)
+        edges = centre.unsqueeze(1) + neighbour[nbr.long()]  # (M, K, C_out)
+        messages = act(norm(edges.reshape(m * k, -1))).reshape(m, k, -1)
         return messages.amax(dim=1)  # repeated neighbours (small partitions) leave a max unchanged
 
 
@@ -379,9 +451,10 @@ class GGraphSAGE(nn.Module):
         self.phi = _NodeMLP(channels, channels)
         self.psi = _NodeMLP(3 * channels, out_channels, groups)
 
-    def forward(self, x: Tensor, nbr: Tensor, z: Tensor, degree: Tensor) -> Tensor:
+    def forward(self, x: Tensor, nbr: Tensor, z: Tensor, segment: Tensor, degree: Tensor) -> Tensor:
+        c = x.shape[1]
         pooled = max_aggregate(self.phi(x), nbr, relative=False)
-        return self.psi(torch.cat([x, pooled, z], dim=1))
+        return self.psi.forward_parts([(0, 1, x), (c, 1, pooled)], [(2 * c, 1, z)], segment)
 
 
 class GGIN(nn.Module):
@@ -397,11 +470,12 @@ class GGIN(nn.Module):
         self.delta = nn.Parameter(torch.zeros(()))
         self.mlp = _NodeMLP(channels, out_channels, groups)
 
-    def forward(self, x: Tensor, nbr: Tensor, z: Tensor, degree: Tensor) -> Tensor:
+    def forward(self, x: Tensor, nbr: Tensor, z: Tensor, segment: Tensor, degree: Tensor) -> Tensor:
         k = nbr.shape[1]
         distinct = torch.arange(k, device=x.device) < degree.unsqueeze(1)  # (M, K)
         neighbour_sum = (x[nbr.long()] * distinct.unsqueeze(-1).to(x.dtype)).sum(dim=1)
-        return self.mlp((1 + self.eps) * x + neighbour_sum + (1 + self.delta) * z)
+        h = (1 + self.eps) * x + neighbour_sum
+        return self.mlp.forward_parts([(0, 1, h)], [(0, 1, (1 + self.delta) * z)], segment)
 
 
 LOCAL_UPDATES: dict[str, type[nn.Module]] = {

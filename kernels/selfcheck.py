@@ -579,20 +579,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-record", action="store_true", help="print the verdicts without recording them"
     )
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    if args.interpret:
-        os.environ["TRITON_INTERPRET"] = "1"  # before the kernel modules are imported
-    elif not torch.cuda.is_available():
+    from ._common import interpreter_active
+
+    if args.interpret and not interpreter_active():
+        # Triton reads TRITON_INTERPRET when it is imported, and importing this package has
+        # imported it (torch.library does): start again with the variable set.
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "kernels.selfcheck", *argv], env)
+    if not args.interpret and not torch.cuda.is_available():
         print(
             "python -m kernels.selfcheck: no CUDA device is visible; use --interpret to check "
             "the kernels on the CPU under the Triton interpreter",
             file=sys.stderr,
         )
-        return 2
-    from ._common import interpreter_active
-
-    if args.interpret and not interpreter_active():  # pragma: no cover - env read at import
-        print("TRITON_INTERPRET must be set before import", file=sys.stderr)
         return 2
     device = torch.device("cpu") if args.interpret else torch.device("cuda")
     mode = "quick" if (args.quick or args.interpret) else "full"

@@ -68,48 +68,88 @@ def test_grouped_linear_rejects_bad_groups():
         GroupedLinear(12, 8, 5)
 
 
-def _graph(M: int = 12, K: int = 3):
+def _graph(M: int = 12, K: int = 3, P: int = 3):
     x = torch.randn(M, 4, requires_grad=True)
     nbr = torch.randint(0, M, (M, K), dtype=torch.int32)
     nbr[:, 0] = torch.arange(M, dtype=torch.int32)  # self loops, as in-partition k-NN gives
-    z = torch.randn(M, 4)
+    z = torch.randn(P, 4, requires_grad=True)  # one updated centroid per partition
+    segment = torch.randint(0, P, (M,))
     degree = torch.full((M,), K)
-    return x, nbr, z, degree
+    return x, nbr, z, segment, degree
 
 
 @pytest.mark.parametrize("name", sorted(LOCAL_UPDATES))
 def test_local_updates_shape_and_gradient(name):
     layer = LOCAL_UPDATES[name](4, 8, groups=2)
-    x, nbr, z, degree = _graph()
-    out = layer(x, nbr, z, degree)
+    x, nbr, z, segment, degree = _graph()
+    out = layer(x, nbr, z, segment, degree)
     assert out.shape == (12, 8)
     out.square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert z.grad is not None and z.grad.abs().sum() > 0
 
 
-def test_gmrgcn_input_is_interleaved_x_max_then_centroid():
-    layer = GMRGCN(3, 6).eval()
-    x, nbr, z, degree = _graph(M=8, K=2)
-    x = x.detach()[:, :3]
-    z = z[:, :3]
+def _mlp_on_built_input(mlp, h):
+    linear, norm, act = mlp
+    return act(norm(linear(h)))
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3, 6])
+def test_gmrgcn_input_is_interleaved_x_max_then_centroid(groups):
+    """The split weight columns give what the MLP gives on the built input
+    [x_0, m_0, x_1, m_1, ... | z'_p(v)], for every grouping (groups that straddle x/m and z)."""
+    torch.manual_seed(0)
+    layer = GMRGCN(6, 12, groups=groups).train()
+    x, nbr, z, segment, degree = _graph(M=10, K=3)
+    x = torch.randn(10, 6, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    layer = layer.double()
     m = x[nbr.long()].max(dim=1).values - x
-    h = torch.stack([x[:, 0], m[:, 0], x[:, 1], m[:, 1], x[:, 2], m[:, 2]], dim=1)
-    h = torch.cat([h, z], dim=1)
-    linear, norm, act = layer.mlp
-    torch.testing.assert_close(layer(x, nbr, z, degree), act(norm(linear(h))))
+    h = torch.cat([torch.stack([x, m], dim=2).flatten(1), z[segment]], dim=1)
+    expected = _mlp_on_built_input(layer.mlp, h)
+    got = layer(x, nbr, z, segment, degree)
+    torch.testing.assert_close(got, expected)
+    weights = torch.randn_like(got)
+    grads = torch.autograd.grad((got * weights).sum(), (x, z, layer.mlp[0].weight))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (x, z, layer.mlp[0].weight))
+    for a, b in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["edgeconv", "graphsage"])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_split_mlps_equal_the_mlp_on_the_built_input(name, groups):
+    torch.manual_seed(0)
+    layer = LOCAL_UPDATES[name](6, 12, groups=groups).double().train()
+    _, nbr, _, segment, degree = _graph(M=10, K=3)
+    x = torch.randn(10, 6, dtype=torch.float64)
+    z = torch.randn(3, 6, dtype=torch.float64)
+    got = layer(x, nbr, z, segment, degree)
+    if name == "edgeconv":
+        centre = x.unsqueeze(1).expand(-1, 3, -1)
+        neighbours = x[nbr.long()]
+        edges = torch.cat(
+            [centre, neighbours - centre, z[segment].unsqueeze(1).expand_as(centre)], -1
+        )
+        expected = _mlp_on_built_input(layer.mlp, edges.reshape(30, -1)).reshape(10, 3, -1)
+        expected = expected.amax(dim=1)
+    else:
+        pooled = layer.phi(x)[nbr.long()].amax(dim=1)
+        expected = _mlp_on_built_input(layer.psi, torch.cat([x, pooled, z[segment]], 1))
+    torch.testing.assert_close(got, expected)
 
 
 def test_ggin_sums_distinct_neighbours_only():
     layer = GGIN(2, 4).eval()
     x = torch.randn(3, 2)
-    z = torch.randn(3, 2)
+    z = torch.randn(2, 2)
+    segment = torch.tensor([0, 0, 1])
     # A 2-node partition {0, 1} with K = 4: slots repeat members cyclically, degree 2.
     nbr = torch.tensor([[0, 1, 0, 1], [1, 0, 1, 0], [2, 2, 2, 2]], dtype=torch.int32)
     degree = torch.tensor([2, 2, 1])
     expected_sum = torch.stack([x[0] + x[1], x[1] + x[0], x[2]])
-    linear, norm, act = layer.mlp
-    expected = act(norm(linear(x + expected_sum + z)))
-    torch.testing.assert_close(layer(x, nbr, z, degree), expected)
+    expected = _mlp_on_built_input(layer.mlp, x + expected_sum + z[segment])
+    torch.testing.assert_close(layer(x, nbr, z, segment, degree), expected)
 
 
 @pytest.mark.parametrize("img,grid,strides", [(224, 14, 4), (224, 28, 3), (64, 16, 2)])

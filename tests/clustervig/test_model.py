@@ -25,9 +25,22 @@ def test_trainable_parameters_within_3_percent_of_the_paper(name):
 @pytest.mark.parametrize("name", sorted(COUNTER_GMACS))
 def test_gmacs_within_10_percent_of_the_flop_counter_target(name):
     torch.manual_seed(0)
-    gmacs = count_gmacs(create_model(name))
-    target = COUNTER_GMACS[name]
+    model = create_model(name)
+    gmacs = count_gmacs(model)
+    target = COUNTER_GMACS[name] - centroid_gmacs_saved(model)
     assert abs(gmacs - target) <= 0.10 * target, gmacs
+
+
+def centroid_gmacs_saved(model) -> float:
+    """ClusterViG's local update multiplies the centroid third of its MLP input once per centroid
+    instead of once per node: (N - kappa) * C * 2C / groups MACs fewer per layer and image than
+    the authors' architecture, whose count the target is."""
+    if not isinstance(model, CViG):
+        return 0.0
+    cfg = model.config
+    n = cfg.grid**2
+    c = cfg.channels
+    return cfg.depth * (n - cfg.num_clusters) * c * 2 * c / cfg.groups / 1e9
 
 
 def test_neighbour_schedules_match_the_authors():

@@ -156,3 +156,25 @@ def test_unknown_kernel_or_mode_is_a_clear_error():
         selfcheck.check("knn", torch.float32, CPU)
     with pytest.raises(ValueError, match="'mode'"):
         selfcheck.check("kmeans", torch.float32, CPU, mode="fast")
+
+
+def test_cli_interpret_from_a_fresh_process(tmp_path):
+    """As a user runs it: TRITON_INTERPRET unset (importing the package imports Triton, so the
+    CLI restarts itself with the variable set)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CLUSTERVIG_AUTOTUNE_DIR"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernels.selfcheck", "--interpret", "--kernels", "partition"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "1 of 1 kernel/dtype checks passed" in proc.stdout
