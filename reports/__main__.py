@@ -10,6 +10,7 @@ python -m reports all        # run + scaling + micro + plot
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,16 @@ from pathlib import Path
 import torch
 
 from . import bench, micro, plot, scaling
-from .common import FIGURES_DIR, RESULTS_DIR, best_device, progress, result_path, write_json
+from .common import (
+    FIGURES_DIR,
+    PACKAGE_RESULTS_DIR,
+    RESULTS_DIR,
+    best_device,
+    progress,
+    result_path,
+    set_cpu_threads,
+    write_json,
+)
 from .schema import ResultError
 
 
@@ -42,6 +52,18 @@ def _count(minimum: int):
         return value
 
     return parse
+
+
+def _dtype_name(text: str) -> str:
+    name = DTYPE_ALIASES.get(text.lower(), text.lower())
+    if name not in bench.DTYPES:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(sorted(bench.DTYPES))} (or fp32, bf16, fp16), got {text!r}"
+        )
+    return name
+
+
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 
 def _model(name: str) -> str:
@@ -72,7 +94,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--results-dir",
         type=Path,
         default=RESULTS_DIR,
-        help=f"where result JSON goes (default {RESULTS_DIR})",
+        help=f"where result JSON goes (default ./{RESULTS_DIR}; this repository's committed "
+        f"results: --results-dir {PACKAGE_RESULTS_DIR.relative_to(Path(__file__).parents[1])})",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_count(1),
+        default=None,
+        help="CPU threads (torch.set_num_threads; default: torch's choice). Recorded with "
+        "OMP_WAIT_POLICY and the load average in the results",
     )
 
 
@@ -94,8 +124,9 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dtype",
-        choices=sorted(bench.DTYPES),
-        help="float32, or bfloat16/float16 autocast (default: CPU float32, CUDA bfloat16)",
+        type=_dtype_name,
+        help="float32, or bfloat16/float16 autocast (also fp32, bf16, fp16; default: CPU "
+        "float32, CUDA bfloat16)",
     )
     parser.add_argument(
         "--compile",
@@ -119,7 +150,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Benchmark ClusterViG against the ViG baselines and draw the paper's Fig. 5 "
         "and Table VI from the results.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="{run,scaling,micro,plot,all}")
     run = sub.add_parser("run", help="benchmark models x batch sizes, write results JSON")
     _common(run)
     _run_args(run)
@@ -135,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
         "results",
         nargs="*",
         type=Path,
-        help=f"result files or directories (default {RESULTS_DIR}: newest per device)",
+        help=f"result files or directories (default ./{RESULTS_DIR}: newest per device)",
     )
     pl.add_argument(
         "--out", type=Path, default=FIGURES_DIR, help=f"output directory ({FIGURES_DIR})"
@@ -168,6 +200,8 @@ def _defaults(args: argparse.Namespace) -> None:
 
 def _cmd_run(args) -> Path:
     batch_sizes = args.batch_sizes or bench.DEFAULT_BATCH_SIZES[args.device.type]
+    path = result_path("models", args.device, args.results_dir)
+    progress(f"[run] results go to {path} (rewritten after every batch size)")
     doc = bench.run(
         args.device,
         args.models,
@@ -177,8 +211,9 @@ def _cmd_run(args) -> Path:
         args.img_size,
         args.warmup,
         args.repeats,
+        on_update=lambda partial: write_json(path, partial),
     )
-    path = write_json(result_path("models", args.device, args.results_dir), doc)
+    write_json(path, doc)
     progress(f"[run] wrote {path}")
     return path
 
@@ -204,8 +239,21 @@ def _cmd_plot(paths: list[Path] | None, out: Path) -> None:
         progress(f"[plot] wrote {file}")
 
 
+def _version() -> str:
+    from clustervig import __version__
+
+    return f"clustervig {__version__}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command is None:
+        parser.error("choose a command: run, scaling, micro, plot or all (see --help)")
+    if getattr(args, "threads", None) is not None or hasattr(args, "device"):
+        set_cpu_threads(getattr(args, "threads", None))
     start = time.perf_counter()
     if args.command in ("run", "all"):
         _defaults(args)
@@ -229,4 +277,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if "OMP_WAIT_POLICY" not in os.environ:
+        # Busy-waiting OpenMP threads make timings on a shared machine meaningless (and the
+        # runtime reads the variable once, at start-up): start again with passive waiting.
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.execv(sys.executable, [sys.executable, "-m", "reports", *sys.argv[1:]])
     sys.exit(main())

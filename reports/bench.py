@@ -1,22 +1,35 @@
 """End-to-end inference benchmark: models x batch sizes x compile modes -> one result document.
 
 Every model runs the same path: ``eval()``, ``torch.no_grad()``, optionally ``torch.compile``
-(fullgraph) and, on a GPU, autocast to bf16/fp16. Warm-up calls (which include compilation) are
-excluded; each row records the median and spread of the timed calls, throughput, peak device
-memory, and ``"oom"`` or ``"failed"`` instead of a crash.
+(fullgraph) and, on a GPU, autocast to bf16/fp16. Models are timed interleaved, one batch size at
+a time. Warm-up calls (which include compilation) are excluded; each row records the median and
+p10/p90 of the timed calls, throughput, peak memory (device allocator, or the process's peak RSS
+on a CPU), the load average around it, whether the series looks like noise and why, and
+``"oom"`` or ``"failed"`` instead of a crash.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import statistics
+import time
 import traceback
+from collections.abc import Callable
 
 import torch
 
 from clustervig import DISPLAY_NAMES, canonical_name, count_parameters, create_model
 
-from .common import environment, progress, time_call
+from .common import (
+    PeakMemory,
+    Timing,
+    environment,
+    load_average,
+    noise_verdict,
+    progress,
+    quantile,
+)
 from .schema import SCHEMA_VERSION
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
@@ -96,101 +109,114 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def benchmark_model(
-    key: str,
+SKIPPED_OOM = {"status": "oom", "error": "skipped: a smaller batch ran out of memory"}
+
+
+def _time_once(fn, device: torch.device) -> float:
+    """Seconds of one call: CUDA events around it on a GPU, ``perf_counter`` on the CPU."""
+    if device.type == "cuda":
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    )
+
+
+def _failure(err: BaseException) -> dict:
+    if _out_of_memory(err):
+        return {"status": "oom", "error": str(err).splitlines()[0][:300] or "out of memory"}
+    return {"status": "failed", "error": _short_error(err)}
+
+
+def _build_runner(key: str, device: torch.device, compile_mode: str):
+    model = build_model(key).eval().to(device)
+    params = round(count_parameters(model) / 1e6, 2)
+    if compile_mode == "none":
+        return model, params
+    mode = None if compile_mode == "default" else compile_mode
+    return torch.compile(model, mode=mode, fullgraph=not key.startswith("timm:")), params
+
+
+def _measure_batch(
+    runners: dict[str, object],
+    batch: int,
     device: torch.device,
-    batch_sizes: list[int],
     dtype: torch.dtype,
-    compile_mode: str,
-    img_size: int = 224,
-    warmup: int = 3,
-    repeats: int = 20,
-    min_seconds: float = 0.0,
-) -> list[dict]:
-    """Rows for one model and compile mode over all batch sizes."""
-    rows: list[dict] = []
-    base = {
-        "model": key,
-        "display": display_name(key),
-        "compile": compile_mode,
-        "dtype": str(dtype).replace("torch.", ""),
-        "img_size": img_size,
-    }
-    try:
-        model = build_model(key).eval().to(device)
-        base["params_m"] = round(count_parameters(model) / 1e6, 2)
-        runner = (
-            model
-            if compile_mode == "none"
-            else torch.compile(
-                model,
-                mode=None if compile_mode == "default" else compile_mode,
-                fullgraph=not key.startswith("timm:"),
-            )
-        )
-    except Exception as err:  # a model that cannot be built fails its rows, not the run
-        return [
-            dict(base, batch_size=b, status="failed", error=f"{type(err).__name__}: {err}")
-            for b in batch_sizes
-        ]
-    oom_seen = False
-    for batch in batch_sizes:
-        row = dict(base, batch_size=batch)
-        if oom_seen:  # larger batches cannot fit either
-            rows.append(dict(row, status="oom", error="skipped: a smaller batch ran out of memory"))
-            continue
-        x = None
+    img_size: int,
+    warmup: int,
+    repeats: int,
+    min_seconds: float,
+) -> dict[str, dict]:
+    """One batch size, every model: warm-up (and peak memory) per model, then ``repeats``
+    rounds that each time every model once, in an order rotated every round, so that a change
+    in the machine's load hits all models alike. Returns a row update per model."""
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    calls: dict[str, object] = {}
+    results: dict[str, dict] = {}
+    for key, runner in runners.items():
+
+        def forward(runner=runner):
+            with torch.no_grad(), _autocast(device, dtype):
+                return runner(x)
+
         try:
-            x = torch.randn(batch, 3, img_size, img_size, device=device)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-
-            def forward():
-                with torch.no_grad(), _autocast(device, dtype):
-                    return runner(x)
-
-            timing = time_call(
-                forward, device, warmup=warmup, repeats=repeats, min_seconds=min_seconds
-            )
-            row.update(
-                status="ok",
-                error=None,
-                **timing.as_dict(),
-                throughput=batch / timing.median,
-                peak_memory_mib=(
-                    torch.cuda.max_memory_allocated(device) / 2**20
-                    if device.type == "cuda"
-                    else None
-                ),
-            )
-        except torch.cuda.OutOfMemoryError:
-            oom_seen = True
-            row.update(status="oom", error="CUDA out of memory")
-        except RuntimeError as err:
-            if "out of memory" in str(err).lower():
-                oom_seen = True
-                row.update(status="oom", error=str(err).splitlines()[0][:300])
-            else:
-                row.update(status="failed", error=_short_error(err))
-        except Exception as err:
-            row.update(status="failed", error=_short_error(err))
-        finally:
-            x = None
+            with PeakMemory(device) as peak:
+                forward()
+            for _ in range(max(0, warmup - 1)):
+                forward()
+        except Exception as err:  # a model that cannot run this batch fails its row only
+            results[key] = _failure(err)
             _release(device)
-        rows.append(row)
-        if row["status"] == "ok":
-            progress(
-                f"[run] {row['display']:10s} {compile_mode:15s} b={batch:<4d} "
-                f"{row['median_ms']:9.2f} ms  {row['throughput']:9.1f} img/s"
-            )
-        else:
-            progress(
-                f"[run] {row['display']:10s} {compile_mode:15s} b={batch:<4d} "
-                f"{row['status'].upper()}: {row['error']}"
-            )
-    runner = model = None
-    _release(device)
-    return rows
+            continue
+        calls[key] = forward
+        results[key] = {"peak_memory_mib": peak.mib}
+    samples: dict[str, list[float]] = {key: [] for key in calls}
+    load_before = load_average()
+    order = list(calls)
+    rounds = 0
+    while order and (rounds < repeats or min(sum(v) for v in samples.values()) < min_seconds):
+        for key in order[rounds % len(order) :] + order[: rounds % len(order)]:
+            try:
+                samples[key].append(_time_once(calls[key], device))
+            except Exception as err:
+                results[key] = _failure(err)
+                order.remove(key)
+                samples.pop(key)
+        rounds += 1
+    load_after = load_average()
+    threads = torch.get_num_threads()
+    for key, times in samples.items():
+        timing = Timing(
+            statistics.median(times), quantile(times, 0.1), quantile(times, 0.9), len(times)
+        )
+        noise = noise_verdict(
+            timing,
+            threads,
+            load_before if device.type == "cpu" else None,
+            load_after if device.type == "cpu" else None,
+        )
+        results[key].update(
+            status="ok",
+            error=None,
+            **timing.as_dict(),
+            throughput=batch / timing.median,
+            noisy=noise is not None,
+            noise=noise,
+            load_before=load_before,
+            load_after=load_after,
+        )
+    return results
 
 
 def _short_error(err: BaseException) -> str:
@@ -208,18 +234,17 @@ def run(
     warmup: int = 3,
     repeats: int = 20,
     min_seconds: float = 0.0,
+    on_update: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Benchmark ``models`` on ``device``; returns the result document (``reports/schema.py``)."""
+    """Benchmark ``models`` on ``device``; returns the result document (``reports/schema.py``).
+
+    Models are measured side by side (interleaved rounds, one batch size at a time), never one
+    after the other. ``on_update(doc)`` sees the document after every batch size (with
+    ``"complete": False`` until the end), so an interrupted run keeps what it measured.
+    """
     keys = [resolve_model_name(m) for m in models]
     rows: list[dict] = []
-    total = len(keys) * len(compile_modes)
-    for i, (mode, key) in enumerate([(m, k) for m in compile_modes for k in keys], start=1):
-        progress(f"[run] ({i}/{total}) {display_name(key)} compile={mode} on {device}")
-        torch.manual_seed(0)
-        rows += benchmark_model(
-            key, device, batch_sizes, dtype, mode, img_size, warmup, repeats, min_seconds
-        )
-    return {
+    doc = {
         "kind": "models",
         "schema": SCHEMA_VERSION,
         "environment": environment(device),
@@ -230,6 +255,64 @@ def run(
             "warmup": warmup,
             "repeats": repeats,
             "batch_sizes": batch_sizes,
+            "interleaved": True,
         },
+        "complete": False,
         "rows": rows,
     }
+    rank = {key: i for i, key in enumerate(keys)}
+    for mode in compile_modes:
+        progress(f"[run] compile={mode}: building {', '.join(display_name(k) for k in keys)}")
+        torch.manual_seed(0)
+        runners, base, failed = {}, {}, set()
+        for key in keys:
+            base[key] = {
+                "model": key,
+                "display": display_name(key),
+                "compile": mode,
+                "dtype": str(dtype).replace("torch.", ""),
+                "img_size": img_size,
+            }
+            try:
+                runners[key], base[key]["params_m"] = _build_runner(key, device, mode)
+            except Exception as err:  # a model that cannot be built fails its rows, not the run
+                failed.add(key)
+                rows += [dict(base[key], batch_size=b, **_failure(err)) for b in batch_sizes]
+        out_of_memory: set[str] = set()
+        for batch in batch_sizes:
+            live = {k: r for k, r in runners.items() if k not in out_of_memory}
+            measured = _measure_batch(
+                live, batch, device, dtype, img_size, warmup, repeats, min_seconds
+            )
+            for key in runners:
+                if key in out_of_memory:
+                    update = dict(SKIPPED_OOM)
+                else:
+                    update = measured[key]
+                    if update["status"] == "oom":
+                        out_of_memory.add(key)
+                row = dict(base[key], batch_size=batch, **update)
+                rows.append(row)
+                _report(row, mode, batch)
+            rows.sort(key=lambda r: (r["compile"], rank[r["model"]], r["batch_size"]))
+            if on_update is not None:
+                on_update(doc)
+        runners = None
+        _release(device)
+    doc["complete"] = True
+    return doc
+
+
+def _report(row: dict, mode: str, batch: int) -> None:
+    if row["status"] == "ok":
+        flag = f"  NOISY: {row['noise']}" if row.get("noisy") else ""
+        progress(
+            f"[run] {row['display']:10s} {mode:15s} b={batch:<4d} {row['median_ms']:9.2f} ms "
+            f"(p10-p90 {row['p10_ms']:.1f}-{row['p90_ms']:.1f})  {row['throughput']:9.1f} img/s"
+            f"{flag}"
+        )
+    else:
+        progress(
+            f"[run] {row['display']:10s} {mode:15s} b={batch:<4d} "
+            f"{row['status'].upper()}: {row['error']}"
+        )

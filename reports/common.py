@@ -15,8 +15,14 @@ from pathlib import Path
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-FIGURES_DIR = Path(__file__).resolve().parent / "figures"
+#: The committed results and figures of this repository (pass them explicitly to write there).
+PACKAGE_RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PACKAGE_FIGURES_DIR = Path(__file__).resolve().parent / "figures"
+#: Where a run writes by default: the current directory, never the installed package.
+RESULTS_DIR = Path("clustervig-reports") / "results"
+FIGURES_DIR = Path("clustervig-reports") / "figures"
+#: A series whose p10-p90 spread exceeds this share of its median is flagged as noise.
+NOISY_SPREAD = 0.25
 
 
 def best_device() -> torch.device:
@@ -48,6 +54,89 @@ def device_slug(device: torch.device) -> str:
     return f"cpu-{torch.get_num_threads()}t"
 
 
+def set_cpu_threads(threads: int | None) -> int:
+    """Use ``threads`` intra-op threads (default: what torch chose) and return the count."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def load_average() -> float | None:
+    """The 1-minute load average of the machine (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak memory of the code in a ``with`` block, in MiB above what was in use before it.
+
+    CUDA: the allocator's peak. CPU: the process's peak resident set (Linux ``VmHWM``, reset
+    through ``/proc/self/clear_refs`` first); ``mib`` stays None where that is unavailable.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.mib: float | None = None
+        self._base: float | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device) / 2**20
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as handle:
+                    handle.write("5")  # resets VmHWM to the current RSS
+                rss = _proc_status_kib("VmRSS")
+                self._base = rss / 1024 if rss is not None else None
+            except OSError:
+                self._base = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._base is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            hwm = _proc_status_kib("VmHWM")
+            peak = hwm / 1024 if hwm is not None else None
+        if peak is not None:
+            self.mib = round(max(0.0, peak - self._base), 1)
+
+
+def noise_verdict(
+    timing: Timing, threads: int, load_before: float | None, load_after: float | None
+) -> str | None:
+    """Why a CPU measurement cannot be trusted (None if nothing says so): a p10-p90 spread
+    above ``NOISY_SPREAD`` of the median, or a machine busier than the threads it was given."""
+    reasons = []
+    if timing.median > 0 and (timing.p90 - timing.p10) / timing.median > NOISY_SPREAD:
+        reasons.append(
+            f"p10-p90 spread {100 * (timing.p90 - timing.p10) / timing.median:.0f}% of the median"
+        )
+    cores = os.cpu_count() or threads
+    loads = [v for v in (load_before, load_after) if v is not None]
+    if loads and max(loads) > cores + 0.5:
+        reasons.append(f"load average {max(loads):.1f} on {cores} cores")
+    return "; ".join(reasons) or None
+
+
 def environment(device: torch.device) -> dict:
     """What a result file records about where it was measured."""
     try:
@@ -65,6 +154,9 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "cpu_count": os.cpu_count(),
+        "load_average": load_average(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -95,7 +187,7 @@ class Timing:
         }
 
 
-def _quantile(values: list[float], q: float) -> float:
+def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
@@ -136,7 +228,7 @@ def time_call(
             samples.append(time.perf_counter() - begin)
             spent += samples[-1]
     return Timing(
-        statistics.median(samples), _quantile(samples, 0.1), _quantile(samples, 0.9), len(samples)
+        statistics.median(samples), quantile(samples, 0.1), quantile(samples, 0.9), len(samples)
     )
 
 

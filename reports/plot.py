@@ -84,6 +84,64 @@ def _series(rows: list[dict], value: str) -> dict[str, dict[int, float]]:
     return out
 
 
+def _spread(rows: list[dict]) -> dict[str, dict[int, tuple[float, float, bool]]]:
+    """model -> {batch: (p10_ms, p90_ms, noisy)} for the rows that ran."""
+    out: dict[str, dict[int, tuple[float, float, bool]]] = defaultdict(dict)
+    for row in rows:
+        if row.get("status", "ok") == "ok" and isinstance(row.get("p10_ms"), (int, float)):
+            out[row["model"]][row["batch_size"]] = (
+                float(row["p10_ms"]),
+                float(row["p90_ms"]),
+                bool(row.get("noisy")),
+            )
+    return out
+
+
+def _draw(ax, batches, values, low, high, noisy, style, label, color=None) -> None:
+    """A series with p10-p90 error bars; points flagged as noise are hollow and grey."""
+    kwargs = dict(style)
+    if color is not None:
+        kwargs["color"] = color
+    line = ax.errorbar(
+        batches,
+        values,
+        yerr=[
+            [max(0.0, v - lo) if v == v else 0.0 for v, lo in zip(values, low, strict=True)],
+            [max(0.0, hi - v) if v == v else 0.0 for v, hi in zip(values, high, strict=True)],
+        ],
+        label=label,
+        capsize=3,
+        **kwargs,
+    )
+    shown = [(b, v) for b, v, n in zip(batches, values, noisy, strict=True) if n and v == v]
+    if shown:
+        ax.plot(
+            [b for b, _ in shown],
+            [v for _, v in shown],
+            linestyle="none",
+            marker=kwargs.get("marker", "o"),
+            markersize=9,
+            markerfacecolor="white",
+            markeredgecolor="grey",
+            color=line.lines[0].get_color(),
+        )
+
+
+def _noise_note(fig, rows: list[dict]) -> None:
+    noisy = [r for r in rows if r.get("noisy")]
+    if noisy:
+        fig.text(
+            0.01,
+            0.01,
+            f"hollow grey points: {len(noisy)} measurement(s) flagged as noise "
+            f"(e.g. {noisy[0].get('noise')}); bars: p10-p90",
+            fontsize=8,
+            color="dimgrey",
+        )
+    else:
+        fig.text(0.01, 0.01, "bars: p10-p90 of the timed calls", fontsize=8, color="dimgrey")
+
+
 def _title(doc: dict, what: str, compile_mode: str, dtype: str) -> str:
     env = doc["environment"]
     return f"{what}\n{env['device']} | {dtype}, compile={compile_mode} | torch {env['torch']}"
@@ -105,6 +163,7 @@ def _names(rows: list[dict]) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 def plot_speedup(doc: dict, rows: list[dict], compile_mode: str, dtype: str, out: Path) -> Path:
     latency = _series(rows, "median_ms")
+    spread = _spread(rows)
     names = _names(rows)
     groups = [g for g in GROUPS if g[1] in latency] or GROUPS[:1]
     fig, axes = plt.subplots(1, len(groups), figsize=(5.4 * len(groups), 4.4), squeeze=False)
@@ -121,23 +180,27 @@ def plot_speedup(doc: dict, rows: list[dict], compile_mode: str, dtype: str, out
             continue
         base = latency[baseline]
         batches = sorted(base)
-        ax.plot(
-            batches,
-            [1.0] * len(batches),
-            label=names[baseline],
-            **dict(_style(baseline), color="black"),
-        )
-        for model in models:
+        for model in [baseline, *models]:
             if model not in latency:
                 continue
-            speedup = [base[b] / latency[model].get(b, math.nan) for b in batches]
-            ax.plot(batches, speedup, label=names[model], **_style(model))
+            speedup, low, high, noisy = [], [], [], []
+            for b in batches:
+                ms = latency[model].get(b, math.nan)
+                p10, p90, flag = spread[model].get(b, (ms, ms, False))
+                base_flag = spread[baseline].get(b, (0, 0, False))[2]
+                speedup.append(base[b] / ms)
+                low.append(base[b] / p90)  # the baseline's median over the model's spread
+                high.append(base[b] / p10)
+                noisy.append(flag or base_flag)
+            color = "black" if model == baseline else None
+            _draw(ax, batches, speedup, low, high, noisy, _style(model), names[model], color)
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.legend(loc="best", fontsize=9)
     fig.suptitle(
         _title(doc, "Inference speedup over Pyramid ViG (paper Fig. 5)", compile_mode, dtype)
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _noise_note(fig, rows)
     fig.savefig(out, dpi=130)
     plt.close(fig)
     return out
@@ -145,13 +208,17 @@ def plot_speedup(doc: dict, rows: list[dict], compile_mode: str, dtype: str, out
 
 def plot_throughput(doc: dict, rows: list[dict], compile_mode: str, dtype: str, out: Path) -> Path:
     throughput = _series(rows, "throughput")
+    spread = _spread(rows)
     names = _names(rows)
     fig, ax = plt.subplots(figsize=(9, 5))
     batches = sorted({b for values in throughput.values() for b in values})
     for model, values in throughput.items():
-        ax.plot(
-            batches, [values.get(b, math.nan) for b in batches], label=names[model], **_style(model)
-        )
+        points = [values.get(b, math.nan) for b in batches]
+        bounds = [spread[model].get(b) for b in batches]
+        low = [b * 1e3 / s[1] if s else v for b, s, v in zip(batches, bounds, points, strict=True)]
+        high = [b * 1e3 / s[0] if s else v for b, s, v in zip(batches, bounds, points, strict=True)]
+        noisy = [bool(s and s[2]) for s in bounds]
+        _draw(ax, batches, points, low, high, noisy, _style(model), names[model])
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(batches, [str(b) for b in batches])
@@ -162,7 +229,8 @@ def plot_throughput(doc: dict, rows: list[dict], compile_mode: str, dtype: str, 
     ax.set_title(
         _title(doc, "Inference throughput (paper Table VI)", compile_mode, dtype), fontsize=10
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _noise_note(fig, rows)
     fig.savefig(out, dpi=130)
     plt.close(fig)
     return out
@@ -175,12 +243,17 @@ def table6(doc: dict, rows: list[dict], compile_mode: str, dtype: str) -> str:
     for row in rows:
         status = row.get("status", "ok")
         cells[row["model"]][row["batch_size"]] = (
-            f"{row['throughput']:.1f}" if status == "ok" else "-" if status == "oom" else "x"
+            f"{row['throughput']:.1f}{' (noisy)' if row.get('noisy') else ''}"
+            if status == "ok"
+            else "-"
+            if status == "oom"
+            else "x"
         )
     env = doc["environment"]
     lines = [
         f"Throughput (images / s) on {env['device']}, {dtype}, compile={compile_mode}, "
-        f"torch {env['torch']}, {env['date'][:10]}. `-` = out of memory, `x` = failed.",
+        f"torch {env['torch']}, {env['date'][:10]}. `-` = out of memory, `x` = failed, "
+        "(noisy) = flagged as noise (spread or machine load).",
         "",
         "| model | " + " | ".join(f"b = {b}" for b in batches) + " |",
         "|---|" + "---|" * len(batches),

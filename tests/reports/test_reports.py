@@ -129,7 +129,10 @@ def test_cli_validates_arguments(capsys):
         (["run", "--models", "nope"], "'name'"),
         (["run", "--repeats", "0"], "--repeats"),
         (["micro", "--cases", "cvig_xl"], "invalid choice"),
-        (["run", "--dtype", "int8"], "invalid choice"),
+        (["run", "--dtype", "int8"], "expected one of bfloat16, float16, float32"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["run", "--bogus"], "unrecognized arguments: --bogus"),
+        ([], "choose a command"),
     ]:
         with pytest.raises(SystemExit) as info:
             main(argv)
@@ -253,3 +256,69 @@ def test_timm_models_without_timm_fail_clearly(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
     with pytest.raises(ValueError, match="needs timm"):
         bench.resolve_model_name("timm:efficientformer_l1")
+
+
+def test_cli_takes_both_dtype_spellings_and_has_a_version(capsys):
+    from reports.__main__ import _dtype_name
+
+    assert _dtype_name("bf16") == "bfloat16" and _dtype_name("FP32") == "float32"
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("clustervig ")
+
+
+def test_results_go_to_the_working_directory_by_default(tmp_path, monkeypatch):
+    from reports.__main__ import _parser
+
+    monkeypatch.chdir(tmp_path)
+    args = _parser().parse_args(["run"])
+    assert not args.results_dir.is_absolute()
+    assert (tmp_path / args.results_dir).resolve().is_relative_to(tmp_path.resolve())
+
+
+def test_bench_rows_record_spread_noise_load_and_memory():
+    doc = bench.run(
+        torch.device("cpu"), ["cvig_ti", "cvig_s"], [1], img_size=64, warmup=1, repeats=3
+    )
+    validate(doc)
+    assert doc["complete"] is True and doc["settings"]["interleaved"] is True
+    env = doc["environment"]
+    assert env["host_threads"] >= 1 and "omp_wait_policy" in env and "load_average" in env
+    for row in doc["rows"]:
+        assert row["status"] == "ok" and row["repeats"] == 3
+        assert row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
+        assert isinstance(row["noisy"], bool) and (row["noise"] is None) == (not row["noisy"])
+        assert row["peak_memory_mib"] is not None and row["peak_memory_mib"] >= 0
+        assert "load_before" in row and "load_after" in row
+
+
+def test_noise_verdict_flags_spread_and_load():
+    from reports.common import Timing, noise_verdict
+
+    assert noise_verdict(Timing(1.0, 0.95, 1.05, 7), 2, 0.1, 0.2) is None
+    assert "spread" in noise_verdict(Timing(1.0, 0.5, 2.0, 7), 2, 0.1, 0.2)
+    assert "load average" in noise_verdict(Timing(1.0, 0.95, 1.05, 7), 2, 500.0, 0.2)
+
+
+def test_partial_results_are_written_after_every_batch_size(tmp_path, monkeypatch):
+    seen = []
+    doc = bench.run(
+        torch.device("cpu"),
+        ["cvig_ti"],
+        [1, 2],
+        img_size=64,
+        warmup=0,
+        repeats=1,
+        on_update=lambda partial: seen.append((partial["complete"], len(partial["rows"]))),
+    )
+    assert seen == [(False, 1), (False, 2)] and doc["complete"] is True
+
+
+def test_noisy_series_are_drawn_hollow_with_a_note(models_doc, tmp_path):
+    doc = copy.deepcopy(models_doc)
+    doc["rows"][1].update(noisy=True, noise="p10-p90 spread 80% of the median")
+    rows = doc["rows"]
+    out = plot.plot_speedup(doc, rows, "none", "float32", tmp_path / "fig.png")
+    assert out.exists() and out.stat().st_size > 0
+    table = plot.table6(doc, rows, "none", "float32")
+    assert "(noisy)" in table
