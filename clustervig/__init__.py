@@ -6,9 +6,9 @@
 """
 
 from .baselines import IViG, PViG
+from .counting import count_gmacs, count_parameters
 from .degc import DEGC
 from .model import VARIANTS, CViG, CViGConfig, Grapher, cvig_b, cvig_b_hr, cvig_s, cvig_ti
-from .profile import count_gmacs, count_parameters
 from .registry import DISPLAY_NAMES, canonical_name, create_model, list_models
 
 __all__ = [

@@ -9,8 +9,8 @@ import time
 import torch
 
 from . import __version__
+from .counting import count_gmacs, count_parameters
 from .paper import COUNTER_GMACS, PAPER_GMACS, PAPER_PARAMS_M
-from .profile import count_gmacs, count_parameters
 from .registry import DISPLAY_NAMES, canonical_name, create_model, list_models
 
 

@@ -1,5 +1,6 @@
-"""``python -m reports``: benchmarks -> reports/results/*.json -> figures and tables.
+"""``python -m reports``: benchmarks -> results JSON -> figures and tables.
 
+python -m reports quick      # CViG-Ti vs PViG-Ti vs IViG-Ti in a minute or two, figure + table
 python -m reports run        # models x batch sizes on the best device
 python -m reports scaling    # one DEGC layer vs one dense k-NN layer, N = 196..3136
 python -m reports micro      # kernel microbenchmarks
@@ -28,7 +29,7 @@ from .common import (
     set_cpu_threads,
     write_json,
 )
-from .schema import ResultError
+from .schema import ResultError, load
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -151,7 +152,16 @@ def _parser() -> argparse.ArgumentParser:
         "and Table VI from the results.",
     )
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", metavar="{run,scaling,micro,plot,all}")
+    sub = parser.add_subparsers(dest="command", metavar="{quick,run,scaling,micro,plot,all}")
+    quick = sub.add_parser(
+        "quick",
+        help="the main job: CViG-Ti side by side with PViG-Ti and IViG-Ti over a few batch "
+        "sizes, then the Fig. 5-style speedup plot and the throughput table",
+    )
+    _common(quick)
+    quick.add_argument(
+        "--out", type=Path, default=FIGURES_DIR, help=f"figure directory (default ./{FIGURES_DIR})"
+    )
     run = sub.add_parser("run", help="benchmark models x batch sizes, write results JSON")
     _common(run)
     _run_args(run)
@@ -234,6 +244,43 @@ def _cmd_micro(args, batch_sizes: list[int] | None = None) -> Path:
     return path
 
 
+QUICK_MODELS = ["cvig_ti", "pvig_ti", "ivig_ti"]
+QUICK_BATCH_SIZES = {"cpu": [1, 4, 8], "cuda": [1, 8, 64, 256]}
+
+
+def _cmd_quick(args) -> None:
+    cuda = args.device.type == "cuda"
+    args.models, args.batch_sizes = QUICK_MODELS, QUICK_BATCH_SIZES[args.device.type]
+    args.dtype, args.compile_modes = ("bfloat16", ["default"]) if cuda else ("float32", ["none"])
+    args.warmup, args.repeats, args.img_size = (5, 30, 224) if cuda else (1, 5, 224)
+    path = _cmd_run(args)
+    doc = load(path)
+    written = plot.render([path], args.out)
+    rows = [r for r in doc["rows"] if r["status"] == "ok"]
+    by = {(r["model"], r["batch_size"]): r for r in rows}
+    print("\nimages / s (median; p10-p90 in brackets) and speedup over PViG-Ti:")
+    print(f"  {'batch':>5s} " + " ".join(f"{bench.display_name(m):>24s}" for m in QUICK_MODELS))
+    for b in args.batch_sizes:
+        cells = []
+        for m in QUICK_MODELS:
+            r, base = by.get((m, b)), by.get(("pvig_ti", b))
+            if r is None:
+                cells.append(f"{'-':>24s}")
+                continue
+            speed = f" {base['median_ms'] / r['median_ms']:.2f}x" if base else ""
+            noisy = "*" if r.get("noisy") else ""
+            cells.append(
+                f"{r['throughput']:8.1f}{noisy} [{b * 1e3 / r['p90_ms']:.0f}-"
+                f"{b * 1e3 / r['p10_ms']:.0f}]{speed:>7s}".rjust(24)
+            )
+        print(f"  {b:5d} " + " ".join(cells))
+    if any(r.get("noisy") for r in rows):
+        print("  * flagged as noise (spread or machine load): rerun on a quieter machine")
+    print("\nwritten:")
+    for file in [path, *written]:
+        print(f"  {file}")
+
+
 def _cmd_plot(paths: list[Path] | None, out: Path) -> None:
     for file in plot.render(paths or None, out):
         progress(f"[plot] wrote {file}")
@@ -258,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("run", "all"):
         _defaults(args)
     try:
-        if args.command == "run":
+        if args.command == "quick":
+            _cmd_quick(args)
+        elif args.command == "run":
             _cmd_run(args)
         elif args.command == "scaling":
             _cmd_scaling(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -322,3 +323,21 @@ def test_noisy_series_are_drawn_hollow_with_a_note(models_doc, tmp_path):
     assert out.exists() and out.stat().st_size > 0
     table = plot.table6(doc, rows, "none", "float32")
     assert "(noisy)" in table
+
+
+def test_quick_main_job_writes_results_figures_and_prints_the_table(tmp_path, monkeypatch, capsys):
+    import reports.__main__ as cli
+
+    monkeypatch.setitem(cli.QUICK_BATCH_SIZES, "cpu", [1])
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    assert (
+        main(["quick", "--device", "cpu", "--results-dir", str(results), "--out", str(figures)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "speedup over PViG-Ti" in out and "CViG-Ti" in out and "1.00x" in out
+    assert len(list(results.glob("*.json"))) == 1
+    assert list(figures.glob("fig5-*.png")) and list(figures.glob("table6-*.md"))
+    for line in out.splitlines():
+        if line.startswith("  ") and line.strip().endswith((".png", ".md", ".json")):
+            assert (tmp_path / line.strip()).exists() or Path(line.strip()).exists()
