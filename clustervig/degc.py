@@ -86,7 +86,7 @@ class DEGC(nn.Module):
         # into image-order rows so the local update reads the nodes where they are.
         unit_ua = permute_rows(F.normalize(nodes.detach(), dim=-1), perm, inverse)
         nbr_ua = partition_knn(unit_ua, offsets, self.k, N)  # (B*N, K) partition positions
-        nbr = perm[nbr_ua[inverse.long()].long()]  # (B*N, K) int32 image-order rows
+        nbr = perm[nbr_ua.index_select(0, inverse.long()).long()]  # (B*N, K) image-order rows
 
         # (3) Global update: GATv2 over each image's complete centroid graph.
         z = self.global_update(centroids).reshape(B * self.num_clusters, -1)  # (B*kappa, C)

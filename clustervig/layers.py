@@ -438,7 +438,8 @@ class GEdgeConv(nn.Module):
         linear, norm, act = self.mlp
         centre = linear.forward_parts([(0, 1, x), (c, 1, -x)], [(2 * c, 1, z)], segment)
         neighbour = linear.forward_parts([(c, 1, x)], [], segment, bias=False)
-        edges = centre.unsqueeze(1) + neighbour[nbr.long()]  # (M, K, C_out)
+        gathered = neighbour.index_select(0, nbr.reshape(-1).long()).view(m, k, -1)
+        edges = centre.unsqueeze(1) + gathered  # (M, K, C_out)
         messages = act(norm(edges.reshape(m * k, -1))).reshape(m, k, -1)
         return messages.amax(dim=1)  # repeated neighbours (small partitions) leave a max unchanged
 
@@ -473,7 +474,8 @@ class GGIN(nn.Module):
     def forward(self, x: Tensor, nbr: Tensor, z: Tensor, segment: Tensor, degree: Tensor) -> Tensor:
         k = nbr.shape[1]
         distinct = torch.arange(k, device=x.device) < degree.unsqueeze(1)  # (M, K)
-        neighbour_sum = (x[nbr.long()] * distinct.unsqueeze(-1).to(x.dtype)).sum(dim=1)
+        gathered = x.index_select(0, nbr.reshape(-1).long()).view(*nbr.shape, -1)
+        neighbour_sum = (gathered * distinct.unsqueeze(-1).to(x.dtype)).sum(dim=1)
         h = (1 + self.eps) * x + neighbour_sum
         return self.mlp.forward_parts([(0, 1, h)], [(0, 1, (1 + self.delta) * z)], segment)
 

@@ -27,15 +27,16 @@ _NO_KEY = tl.constexpr(2**63 - 1)  # "no candidate": above every real key
 
 @triton.jit
 def _distance_keys(d, index):
-    """int64 keys ordered by (float32 distance, index): the distance's order-preserving integer
-    image in the high 32 bits, the column index in the low 32. A NaN distance (non-finite
-    features) counts as +inf, explicitly (GPU and interpreter treat NaN in min() differently),
-    so it ranks after every finite one and every key still names a real row."""
+    """int64 keys ordered by (float32 distance, index): the distance's bits in the high 32 bits
+    (a non-negative float's bits order like the float), the column index in the low 32.
+
+    A NaN distance (non-finite features) counts as +inf, explicitly (GPU and interpreter treat
+    NaN in min/max differently), so it ranks after every finite one and every key still names
+    a real row. Rounding can make ``|q|^2 + |k|^2 - 2 q.k`` slightly negative: such a distance
+    counts as 0 (ties at 0 go to the lower index), and -0.0 is +0.0."""
     d = tl.where(d == d, d, float("inf"))
-    d = tl.where(d == 0.0, 0.0, d)  # -0.0 and +0.0: one key
-    bits = d.to(tl.int32, bitcast=True)
-    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return (ordered.to(tl.int64) << 32) | index.to(tl.int64)
+    d = tl.where(d > 0.0, d, 0.0)
+    return (d.to(tl.int32, bitcast=True).to(tl.int64) << 32) | index.to(tl.int64)
 
 
 @triton.jit

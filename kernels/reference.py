@@ -52,25 +52,26 @@ def _assign(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
     |x|^2 is the same for every centroid of a node, so the argmin only needs |z|^2 - 2 x.z;
     ``argmin`` returns the first minimum, i.e. ties go to the lowest cluster index. A NaN
-    distance counts as +inf, so labels are valid for every input.
+    distance counts as +inf (the kernel's rule), so a node with no finite distance goes to
+    cluster 0 and labels are valid for every input.
     """
-    dist = (z * z).sum(-1).unsqueeze(1) - 2.0 * torch.bmm(x, z.transpose(1, 2))
-    # NaN counts as +inf (the kernel's rule): a node with no finite distance goes to cluster 0.
-    dist = torch.where(torch.isnan(dist), float("inf"), dist)
-    return dist.argmin(dim=-1)
+    # (B, kappa, N): the product this way round is the faster one on the CPU.
+    dist = torch.bmm(z, x.transpose(1, 2)).mul_(-2.0).add_(torch.linalg.vecdot(z, z).unsqueeze(2))
+    return dist.nan_to_num_(nan=float("inf"), posinf=float("inf")).argmin(dim=1)
 
 
 def _segment_mean(
-    x: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor, num_clusters: int
+    x: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor, onehot: torch.Tensor
 ) -> torch.Tensor:
     """Mean of the nodes of every cluster; an empty cluster keeps its ``previous`` centroid.
 
-    Sums are a one-hot matrix product (one batched GEMM, faster on the CPU than a scatter).
+    Sums are a one-hot matrix product (one batched GEMM, faster on the CPU than a scatter);
+    ``onehot`` is a ``(B, N, kappa)`` buffer of x's dtype, overwritten.
     """
-    onehot = torch.nn.functional.one_hot(labels, num_clusters).to(x.dtype)  # (B, N, kappa)
+    onehot.zero_().scatter_(2, labels.unsqueeze(-1), 1.0)
     sums = torch.bmm(onehot.transpose(1, 2), x)
     counts = onehot.sum(1).unsqueeze(-1)
-    return torch.where(counts > 0, sums / counts.clamp_min(1), previous)
+    return torch.where(counts > 0, sums.div_(counts.clamp_min(1)), previous)
 
 
 def kmeans(
@@ -92,27 +93,40 @@ def kmeans(
     returned centroids are always the means of the returned partition (an image that hit the cap
     gets one more mean), and an empty cluster keeps its previous centroid. Each image stops on its
     own, so a batch gives every image the same result as running it alone.
+
+    An image that has converged is not masked out of later iterations: its labels are a fixed
+    point, so recomputing its mean and labels gives them again, bit for bit. Only its iteration
+    count stops. On the CPU the loop ends when every image has converged, and it runs on one
+    thread (a loop of small products, where waking a thread pool costs more than it saves);
+    elsewhere it runs to the cap without asking the device anything.
     """
     B, N, C = x.shape
-    xd = x.detach().to(compute_dtype(x))
-    z = xd[:, kmeans_init_index(N, num_clusters).to(x.device)]
-    labels = _assign(xd, z)
-    active = torch.ones(B, dtype=torch.bool, device=x.device)
-    iterations = torch.zeros(B, dtype=torch.int32, device=x.device)
-    # On the CPU the loop stops when every image has converged; elsewhere it runs the cap with
-    # converged images masked (same result), since asking the device would stall the host.
-    stop_early = x.device.type == "cpu"
-    for _ in range(max_iters):
-        if stop_early and not bool(active.any()):
-            break
-        z = torch.where(active[:, None, None], _segment_mean(xd, labels, z, num_clusters), z)
-        new_labels = _assign(xd, z)
-        changed = (new_labels != labels).any(dim=1)
-        labels = torch.where(active[:, None], new_labels, labels)
-        iterations += active.to(torch.int32)
-        active = active & changed
-    # Images that hit the cap: their centroids belong to the previous labels; re-average.
-    z = torch.where(active[:, None, None], _segment_mean(xd, labels, z, num_clusters), z)
+    cpu = x.device.type == "cpu"
+    threads = torch.get_num_threads()
+    if cpu:
+        torch.set_num_threads(1)
+    try:
+        xd = x.detach().to(compute_dtype(x))
+        z = xd[:, kmeans_init_index(N, num_clusters).to(x.device)]
+        labels = _assign(xd, z)
+        onehot = xd.new_empty(B, N, num_clusters)
+        active = torch.ones(B, dtype=torch.bool, device=x.device)
+        iterations = torch.zeros(B, dtype=torch.int32, device=x.device)
+        for _ in range(max_iters):
+            if cpu and not bool(active.any()):
+                break
+            z = _segment_mean(xd, labels, z, onehot)
+            new_labels = _assign(xd, z)
+            iterations += active
+            active &= (new_labels != labels).any(dim=1)
+            labels = new_labels
+        if not cpu or bool(active.any()):
+            # Images that hit the cap: their centroids belong to the previous labels; re-average
+            # (for the others this recomputes the same means).
+            z = _segment_mean(xd, labels, z, onehot)
+    finally:
+        if cpu:
+            torch.set_num_threads(threads)
     return labels.to(INDEX_DTYPE), z.to(x.dtype), iterations
 
 
@@ -168,18 +182,18 @@ def permute_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def _nearest_first(dist: torch.Tensor, k: int) -> torch.Tensor:
     """Column indices of the ``k`` smallest entries of every row, ordered by (distance, index).
 
-    float64 (oracle mode): a stable sort. float32: ``topk`` over int64 keys that pack an
-    order-preserving integer image of the distance above the column index, so equal distances
-    are ordered by index exactly as the stable sort would, at a fraction of its cost. NaN
-    ranks as +inf (the kernel's rule), after every finite distance and tied by index.
+    As the kernel does: NaN ranks as +inf (after every finite distance, tied by index) and a
+    distance below zero (rounding) counts as 0. float64 (oracle mode): a stable sort. float32:
+    ``topk`` over int64 keys that pack the distance's bits (ordered like the value for a
+    non-negative float) above the column index, so equal distances are ordered by index
+    exactly as the stable sort would, at a fraction of its cost.
     """
-    dist = torch.where(torch.isnan(dist), float("inf"), dist)  # NaN ranks as +inf
+    inf = float("inf")
+    dist = torch.nan_to_num(dist, nan=inf, posinf=inf).clamp_min_(0.0).add_(0.0)  # -0.0 -> +0.0
     if dist.dtype != torch.float32:
         return torch.sort(dist, dim=-1, stable=True).indices[..., :k]
-    bits = (dist + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into +0.0
-    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
     column = torch.arange(dist.shape[-1], device=dist.device, dtype=torch.int64)
-    keys = (ordered << 32) | column
+    keys = dist.view(torch.int32).to(torch.int64).bitwise_left_shift_(32).bitwise_or_(column)
     return torch.topk(keys, k, dim=-1, largest=False, sorted=True).values & 0xFFFFFFFF
 
 
@@ -211,32 +225,53 @@ def partition_knn(
         return torch.empty(M, k, dtype=INDEX_DTYPE, device=x.device)
     starts = offsets[:-1].to(torch.int64)
     sizes = (offsets[1:] - offsets[:-1]).to(torch.int64)
-    if x.device.type == "cpu":
-        S = int(sizes.max())
-    else:
-        S = min(M, max_partition_size or M)
-    S = max(S, 1)
     xd = x.detach().to(compute_dtype(x))
     # Row M of ``out`` is a sink for the padding slots of short partitions (no masked copy,
     # which would need the count of valid rows on the host).
     out = torch.empty(M + 1, k, dtype=INDEX_DTYPE, device=x.device)
+    if x.device.type == "cpu":
+        # Partitions grouped by size (powers of two), each group padded to its own largest:
+        # k-means partitions are ragged, and one padding for all would be mostly padding.
+        groups = torch.ceil(torch.log2(sizes.clamp_min(8).double())).long()
+        for level in torch.unique(groups[sizes > 0]).tolist():
+            members = torch.nonzero(groups == level).flatten()
+            members = members[sizes[members] > 0]
+            S = int(sizes[members].max())
+            _knn_padded(xd, starts[members], sizes[members], S, k, out, M)
+    else:
+        S = max(1, min(M, max_partition_size or M))
+        _knn_padded(xd, starts, sizes, S, k, out, M)
+    return out[:M]
+
+
+def _knn_padded(
+    xd: torch.Tensor,
+    starts: torch.Tensor,
+    sizes: torch.Tensor,
+    S: int,
+    k: int,
+    out: torch.Tensor,
+    M: int,
+) -> None:
+    """The neighbours of the partitions ``starts``/``sizes`` (each at most S rows), padded to S,
+    written into ``out`` (padding rows go to its sink row M)."""
     # Chunks of partitions keep the dense (chunk, S, S) distance block bounded.
     chunk = max(1, (1 << 24) // (S * S))
-    ar = torch.arange(S, device=x.device)
-    for lo in range(0, P, chunk):
+    ar = torch.arange(S, device=xd.device)
+    for lo in range(0, starts.shape[0], chunk):
         st, sz = starts[lo : lo + chunk], sizes[lo : lo + chunk]
         valid = ar.unsqueeze(0) < sz.unsqueeze(1)  # (Q, S)
         rows = torch.where(valid, st.unsqueeze(1) + ar, 0)  # (Q, S)
-        xp = xd[rows]  # (Q, S, C)
-        sq = (xp * xp).sum(-1)
-        dist = sq.unsqueeze(2) + sq.unsqueeze(1) - 2.0 * torch.bmm(xp, xp.transpose(1, 2))
-        dist = dist.masked_fill(~valid.unsqueeze(1), float("inf"))
+        xp = xd.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # (Q, S, C)
+        sq = torch.linalg.vecdot(xp, xp)
+        dist = torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), xp, xp.transpose(1, 2), alpha=-2)
+        dist = dist.masked_fill_(~valid.unsqueeze(1), float("inf"))
         order = _nearest_first(dist, min(k, S))  # (Q, S, min(K, S))
-        rank = torch.arange(k, device=x.device).unsqueeze(0) % sz.clamp_min(1).unsqueeze(1)
-        nbr = torch.gather(order, 2, rank.unsqueeze(1).expand(-1, S, -1))  # (Q, S, K)
-        nbr = nbr + st.view(-1, 1, 1)
+        if k > S or xd.device.type != "cpu" or bool((sz < k).any()):
+            rank = torch.arange(k, device=xd.device).unsqueeze(0) % sz.clamp_min(1).unsqueeze(1)
+            order = torch.gather(order, 2, rank.unsqueeze(1).expand(-1, S, -1))  # (Q, S, K)
+        nbr = order + st.view(-1, 1, 1)
         out[torch.where(valid, rows, M)] = nbr.to(INDEX_DTYPE)
-    return out[:M]
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,29 +292,26 @@ def max_aggregate(
         out ``(M, C)`` in ``x.dtype``; argslot ``(M, C)`` uint8: the neighbour slot k that won
         channel c (the first slot among equal maxima), saved for the backward pass.
 
-    Slots are scanned in order with a strict comparison, as the kernel does, so ties keep the
-    first slot and no ``(M, K, C)`` tensor is built; a NaN beats any number (the first NaN slot
+    As in the kernel, ties keep the first slot and a NaN beats any number (the first NaN slot
     wins), so NaN propagates. Indices are clamped into ``[0, M)``.
     """
     index = nbr.long().clamp(0, max(x.shape[0] - 1, 0))  # never outside x (the kernel's rule)
-    if not with_argslot:  # inference: one gather + reduction is faster than a slot loop
-        best = x[index].amax(dim=1)
-        if relative:
-            best = (best.double() - x.double()).to(x.dtype)
-        return best.contiguous(), torch.empty(0, dtype=torch.uint8, device=x.device)
-    best = x[index[:, 0]]
-    slot = torch.zeros(x.shape, dtype=torch.uint8, device=x.device) if with_argslot else None
-    for k in range(1, index.shape[1]):
-        candidate = x[index[:, k]]
-        # NaN wins over a number and then stays (torch.amax propagates NaN; so does the kernel).
-        better = (candidate > best) | (torch.isnan(candidate) & ~torch.isnan(best))
-        best = torch.where(better, candidate, best)
-        if slot is not None:
-            slot.masked_fill_(better, k)
-    if relative:
-        best = (best.double() - x.double()).to(x.dtype)
-    empty = torch.empty(0, dtype=torch.uint8, device=x.device)
-    return best.contiguous(), slot if slot is not None else empty
+    # index_select of the flat neighbour list: several times faster than x[index] on the CPU.
+    gathered = x.index_select(0, index.reshape(-1)).view(*index.shape, x.shape[1])  # (M, K, C)
+    if not with_argslot:
+        best = gathered.amax(dim=1)
+        return _relative(best, x) if relative else best, x.new_empty(0, dtype=torch.uint8)
+    # torch.max over the slots returns the first slot among equal maxima and lets NaN win (its
+    # first slot), the kernel's rule.
+    best, slot = gathered.max(dim=1)
+    return _relative(best, x) if relative else best, slot.to(torch.uint8)
+
+
+def _relative(best: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``best - x`` computed as the kernel does: in float32 for 16-bit inputs, then rounded."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return (best.float() - x.float()).to(x.dtype)
+    return best - x
 
 
 def max_aggregate_backward(
