@@ -16,12 +16,25 @@ and search space) are skipped unless --force.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
 DEFAULT_MODELS = ("cvig_ti", "cvig_s", "cvig_b", "cvig_b_hr")
+
+
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
+
+
+def _dtype_name(text: str) -> str:
+    name = DTYPE_ALIASES.get(text.lower(), text.lower())
+    if name not in DTYPE_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(DTYPE_NAMES)} (or bf16, fp16, fp32), got {text!r}"
+        )
+    return name
 
 
 def _positive_ints(text: str) -> int:
@@ -38,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         "warps, stages per shape bucket) and persist the winners in a per-GPU cache that "
         "kernel launches read.",
     )
-    target = parser.add_mutually_exclusive_group(required=True)
+    target = parser.add_mutually_exclusive_group()
     target.add_argument("--gpu", action="store_true", help="tune on the current CUDA device")
     target.add_argument(
         "--interpret",
@@ -69,11 +82,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dtypes",
         nargs="+",
-        choices=DTYPE_NAMES,
-        help="feature dtypes (default bfloat16 float32; --interpret: float32)",
+        type=_dtype_name,
+        help="feature dtypes: bfloat16 float16 float32 (or bf16 fp16 fp32; default bfloat16 "
+        "float32; --interpret: float32)",
     )
-    parser.add_argument("--dry-run", action="store_true", help="list what would be tuned")
-    parser.add_argument("--show", action="store_true", help="print the cache for this device")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what would be tuned (works without a GPU: --dry-run alone lists a GPU run)",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument(
+        "--show",
+        action="store_true",
+        help="print the cache for this device (alone: every cache file and whether it is used)",
+    )
     parser.add_argument("--force", action="store_true", help="retune buckets already cached")
     parser.add_argument(
         "--no-selfcheck",
@@ -105,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from clustervig import __version__
+
+    return f"clustervig {__version__}"
+
+
 def _fmt_config(config: dict) -> str:
     short = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_C": "C", "num_warps": "w", "num_stages": "s"}
     order = list(short)
@@ -112,12 +141,38 @@ def _fmt_config(config: dict) -> str:
     return " ".join(f"{short.get(k, k)}{config[k]}" for k in keys)
 
 
+def _file_line(cache, label: str, path, identity) -> str:
+    tables, problem = cache.inspect_file(path, identity)
+    if problem is None:
+        entries = sum(len(b) for b in tables["entries"].values() if isinstance(b, dict))
+        state = f"{entries} tuned entries, {len(tables['verdicts'])} self-check verdicts"
+    else:
+        state = problem if problem == "absent" else f"IGNORED: {problem}"
+    return f"{label}: {path} ({state})"
+
+
+def _show_all(cache) -> None:
+    """--show with no device: every cache file there is, whatever GPU it belongs to."""
+    for label, directory in (("user cache", cache.cache_dir()), ("shipped", cache.shipped_dir())):
+        files = sorted(directory.glob("*.json")) if directory.is_dir() else []
+        print(f"{label} directory: {directory} ({len(files)} file(s))")
+        for path in files:
+            try:
+                device = json.loads(path.read_text()).get("device")
+            except (OSError, ValueError, AttributeError):
+                device = None
+            if not isinstance(device, dict):
+                print(f"  {path.name}: IGNORED: unreadable or not a cache file")
+                continue
+            print("  " + _file_line(cache, path.name, path, device).split(": ", 1)[1])
+    print("(--gpu --show or --interpret --show list the entries for that device)")
+
+
 def _show(cache, device, identity, selected) -> None:
-    path = cache.cache_path(identity)
-    print(
-        f"device: {identity}\nuser cache: {path} ({'present' if path.exists() else 'absent'})"
-        f"\nshipped defaults: {cache.cache_path(identity, cache.shipped_dir())}"
-    )
+    print(f"device: {identity}")
+    print(_file_line(cache, "user cache", cache.cache_path(identity), identity))
+    shipped = cache.cache_path(identity, cache.shipped_dir())
+    print(_file_line(cache, "shipped defaults", shipped, identity))
     entries = cache.load(device)
     for op, tunable in selected.items():
         for bucket, entry in sorted(entries.get(op, {}).items()):
@@ -226,7 +281,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    if args.gpu and not torch.cuda.is_available():
+    if args.show and not (args.gpu or args.interpret):
+        from kernels import tuning_cache
+
+        _show_all(tuning_cache)
+        return 0
+    if not (args.gpu or args.interpret or args.dry_run):
+        parser.error("choose --gpu (tune this GPU) or --interpret (the flow on the CPU)")
+    gpu_dry_run = args.dry_run and not args.interpret and not torch.cuda.is_available()
+    if args.gpu and not torch.cuda.is_available() and not gpu_dry_run:
         print(
             "python -m autotune: --gpu needs a CUDA device and none is visible "
             "(use --interpret to check the flow on the CPU)",
@@ -240,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from .space import model_launches
 
+    if gpu_dry_run:
+        print("[autotune] no GPU visible: listing the buckets a GPU run would tune")
+        return _gpu_dry_run(args, parser, tunables())
     device = torch.device("cuda") if args.gpu else torch.device("cpu")
     identity = cache.device_identity(device)
     all_tunables = tunables()
@@ -281,6 +347,32 @@ def main(argv: list[str] | None = None) -> int:
         todo = [launch for launch in todo if launch.op not in failed]
     outcomes = _tune_all(args, cache, device, identity, todo, selected)
     _summary(cache, identity, outcomes, cached, existing, interpret)
+    return 0
+
+
+def _gpu_dry_run(args, parser, all_tunables) -> int:
+    """--dry-run for a GPU on a machine without one: the buckets and spaces, no cache state."""
+    import torch
+
+    from .space import model_launches
+
+    unknown = [op for op in args.ops or () if op not in all_tunables]
+    if unknown:
+        parser.error(f"--ops: unknown {unknown}; choose from {list(all_tunables)}")
+    selected = {op: all_tunables[op] for op in args.ops or all_tunables}
+    try:
+        launches, notes = model_launches(
+            selected,
+            args.models or list(DEFAULT_MODELS),
+            args.batch_sizes or [1, 8, 64, 512],
+            [getattr(torch, d) for d in (args.dtypes or ["bfloat16", "float32"])],
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    for note in notes:
+        print(f"[autotune] note: {note}")
+    print(f"[autotune] {len(launches)} buckets (cache state unknown without the GPU)")
+    _dry_run(launches, [], selected, False)
     return 0
 
 

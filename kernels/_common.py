@@ -160,5 +160,15 @@ def dot_precision(dtype: torch.dtype) -> tuple[str, bool]:
     return ("ieee" if dtype == torch.float32 else "tf32"), upcast
 
 
+def package_version() -> str:
+    """``clustervig <version>`` of the installed distribution (for the CLIs' --version)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"clustervig {version('clustervig')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "clustervig (not installed)"
+
+
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()

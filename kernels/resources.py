@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ._common import package_version
 from ._tuning import TRITON_TYPES, Tunable, tunables, width_tag
 
 REGISTRY = tunables()
@@ -141,6 +142,18 @@ def survey(
                     yield resource_usage(tunable, config, dtype, arch)
 
 
+_DTYPE_TAGS = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+
+
+def _dtype_tag(text: str) -> str:
+    tag = _DTYPE_TAGS.get(text.lower(), text.lower())
+    if tag not in ("fp32", "fp16", "bf16"):
+        raise argparse.ArgumentTypeError(
+            f"expected fp32, fp16 or bf16 (or float32, float16, bfloat16), got {text!r}"
+        )
+    return tag
+
+
 def _config_text(config: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in config.items())
 
@@ -154,8 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", nargs="+", choices=sorted(REGISTRY), help="ops (default: all)")
     parser.add_argument("--all-configs", action="store_true", help="every config of every space")
     parser.add_argument(
-        "--dtypes", nargs="+", choices=["fp32", "fp16", "bf16"], default=["fp32", "fp16", "bf16"]
+        "--dtypes",
+        nargs="+",
+        type=_dtype_tag,
+        default=["fp32", "fp16", "bf16"],
+        help="fp32 fp16 bf16 (or float32 float16 bfloat16; default: all three)",
     )
+    parser.add_argument("--version", action="version", version=package_version())
     parser.add_argument("--archs", nargs="+", type=int, choices=ARCHS, default=list(ARCHS))
     parser.add_argument("--json", metavar="PATH", help="also write every row to PATH as JSON")
     args = parser.parse_args(argv)

@@ -579,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-record", action="store_true", help="print the verdicts without recording them"
     )
+    from ._common import package_version
+
+    parser.add_argument("--version", action="version", version=package_version())
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     from ._common import interpreter_active

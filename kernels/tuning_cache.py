@@ -49,6 +49,7 @@ __all__ = [
     "cache_dir",
     "cache_path",
     "device_identity",
+    "inspect_file",
     "load",
     "load_verdicts",
     "lookup",
@@ -73,7 +74,8 @@ _loaded: dict[tuple, dict] = {}
 def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, AutotuneCacheWarning, stacklevel=3)
+        # Attributed to the package, not to a line of library code the user never wrote.
+        warnings.warn_explicit(message, AutotuneCacheWarning, "clustervig", 0)
 
 
 def reset() -> None:
@@ -136,38 +138,34 @@ def cache_path(identity: dict[str, str], directory: Path | None = None) -> Path:
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
-def _read_file(path: Path, identity: dict[str, str]) -> dict[str, dict]:
-    """``{"entries": ..., "verdicts": ...}`` of one file, or ``{}`` (with one warning) when it
-    cannot be trusted."""
+def inspect_file(path: Path, identity: dict[str, str]) -> tuple[dict[str, dict], str | None]:
+    """``({"entries": ..., "verdicts": ...}, None)`` for a usable file, else ``({}, why)``;
+    ``why`` is ``"absent"`` for a missing file."""
     if not path.is_file():
-        return {}
+        return {}, "absent"
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        _warn_once(str(path), f"autotune cache {path} is unreadable ({err}); ignoring it")
-        return {}
+        return {}, f"unreadable ({err})"
     if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
-        _warn_once(
-            str(path),
-            f"autotune cache {path} has format "
-            f"{data.get('format') if isinstance(data, dict) else '?'}"
-            f", expected {FORMAT_VERSION}; ignoring it",
-        )
-        return {}
+        found = data.get("format") if isinstance(data, dict) else "?"
+        return {}, f"has format {found}, expected {FORMAT_VERSION}"
     recorded = data.get("device")
     if not isinstance(recorded, dict) or any(recorded.get(k) != v for k, v in identity.items()):
-        _warn_once(
-            str(path),
-            f"autotune cache {path} was written for {recorded}, not this device {identity}; "
-            "ignoring it",
-        )
-        return {}
+        return {}, f"was written for {recorded}, not this device {identity}"
     entries = data.get("entries")
     verdicts = data.get("verdicts", {})
     if not isinstance(entries, dict) or not isinstance(verdicts, dict):
-        _warn_once(str(path), f"autotune cache {path} has no valid 'entries' table; ignoring it")
-        return {}
-    return {"entries": entries, "verdicts": verdicts}
+        return {}, "has no valid 'entries' table"
+    return {"entries": entries, "verdicts": verdicts}, None
+
+
+def _read_file(path: Path, identity: dict[str, str]) -> dict[str, dict]:
+    """The tables of one file, or ``{}`` (with one warning) when it cannot be trusted."""
+    tables, problem = inspect_file(path, identity)
+    if problem is not None and problem != "absent":
+        _warn_once(str(path), f"autotune cache {path} {problem}; ignoring it")
+    return tables
 
 
 def _load_table(device: torch.device, table: str) -> dict[str, Any]:

@@ -173,3 +173,37 @@ def test_configs_that_spill_on_the_installed_triton_are_dropped(monkeypatch):
     kept, dropped = drop_spilling(tunable, space, torch.float32, 90)
     assert spilling not in kept and len(kept) == len(space) - 1
     assert dropped == [(spilling, "spills registers on this Triton (stack 16 B, local 0 B)")]
+
+
+def test_show_and_dry_run_work_without_a_gpu(cache_dir, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert main(["--show"]) == 0
+    out = capsys.readouterr().out
+    assert "user cache directory" in out and "shipped directory" in out
+    assert main(["--gpu", "--dry-run", "--ops", "partition"]) == 0
+    out = capsys.readouterr().out
+    assert "no GPU visible" in out and "e4/N196/k4" in out
+
+
+def test_show_marks_corrupt_and_absent_files(cache_dir, capsys):
+    identity = cache.device_identity(torch.device("cpu"))
+    cache.cache_path(identity).write_text('{"format": 1, "entries": {')
+    with pytest.warns(cache.AutotuneCacheWarning) as record:
+        assert main(["--interpret", "--show"]) == 0
+    out = capsys.readouterr().out
+    assert "user cache:" in out and "IGNORED: unreadable" in out
+    assert "shipped defaults:" in out and "(absent)" in out
+    assert "(present)" not in out
+    # The warning names the package, not a line of library source.
+    assert record[0].filename == "clustervig" and record[0].lineno == 0
+    assert main(["--show"]) == 0
+    assert "IGNORED" in capsys.readouterr().out
+
+
+def test_dtype_spellings_are_interchangeable(cache_dir, capsys):
+    assert main(["--interpret", "--dry-run", "--ops", "partition", "--dtypes", "fp32"]) == 0
+    with pytest.raises(SystemExit) as stop:
+        main(["--interpret", "--dtypes", "int8"])
+    assert stop.value.code == 2
+    assert "expected one of bfloat16, float16, float32" in capsys.readouterr().err
