@@ -179,21 +179,26 @@ def permute_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # In-partition k-NN
 # --------------------------------------------------------------------------------------------
-def _nearest_first(dist: torch.Tensor, k: int) -> torch.Tensor:
+def _nearest_first(dist: torch.Tensor, k: int, excluded: torch.Tensor | None = None) -> torch.Tensor:
     """Column indices of the ``k`` smallest entries of every row, ordered by (distance, index).
 
     As the kernel does: NaN ranks as +inf (after every finite distance, tied by index) and a
     distance below zero (rounding) counts as 0. float64 (oracle mode): a stable sort. float32:
     ``topk`` over int64 keys that pack the distance's bits (ordered like the value for a
     non-negative float) above the column index, so equal distances are ordered by index
-    exactly as the stable sort would, at a fraction of its cost.
+    exactly as the stable sort would, at a fraction of its cost. Entries where ``excluded`` is
+    True rank after every other one, +inf and NaN included.
     """
     inf = float("inf")
     dist = torch.nan_to_num(dist, nan=inf, posinf=inf).clamp_min_(0.0).add_(0.0)  # -0.0 -> +0.0
     if dist.dtype != torch.float32:
+        if excluded is not None:
+            dist = dist.masked_fill(excluded, float("nan"))  # a stable sort puts NaN last
         return torch.sort(dist, dim=-1, stable=True).indices[..., :k]
     column = torch.arange(dist.shape[-1], device=dist.device, dtype=torch.int64)
     keys = dist.view(torch.int32).to(torch.int64).bitwise_left_shift_(32).bitwise_or_(column)
+    if excluded is not None:
+        keys.masked_fill_(excluded, torch.iinfo(torch.int64).max)
     return torch.topk(keys, k, dim=-1, largest=False, sorted=True).values & 0xFFFFFFFF
 
 
@@ -231,17 +236,50 @@ def partition_knn(
     out = torch.empty(M + 1, k, dtype=INDEX_DTYPE, device=x.device)
     if x.device.type == "cpu":
         # Partitions grouped by size (powers of two), each group padded to its own largest:
-        # k-means partitions are ragged, and one padding for all would be mostly padding.
+        # k-means partitions are ragged, and one padding for all can be mostly padding. A group
+        # costs a few dozen small ops, so grouping is used only where it saves real work.
+        largest = int(sizes.max())
+        padded = P * largest * largest
+        if M * M <= padded + _GROUP_COST:  # small batches: one masked matrix
+            _knn_dense(xd, offsets, k, out)
+            return out[:M]
         groups = torch.ceil(torch.log2(sizes.clamp_min(8).double())).long()
-        for level in torch.unique(groups[sizes > 0]).tolist():
-            members = torch.nonzero(groups == level).flatten()
-            members = members[sizes[members] > 0]
-            S = int(sizes[members].max())
-            _knn_padded(xd, starts[members], sizes[members], S, k, out, M)
+        levels = torch.unique(groups[sizes > 0]).tolist()
+        grouped = [(groups == level) & (sizes > 0) for level in levels]
+        split = sum(int(g.sum()) * int(sizes[g].max()) ** 2 for g in grouped)
+        if len(levels) > 1 and padded - split > _GROUP_COST * (len(levels) - 1):
+            for members in grouped:
+                index = torch.nonzero(members).flatten()
+                S = int(sizes[index].max())
+                _knn_padded(xd, starts[index], sizes[index], S, k, out, M)
+        else:
+            _knn_padded(xd, starts, sizes, max(largest, 1), k, out, M)
     else:
         S = max(1, min(M, max_partition_size or M))
         _knn_padded(xd, starts, sizes, S, k, out, M)
     return out[:M]
+
+
+#: What one more size group costs on the CPU, in padded distance-matrix elements (measured:
+#: ~40 small ops against ~2.5 ns per element and op).
+_GROUP_COST = 60_000
+
+
+def _knn_dense(xd: torch.Tensor, offsets: torch.Tensor, k: int, out: torch.Tensor) -> None:
+    """Every row against every row, pairs in different partitions excluded: a handful of ops,
+    the cheapest way for a few hundred rows (a batch of one image)."""
+    M = xd.shape[0]
+    ends = offsets[1:]
+    part = torch.bucketize(torch.arange(M, device=xd.device, dtype=ends.dtype), ends, right=True)
+    sizes = (ends - offsets[:-1]).to(torch.int64)
+    sq = torch.linalg.vecdot(xd, xd)
+    dist = torch.addmm(sq.unsqueeze(1) + sq.unsqueeze(0), xd, xd.t(), alpha=-2)
+    order = _nearest_first(dist, min(k, M), excluded=part.unsqueeze(1) != part.unsqueeze(0))
+    size = sizes[part]  # (M,) members of each row's partition
+    if k > M or bool((size < k).any()):
+        rank = torch.arange(k, device=xd.device).unsqueeze(0) % size.unsqueeze(1)
+        order = torch.gather(order, 1, rank)
+    out[:M] = order.to(INDEX_DTYPE)
 
 
 def _knn_padded(

@@ -117,7 +117,8 @@ def ragged_sizes(B: int, N: int, kappa: int, gen: torch.Generator) -> torch.Tens
     return sizes
 
 
-def _offsets(sizes: torch.Tensor) -> torch.Tensor:
+def offsets_from_sizes(sizes: torch.Tensor) -> torch.Tensor:
+    """``(P + 1,)`` int32 partition boundaries of ``(B, kappa)`` sizes."""
     flat = sizes.reshape(-1)
     offsets = torch.zeros(flat.numel() + 1, dtype=torch.int64)
     offsets[1:] = flat.cumsum(0)
@@ -288,7 +289,7 @@ def _graph_inputs(s: Shapes, seed: int):
     B, N, C, kappa, K = s.graph
     gen = _generator(seed)
     sizes = ragged_sizes(B, N, kappa, gen)
-    offsets = _offsets(sizes)
+    offsets = offsets_from_sizes(sizes)
     x = integer_rows(B * N, C, gen)
     return B, N, C, kappa, K, sizes, offsets, x
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import statistics
-import time
 import traceback
 from collections.abc import Callable
 
@@ -29,6 +28,7 @@ from .common import (
     noise_verdict,
     progress,
     quantile,
+    time_once,
 )
 from .schema import SCHEMA_VERSION
 
@@ -112,21 +112,6 @@ def _release(device: torch.device) -> None:
 SKIPPED_OOM = {"status": "oom", "error": "skipped: a smaller batch ran out of memory"}
 
 
-def _time_once(fn, device: torch.device) -> float:
-    """Seconds of one call: CUDA events around it on a GPU, ``perf_counter`` on the CPU."""
-    if device.type == "cuda":
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    begin = time.perf_counter()
-    fn()
-    return time.perf_counter() - begin
-
-
 def _out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or (
         isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
@@ -188,7 +173,7 @@ def _measure_batch(
     while order and (rounds < repeats or min(sum(v) for v in samples.values()) < min_seconds):
         for key in order[rounds % len(order) :] + order[: rounds % len(order)]:
             try:
-                samples[key].append(_time_once(calls[key], device))
+                samples[key].append(time_once(calls[key], device))
             except Exception as err:
                 results[key] = _failure(err)
                 order.remove(key)

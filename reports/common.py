@@ -192,6 +192,22 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call: CUDA events around it on a GPU (device time, no host sync inside
+    the region), ``perf_counter`` on the CPU."""
+    if device.type == "cuda":
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
 def time_call(
     fn: Callable[[], object],
     device: torch.device,
@@ -212,21 +228,9 @@ def time_call(
     spent = 0.0
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        while len(samples) < repeats or spent < min_seconds:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3)
-            spent += samples[-1]
-    else:
-        while len(samples) < repeats or spent < min_seconds:
-            begin = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - begin)
-            spent += samples[-1]
+    while len(samples) < repeats or spent < min_seconds:
+        samples.append(time_once(fn, device))
+        spent += samples[-1]
     return Timing(
         statistics.median(samples), quantile(samples, 0.1), quantile(samples, 0.9), len(samples)
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels.selfcheck import offsets_from_sizes  # noqa: F401  (re-exported for the tests)
+
 #: (atol, rtol) per dtype when comparing a kernel's float output with its float64 reference.
 TOLERANCE = {
     torch.float32: (1e-5, 1e-5),
@@ -47,13 +49,6 @@ def random_partition_sizes(
         extra = torch.multinomial(weights, rest, replacement=True, generator=generator)
         sizes[b] += torch.bincount(extra, minlength=num_clusters)
     return sizes
-
-
-def offsets_from_sizes(sizes: torch.Tensor) -> torch.Tensor:
-    flat = sizes.reshape(-1)
-    offsets = torch.zeros(flat.numel() + 1, dtype=torch.int64)
-    offsets[1:] = flat.cumsum(0)
-    return offsets.to(torch.int32)
 
 
 def integer_features(

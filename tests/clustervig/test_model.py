@@ -181,3 +181,20 @@ def test_compiled_cvig_ti_matches_eager_fullgraph():
     # Inductor reorders float32 reductions: allow 1e-4 of the output's scale.
     scale = eager.abs().max()
     torch.testing.assert_close(compiled, eager, atol=1e-4 * float(scale), rtol=1e-4)
+
+
+@pytest.mark.parametrize("local_update", ["mrgcn", "edgeconv", "graphsage", "gin"])
+def test_off_cpu_forward_and_backward_never_read_values_back(local_update):
+    """On the meta device every host read (``.item()``, ``bool()``, ``nonzero``, boolean-mask
+    indexing) fails, so a model that runs there has no host sync and no data-dependent shape on
+    a GPU either (CUDA graphs can capture it): the ops' fake implementations stand in for the
+    kernels, and the model's own glue must do without values."""
+    with torch.device("meta"):
+        model = create_model("cvig_ti", local_update=local_update).train()
+    x = torch.empty(2, 3, 224, 224, device="meta", requires_grad=True)
+    logits, distilled = model(x)
+    (logits.sum() + distilled.sum()).backward()
+    assert logits.shape == (2, 1000) and x.grad.shape == x.shape
+    model.eval()
+    with torch.no_grad():
+        assert model(x).device.type == "meta"

@@ -248,3 +248,37 @@ def test_references_run_on_any_device_without_reading_values_back():
     assert perm.shape == inverse.shape == segment.shape == (60,) and offsets.shape == (7,)
     assert nbr.shape == (60, 5) and out.shape == slot.shape == grad.shape == (60, 8)
     assert all(t.device == meta for t in (labels, perm, nbr, out, grad))
+
+
+@pytest.mark.parametrize("nonfinite", [False, True])
+def test_knn_cpu_strategies_agree(nonfinite):
+    """The CPU reference picks one masked matrix, one padding or size groups by cost: all three
+    give the same neighbours, NaN rows included (never a row of another partition)."""
+    from kernels.reference import _knn_dense, _knn_padded
+
+    torch.manual_seed(1)
+    sizes = torch.tensor([1, 7, 0, 30, 3, 12, 60, 2])
+    M = int(sizes.sum())
+    offsets = torch.zeros(len(sizes) + 1, dtype=torch.int64)
+    offsets[1:] = sizes.cumsum(0)
+    x = torch.randint(-3, 4, (M, 6)).float()
+    if nonfinite:
+        x[5, 0] = float("nan")
+        x[40, 1] = float("inf")
+    k = 9
+    results = []
+    for run in ("dense", "single", "groups"):
+        out = torch.full((M + 1, k), -7, dtype=torch.int32)
+        if run == "dense":
+            _knn_dense(x, offsets, k, out)
+        elif run == "single":
+            _knn_padded(x, offsets[:-1], sizes, int(sizes.max()), k, out, M)
+        else:
+            for members in (sizes <= 8, sizes > 8):
+                index = torch.nonzero(members & (sizes > 0)).flatten()
+                S = int(sizes[index].max())
+                _knn_padded(x, offsets[:-1][index], sizes[index], S, k, out, M)
+        results.append(out[:M])
+    assert torch.equal(results[0], results[1]) and torch.equal(results[1], results[2])
+    part = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+    assert torch.equal(part[results[0].long()], part.unsqueeze(1).expand(-1, k))
