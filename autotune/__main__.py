@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         "--ops",
         nargs="+",
         metavar="OP",
-        help="ops to tune (default: all): kmeans partition permute_rows "
+        help="ops to tune (default: all): kmeans kmeans_split partition permute_rows "
         "partition_knn max_aggregate max_aggregate_backward",
     )
     parser.add_argument(

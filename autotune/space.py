@@ -41,6 +41,7 @@ def layer_launches(
     M = B * N
     out = [
         ("kmeans", dtype, {"B": B, "N": N, "C": C, "kappa": kappa}),
+        ("kmeans_split", dtype, {"B": B, "N": N, "C": C, "kappa": kappa}),
         ("partition", torch.int32, {"N": N, "kappa": kappa}),
         ("permute_rows", dtype, {"M": M, "C": C}),  # image -> partition order
         ("partition_knn", dtype, {"M": M, "C": C, "K": K, "S": N}),

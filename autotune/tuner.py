@@ -45,9 +45,10 @@ def _partitioned(B: int, N: int, C: int, kappa: int, dtype: torch.dtype, device:
 def make_call(launch: Launch, device: torch.device) -> Callable[[dict], object]:
     """A function ``config -> output`` running the launch's kernel on synthetic inputs."""
     s, dtype = launch.shape, launch.dtype
-    if launch.op == "kmeans":
+    if launch.op in ("kmeans", "kmeans_split"):
         x = _features(s["B"] * s["N"], s["C"], dtype, device).reshape(s["B"], s["N"], s["C"])
-        return lambda cfg: kmeans.kmeans(x, s["kappa"], 20, config=cfg)
+        split = launch.op == "kmeans_split"
+        return lambda cfg: kmeans.kmeans(x, s["kappa"], 20, config=cfg, split=split)
     if launch.op == "partition":
         kappa = s["kappa"]
         images = 64 if device.type == "cuda" else 4  # one program per image

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from ._common import INDEX_DTYPE, dot_precision, next_power_of_2
+from .reference import kmeans_init_index
 from ._tuning import TRITON_TYPES, Tunable, batch_bucket, configs, split_launch_options
 
 
@@ -201,6 +202,144 @@ def _kmeans_kernel(
     tl.store(iterations_ptr + b, iterations)
 
 
+# --------------------------------------------------------------------------------------------
+# The split path: several programs per image, one launch pair per Lloyd iteration
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _kmeans_assign_block(
+    x_ptr,  # *T (B, N, C): features, strides (stride_xb, stride_xn, 1)
+    labels_ptr,  # *i32 (B, N): in/out, cluster of every node
+    centroids_ptr,  # *f32 (B, KAPPA_PAD, C): the current centroids (rows >= KAPPA zero)
+    norms_ptr,  # *f32 (B, KAPPA_PAD): |z|^2 of every centroid
+    active_ptr,  # *i32 (B,): 0 once an image has converged (its programs exit at once)
+    partial_sums_ptr,  # *f32 (B, num_blocks, KAPPA_PAD, C): out, this block's one-hot^T x
+    partial_counts_ptr,  # *f32 (B, num_blocks, KAPPA_PAD): out, this block's cluster sizes
+    changed_ptr,  # *i32 (B, num_blocks): out, labels this block changed
+    N,
+    C,
+    stride_xb,
+    stride_xn,
+    num_blocks,
+    FIRST: tl.constexpr,  # the first assignment: every label counts as changed
+    KAPPA: tl.constexpr,
+    KAPPA_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """One row block of one image: label its nodes (nearest centroid, NaN as +inf) and, in the
+    same pass over its rows, the block's share of the next means (sums and sizes per cluster).
+    No program reads another's output: the update kernel combines the blocks after the launch."""
+    b = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    if tl.load(active_ptr + b) != 0:
+        x_img = x_ptr + b * stride_xb
+        labels_img = labels_ptr + b * N
+        z_img = centroids_ptr + b * KAPPA_PAD * C
+        ks = tl.arange(0, KAPPA_PAD)
+        k_mask = ks < KAPPA
+        rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_mask = rows < N
+        z_norm = tl.load(norms_ptr + b * KAPPA_PAD + ks)
+        dot = tl.zeros([BLOCK_N, KAPPA_PAD], dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            col_mask = cols[None, :] < C
+            xt = tl.load(
+                x_img + rows[:, None].to(tl.int64) * stride_xn + cols[None, :],
+                mask=row_mask[:, None] & col_mask,
+                other=0.0,
+            )
+            zt = tl.load(z_img + ks[:, None] * C + cols[None, :], mask=col_mask, other=0.0)
+            if UPCAST:
+                xt = xt.to(tl.float32)
+            dot += tl.dot(xt, tl.trans(zt.to(xt.dtype)), input_precision=DOT_PRECISION)
+        d = z_norm[None, :] - 2.0 * dot
+        d = tl.where(k_mask[None, :] & (d == d), d, float("inf"))  # NaN counts as +inf
+        nearest = tl.min(d, axis=1)
+        is_nearest = (d == nearest[:, None]) & k_mask[None, :]
+        label = tl.min(tl.where(is_nearest, ks[None, :], KAPPA - 1), axis=1)
+        if FIRST:
+            changed = tl.sum(row_mask.to(tl.int32), axis=0)
+        else:
+            old = tl.load(labels_img + rows, mask=row_mask, other=0)
+            changed = tl.sum(((label != old) & row_mask).to(tl.int32), axis=0)
+            tl.debug_barrier()  # every thread has read its old labels before any is replaced
+        tl.store(labels_img + rows, label.to(tl.int32), mask=row_mask)
+
+        onehot = (label[:, None] == ks[None, :]) & row_mask[:, None]  # (BLOCK_N, KAPPA_PAD)
+        block = b * num_blocks + blk
+        tl.store(
+            partial_counts_ptr + block * KAPPA_PAD + ks, tl.sum(onehot.to(tl.float32), axis=0)
+        )
+        tl.store(changed_ptr + block, changed)
+        sums_block = partial_sums_ptr + block * KAPPA_PAD * C
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            col_mask = cols[None, :] < C
+            # The tile this program read above: from L1/L2, not a second pass over memory.
+            xt = tl.load(
+                x_img + rows[:, None].to(tl.int64) * stride_xn + cols[None, :],
+                mask=row_mask[:, None] & col_mask,
+                other=0.0,
+            )
+            if UPCAST:
+                xt = xt.to(tl.float32)
+            sums = tl.dot(tl.trans(onehot.to(xt.dtype)), xt, input_precision=DOT_PRECISION)
+            tl.store(sums_block + ks[:, None] * C + cols[None, :], sums, mask=col_mask)
+
+
+@triton.jit
+def _kmeans_update_image(
+    centroids_ptr,  # *f32 (B, KAPPA_PAD, C): in/out
+    norms_ptr,  # *f32 (B, KAPPA_PAD): out, |z|^2
+    active_ptr,  # *i32 (B,): in/out
+    iterations_ptr,  # *i32 (B,): in/out, centroid updates run
+    partial_sums_ptr,  # *f32 (B, num_blocks, KAPPA_PAD, C)
+    partial_counts_ptr,  # *f32 (B, num_blocks, KAPPA_PAD)
+    changed_ptr,  # *i32 (B, num_blocks)
+    C,
+    num_blocks,
+    COUNT: tl.constexpr,  # an iteration's update (counted), or the final re-average (not)
+    KAPPA_PAD: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """One image: if its last assignment changed nothing it has converged (inactive from now
+    on, centroids already the means of its labels); else the centroids become the means of the
+    blocks' sums, in a fixed block order (deterministic), an empty cluster keeping its own."""
+    b = tl.program_id(0).to(tl.int64)
+    if tl.load(active_ptr + b) != 0:
+        changed = tl.zeros([], dtype=tl.int32)
+        for blk in range(num_blocks):
+            changed += tl.load(changed_ptr + b * num_blocks + blk)
+        if changed == 0:
+            tl.store(active_ptr + b, 0)
+        else:
+            ks = tl.arange(0, KAPPA_PAD)
+            counts = tl.zeros([KAPPA_PAD], dtype=tl.float32)
+            for blk in range(num_blocks):
+                counts += tl.load(partial_counts_ptr + (b * num_blocks + blk) * KAPPA_PAD + ks)
+            z_img = centroids_ptr + b * KAPPA_PAD * C
+            z_norm = tl.zeros([KAPPA_PAD], dtype=tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)
+                col_mask = cols[None, :] < C
+                offsets = ks[:, None] * C + cols[None, :]
+                sums = tl.zeros([KAPPA_PAD, BLOCK_C], dtype=tl.float32)
+                for blk in range(num_blocks):
+                    block_sums = partial_sums_ptr + (b * num_blocks + blk) * KAPPA_PAD * C
+                    sums += tl.load(block_sums + offsets, mask=col_mask, other=0.0)
+                previous = tl.load(z_img + offsets, mask=col_mask, other=0.0)
+                z = tl.where(counts[:, None] > 0, sums / tl.maximum(counts, 1.0)[:, None], previous)
+                tl.debug_barrier()  # every thread has read its previous centroids before any store
+                tl.store(z_img + offsets, z, mask=col_mask)
+                z_norm += tl.sum(tl.where(col_mask, z * z, 0.0), axis=1)
+            tl.store(norms_ptr + b * KAPPA_PAD + ks, z_norm)
+            if COUNT:
+                tl.store(iterations_ptr + b, tl.load(iterations_ptr + b) + 1)
+
+
 # Every config compiles without register spills for sm_80 and sm_90 under both the oldest
 # supported Triton and the newest (tests/kernels/test_aot_compile.py, run by CI in both);
 # float32 (FMA products) keeps thinner tiles.
@@ -273,6 +412,80 @@ KMEANS = Tunable(
 )
 
 
+def _split_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
+    return (
+        {
+            "x_ptr": f"*{TRITON_TYPES[dtype]}",
+            "labels_ptr": "*i32",
+            "centroids_ptr": "*fp32",
+            "norms_ptr": "*fp32",
+            "active_ptr": "*i32",
+            "partial_sums_ptr": "*fp32",
+            "partial_counts_ptr": "*fp32",
+            "changed_ptr": "*i32",
+            "N": "i32",
+            "C": "i32",
+            "stride_xb": "i32",
+            "stride_xn": "i32",
+            "num_blocks": "i32",
+            "FIRST": "constexpr",
+            "KAPPA": "constexpr",
+            "KAPPA_PAD": "constexpr",
+            "BLOCK_N": "constexpr",
+            "BLOCK_C": "constexpr",
+            "DOT_PRECISION": "constexpr",
+            "UPCAST": "constexpr",
+        },
+        {
+            "FIRST": False,
+            "KAPPA": 16,
+            "KAPPA_PAD": 16,
+            "BLOCK_N": config["BLOCK_N"],
+            "BLOCK_C": config["BLOCK_C"],
+            "DOT_PRECISION": dot_precision(dtype)[0],
+            "UPCAST": False,
+        },
+    )
+
+
+KMEANS_SPLIT = Tunable(
+    name="kmeans_split",
+    kernels=[_kmeans_assign_block, _kmeans_update_image],
+    space={
+        "e2": configs(
+            ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
+            [(32, 64, 4, 1), (64, 64, 4, 1), (64, 128, 4, 1), (128, 64, 8, 1), (64, 64, 8, 2)],
+        ),
+        "e4": configs(
+            ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
+            # (64, 64, 4, 1) and (128, 32, 8, 1) spill under Triton 3.6
+            [(32, 32, 4, 1), (64, 32, 4, 1), (64, 32, 8, 2)],
+        ),
+    },
+    default={
+        "e2": {"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
+        "e4": {"BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
+    },
+    interpret_space=[
+        {"BLOCK_N": 16, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
+    ],
+    bucket_fn=lambda B, N, C, kappa: f"N{N}/C{C}/k{kappa}/B{batch_bucket(B)}",
+    signature_fn=_split_signature,
+)
+
+#: The split path pays one launch pair per Lloyd iteration (2 * max_iters + 2 launches) to use
+#: several SMs per image; one program per image runs the whole loop in one launch but on one SM.
+#: Estimated (no GPU timing yet): the split wins when few images carry much work each.
+SPLIT_MAX_IMAGES = 16
+SPLIT_MIN_WORK = 256 * 256  # N * C per image
+
+
+def use_split(B: int, N: int, C: int) -> bool:
+    """Whether :func:`kmeans` runs the split path by default for this shape."""
+    return B <= SPLIT_MAX_IMAGES and N * C >= SPLIT_MIN_WORK
+
+
 def kmeans(
     x: torch.Tensor,
     num_clusters: int,
@@ -280,9 +493,11 @@ def kmeans(
     *,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
     config: dict | None = None,
+    split: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch :func:`_kmeans_kernel`: x ``(B, N, C)`` -> labels ``(B, N)`` int32, centroids
-    ``(B, kappa, C)`` in ``x.dtype``, iterations ``(B,)`` int32.
+    """x ``(B, N, C)`` -> labels ``(B, N)`` int32, centroids ``(B, kappa, C)`` in ``x.dtype``,
+    iterations ``(B,)`` int32: :func:`_kmeans_kernel` (one program per image, one launch) or,
+    with ``split`` (default: :func:`use_split`), the split path (several programs per image).
 
     ``out`` may pass preallocated ``(labels, iterations)``; ``config`` overrides the tuned one.
     """
@@ -300,6 +515,9 @@ def kmeans(
     if B == 0 or N == 0:
         return labels, centroids[:, :num_clusters].to(x.dtype).contiguous(), iterations
     norms = torch.empty(B, kappa_pad, dtype=torch.float32, device=x.device)
+    if use_split(B, N, C) if split is None else split:
+        _kmeans_split(x, num_clusters, max_iters, labels, iterations, centroids, norms, config)
+        return labels, centroids[:, :num_clusters].to(x.dtype).contiguous(), iterations
     config = config or KMEANS.config(
         x.device, KMEANS.bucket(x.dtype, B=B, N=N, C=C, kappa=num_clusters)
     )
@@ -324,3 +542,56 @@ def kmeans(
         **opts,
     )
     return labels, centroids[:, :num_clusters].to(x.dtype).contiguous(), iterations
+
+
+def _kmeans_split(
+    x: torch.Tensor,
+    num_clusters: int,
+    max_iters: int,
+    labels: torch.Tensor,
+    iterations: torch.Tensor,
+    centroids: torch.Tensor,
+    norms: torch.Tensor,
+    config: dict | None,
+) -> None:
+    """The split path: ``max_iters`` launch pairs (update, then assign + accumulate), decided per
+    image on the device (a converged image's programs exit at once), no host sync."""
+    B, N, C = x.shape
+    kappa_pad = centroids.shape[1]
+    config = config or KMEANS_SPLIT.config(
+        x.device, KMEANS_SPLIT.bucket(x.dtype, B=B, N=N, C=C, kappa=num_clusters)
+    )
+    meta, opts = split_launch_options(config)
+    num_blocks = triton.cdiv(N, meta["BLOCK_N"])
+    seeds = kmeans_init_index(N, num_clusters).to(x.device)
+    centroids.zero_()
+    centroids[:, :num_clusters] = x[:, seeds].float()
+    torch.sum(centroids * centroids, dim=-1, out=norms)
+    active = torch.ones(B, dtype=torch.int32, device=x.device)
+    iterations.zero_()
+    partial_sums = torch.empty(B, num_blocks, kappa_pad, C, dtype=torch.float32, device=x.device)
+    partial_counts = torch.empty(B, num_blocks, kappa_pad, dtype=torch.float32, device=x.device)
+    changed = torch.empty(B, num_blocks, dtype=torch.int32, device=x.device)
+    precision, upcast = dot_precision(x.dtype)
+    partials = (partial_sums, partial_counts, changed)
+
+    def assign(first: bool) -> None:
+        _kmeans_assign_block[(B, num_blocks)](
+            x, labels, centroids, norms, active, *partials,
+            N, C, x.stride(0), x.stride(1), num_blocks,
+            FIRST=first, KAPPA=num_clusters, KAPPA_PAD=kappa_pad,
+            DOT_PRECISION=precision, UPCAST=upcast, **meta, **opts,
+        )  # fmt: skip
+
+    def update(count: bool) -> None:
+        _kmeans_update_image[(B,)](
+            centroids, norms, active, iterations, *partials, C, num_blocks,
+            COUNT=count, KAPPA_PAD=kappa_pad, BLOCK_C=meta["BLOCK_C"], **opts,
+        )  # fmt: skip
+
+    assign(True)
+    for _ in range(max_iters):
+        update(True)
+        assign(False)
+    update(False)  # images that hit the cap: the means of their last labels
+

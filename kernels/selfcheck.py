@@ -202,41 +202,43 @@ SHAPES: dict[str, list[Shapes]] = {
 def _check_kmeans(res, dtype, device, shapes: list[Shapes], seed: int) -> None:
     from . import kmeans, reference
 
-    for i, s in enumerate(shapes):
-        B, N, C, kappa = s.kmeans
-        gen = _generator(seed + i)
-        x = blobs(B, N, C, kappa, gen).to(dtype)
-        case = f"B={B} N={N} C={C} kappa={kappa}"
+    for split in (False, True):  # one program per image, and several
+        path = "split " if split else ""
+        for i, s in enumerate(shapes):
+            B, N, C, kappa = s.kmeans
+            gen = _generator(seed + i)
+            x = blobs(B, N, C, kappa, gen).to(dtype)
+            case = f"{path}B={B} N={N} C={C} kappa={kappa}"
+            res.cases.append(case)
+            labels, centroids, iterations = _run_kmeans(kmeans, x, kappa, device, split)
+            e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), kappa, 20)
+            _compare_exact(res, case, "labels", labels, e_labels)
+            _compare_exact(res, case, "iterations", iterations, e_iterations)
+            _compare_float(res, case, centroids, e_centroids.to(dtype), dtype)
+
+        # Non-finite rows: image 0 gets a NaN node, image 1 an Inf node, image 2 is finite.
+        B, N, C, kappa = shapes[0].kmeans
+        x = blobs(3, N, C, kappa, _generator(seed + 99))
+        x[0, N // 3, 1] = float("nan")
+        x[1, N // 2, 0] = float("inf")
+        x = x.to(dtype)
+        case = f"{path}non-finite B=3 N={N} C={C} kappa={kappa}"
         res.cases.append(case)
-        labels, centroids, iterations = _run_kmeans(kmeans, x, kappa, device)
-        e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), kappa, 20)
-        _compare_exact(res, case, "labels", labels, e_labels)
-        _compare_exact(res, case, "iterations", iterations, e_iterations)
-        _compare_float(res, case, centroids, e_centroids.to(dtype), dtype)
-
-    # Non-finite rows: image 0 gets a NaN node, image 1 an Inf node, image 2 stays finite.
-    B, N, C, kappa = shapes[0].kmeans
-    x = blobs(3, N, C, kappa, _generator(seed + 99))
-    x[0, N // 3, 1] = float("nan")
-    x[1, N // 2, 0] = float("inf")
-    x = x.to(dtype)
-    case = f"non-finite B=3 N={N} C={C} kappa={kappa}"
-    res.cases.append(case)
-    labels, centroids, _ = _run_kmeans(kmeans, x, kappa, device)
-    if labels.min() < 0 or labels.max() >= kappa:
-        res.fail(case, f"labels outside [0, {kappa}) for a non-finite image")
-    if not torch.isnan(centroids[0]).any():
-        res.fail(case, "NaN did not propagate into the NaN image's centroids")
-    alone = _run_kmeans(kmeans, x[2:].contiguous(), kappa, device)
-    _compare_exact(res, case, "finite image's labels", labels[2:], alone[0])
-    _compare_float(res, case, centroids[2:], alone[1], dtype)
+        labels, centroids, _ = _run_kmeans(kmeans, x, kappa, device, split)
+        if labels.min() < 0 or labels.max() >= kappa:
+            res.fail(case, f"labels outside [0, {kappa}) for a non-finite image")
+        if not torch.isnan(centroids[0]).any():
+            res.fail(case, "NaN did not propagate into the NaN image's centroids")
+        alone = _run_kmeans(kmeans, x[2:].contiguous(), kappa, device, split)
+        _compare_exact(res, case, "finite image's labels", labels[2:], alone[0])
+        _compare_float(res, case, centroids[2:], alone[1], dtype)
 
 
-def _run_kmeans(kmeans, x, kappa, device):
+def _run_kmeans(kmeans, x, kappa, device, split):
     B, N, _ = x.shape
     labels = torch.full((B, N), POISON_INT, dtype=torch.int32, device=device)
     iterations = torch.full((B,), POISON_INT, dtype=torch.int32, device=device)
-    out = kmeans.kmeans(x.to(device), kappa, 20, out=(labels, iterations))
+    out = kmeans.kmeans(x.to(device), kappa, 20, out=(labels, iterations), split=split)
     return tuple(t.cpu() for t in out)
 
 
@@ -426,10 +428,15 @@ def check_all(
 # --------------------------------------------------------------------------------------------
 # Verdicts
 # --------------------------------------------------------------------------------------------
+#: Kernels whose verdict also covers another tunable's source (k-means has two paths).
+_ALSO_COVERS = {"kmeans": ("kmeans_split",)}
+
+
 def _source_hash(kernel: str) -> str:
     from ._tuning import tunables
 
-    return tunables()[kernel].source_hash()
+    registry = tunables()
+    return "+".join(registry[k].source_hash() for k in (kernel, *_ALSO_COVERS.get(kernel, ())))
 
 
 def _verdict_key(kernel: str, dtype: str) -> str:
