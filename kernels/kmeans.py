@@ -22,8 +22,8 @@ import triton
 import triton.language as tl
 
 from ._common import INDEX_DTYPE, dot_precision, next_power_of_2
-from .reference import kmeans_init_index
 from ._tuning import TRITON_TYPES, Tunable, batch_bucket, configs, split_launch_options
+from .reference import kmeans_init_index
 
 
 @triton.jit
@@ -270,9 +270,7 @@ def _kmeans_assign_block(
 
         onehot = (label[:, None] == ks[None, :]) & row_mask[:, None]  # (BLOCK_N, KAPPA_PAD)
         block = b * num_blocks + blk
-        tl.store(
-            partial_counts_ptr + block * KAPPA_PAD + ks, tl.sum(onehot.to(tl.float32), axis=0)
-        )
+        tl.store(partial_counts_ptr + block * KAPPA_PAD + ks, tl.sum(onehot.to(tl.float32), axis=0))
         tl.store(changed_ptr + block, changed)
         sums_block = partial_sums_ptr + block * KAPPA_PAD * C
         for c0 in range(0, C, BLOCK_C):
@@ -594,4 +592,3 @@ def _kmeans_split(
         update(True)
         assign(False)
     update(False)  # images that hit the cap: the means of their last labels
-

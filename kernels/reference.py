@@ -179,7 +179,9 @@ def permute_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # In-partition k-NN
 # --------------------------------------------------------------------------------------------
-def _nearest_first(dist: torch.Tensor, k: int, excluded: torch.Tensor | None = None) -> torch.Tensor:
+def _nearest_first(
+    dist: torch.Tensor, k: int, excluded: torch.Tensor | None = None
+) -> torch.Tensor:
     """Column indices of the ``k`` smallest entries of every row, ordered by (distance, index).
 
     As the kernel does: NaN ranks as +inf (after every finite distance, tied by index) and a
