@@ -1,16 +1,17 @@
 """Padded-ragged in-partition distance + top-K (the graph of every DEGC partition).
 
-Nodes arrive in partition order with partition boundaries ``offsets``. Each program takes
-``BLOCK_M`` rows of one partition, streams that partition's columns in ``BLOCK_N`` tiles,
+Nodes arrive in partition order with partition boundaries ``offsets``. The grid holds one program
+per ``BLOCK_M``-row block of a partition (found from per-partition block offsets), plus fewer
+than one spare program per partition, which exits at once. Each program takes ``BLOCK_M`` rows of one
+partition, streams that partition's columns in ``BLOCK_N`` tiles,
 computes ``|q|^2 + |k|^2 - 2 q.k`` with ``tl.dot`` over ``BLOCK_C`` channel slices, and merges each
 tile into a running top-K held in registers. Distances are packed with their column index into
 int64 keys (:func:`_distance_keys`), so each of the K merge passes is one row-wise min, exact,
 with the lowest-index rule for equal distances built in, and every selected key names a real
 row of the partition whatever the features hold (NaN counts as +inf). A tile whose smallest key
-is above every row's current K-th key is skipped. Partitions are ragged: the grid covers
-``max_partition_size`` rows per partition and programs past a partition's end exit at once, so
-no host sync is needed to size the grid. A partition of ``s < K`` nodes gives slot j the member
-of rank ``j % s`` (the reference's rule).
+is above every row's current K-th key is skipped. Partitions are ragged: the grid size
+``(M + P (BLOCK_M - 1)) // BLOCK_M`` bounds the blocks that exist without a host sync. A partition of
+``s < K`` nodes gives slot j the member of rank ``j % s`` (the reference's rule).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def _squared_norms(base, offsets, row_mask, C, ROWS: tl.constexpr, BLOCK_C: tl.c
 def _partition_knn_kernel(
     x_ptr,  # *T (M, C): features in partition order, row stride stride_xm, unit column stride
     offsets_ptr,  # *i32 (P + 1,): partition p holds rows [offsets[p], offsets[p+1])
+    block_offsets_ptr,  # *i32 (P + 1,): partition p's row blocks are programs [bo[p], bo[p+1])
     out_ptr,  # *i32 (M, K): out, neighbour rows nearest first
+    num_parts,  # P
     C,
     stride_xm,
     K: tl.constexpr,
@@ -68,11 +71,21 @@ def _partition_knn_kernel(
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,  # convert operands to float32 before tl.dot (interpreter + bf16)
 ):
-    part = tl.program_id(0)
-    start = tl.load(offsets_ptr + part)
-    end = tl.load(offsets_ptr + part + 1)
-    row_start = start + tl.program_id(1) * BLOCK_M
-    if row_start < end:
+    # The grid has one program per row block that exists, plus at most P spare ones (its size is
+    # a bound the host knows without reading the partition sizes): find this block's partition.
+    block = tl.program_id(0)
+    if block < tl.load(block_offsets_ptr + num_parts):
+        lo = 0  # invariant: block_offsets[lo] <= block < block_offsets[hi]
+        hi = num_parts
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if tl.load(block_offsets_ptr + mid) <= block:
+                lo = mid
+            else:
+                hi = mid
+        start = tl.load(offsets_ptr + lo)
+        end = tl.load(offsets_ptr + lo + 1)
+        row_start = start + (block - tl.load(block_offsets_ptr + lo)) * BLOCK_M
         # Addresses: a 64-bit base per tile plus small int32 in-tile offsets (cheaper in
         # registers than a 64-bit pointer per element).
         local_m = tl.arange(0, BLOCK_M)
@@ -144,7 +157,6 @@ def _partition_knn_kernel(
 _SPACE_16BIT = configs(
     ("BLOCK_M", "BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
     [
-        (16, 32, 32, 4, 2),
         (16, 32, 64, 4, 2),
         (16, 64, 32, 4, 2),
         (32, 32, 32, 4, 2),
@@ -197,7 +209,9 @@ PARTITION_KNN = Tunable(
         {
             "x_ptr": f"*{TRITON_TYPES[dtype]}",
             "offsets_ptr": "*i32",
+            "block_offsets_ptr": "*i32",
             "out_ptr": "*i32",
+            "num_parts": "i32",
             "C": "i32",
             "stride_xm": "i32",
             "K": "constexpr",
@@ -232,9 +246,8 @@ def partition_knn(
 ) -> torch.Tensor:
     """Launch :func:`_partition_knn_kernel`: x ``(M, C)``, offsets ``(P + 1,)`` -> ``(M, K)`` int32.
 
-    Every partition must hold at most ``max_partition_size`` rows (not checked on the GPU: rows
-    past it are left unwritten). ``out`` may pass a preallocated output; ``config`` overrides the
-    tuned config.
+    ``max_partition_size`` bounds every partition's size (it picks the tuned config's bucket).
+    ``out`` may pass a preallocated output; ``config`` overrides the tuned config.
     """
     M, C = x.shape
     if x.stride(1) != 1:
@@ -248,11 +261,18 @@ def partition_knn(
     )
     meta, opts = split_launch_options(config)
     precision, upcast = dot_precision(x.dtype)
-    grid = (num_parts, triton.cdiv(max_partition_size, meta["BLOCK_M"]))
+    block_m = meta["BLOCK_M"]
+    blocks = torch.div(offsets[1:] - offsets[:-1] + (block_m - 1), block_m, rounding_mode="floor")
+    block_offsets = torch.zeros(num_parts + 1, dtype=torch.int32, device=x.device)
+    torch.cumsum(blocks, 0, dtype=torch.int32, out=block_offsets[1:])
+    # sum_p ceil(s_p / BM) = sum_p floor((s_p + BM - 1) / BM) <= floor((M + P (BM - 1)) / BM)
+    grid = ((M + num_parts * (block_m - 1)) // block_m,)
     _partition_knn_kernel[grid](
         x,
         offsets,
+        block_offsets,
         out,
+        num_parts,
         C,
         x.stride(0),
         K=k,

@@ -104,3 +104,23 @@ def test_small_partition_repeats_members(device):
     assert out[1].tolist() == [1, 0, 1, 0, 1]
     assert out[2].tolist() == [2, 2, 2, 2, 2]
     assert torch.equal(out.cpu(), reference.partition_knn(x.cpu(), offsets.cpu(), 5))
+
+
+def test_grid_covers_every_row_block_with_few_spare_programs():
+    """The launch bound ``(M + P (BLOCK_M - 1)) // BLOCK_M`` is never below the row blocks that
+    exist (any sizes), and for the models' partitions (about N / kappa nodes each) at most 20%
+    of the programs idle."""
+    torch.manual_seed(0)
+    for block_m in (16, 32, 64):
+        for _ in range(200):
+            P = int(torch.randint(1, 40, ()))
+            sizes = torch.randint(0, 300, (P,))
+            real = int(((sizes + block_m - 1) // block_m).sum())
+            assert real <= (int(sizes.sum()) + P * (block_m - 1)) // block_m
+    # CViG-Ti / B-dagger at batch 256, default 16-bit config: balanced partitions
+    block_m = knn.PARTITION_KNN.default["e2"]["BLOCK_M"]
+    for N, kappa in ((196, 4), (784, 6)):
+        sizes = torch.full((256 * kappa,), N // kappa)
+        launched = (256 * N + sizes.numel() * (block_m - 1)) // block_m
+        real = int(((sizes + block_m - 1) // block_m).sum())
+        assert (launched - real) / launched <= 0.2
