@@ -1,17 +1,16 @@
 """Padded-ragged in-partition distance + top-K (the graph of every DEGC partition).
 
 Nodes arrive in partition order with partition boundaries ``offsets``. The grid holds one program
-per ``BLOCK_M``-row block of a partition (found from per-partition block offsets), plus fewer
-than one spare program per partition, which exits at once. Each program takes ``BLOCK_M`` rows of one
-partition, streams that partition's columns in ``BLOCK_N`` tiles,
-computes ``|q|^2 + |k|^2 - 2 q.k`` with ``tl.dot`` over ``BLOCK_C`` channel slices, and merges each
-tile into a running top-K held in registers. Distances are packed with their column index into
-int64 keys (:func:`_distance_keys`), so each of the K merge passes is one row-wise min, exact,
-with the lowest-index rule for equal distances built in, and every selected key names a real
-row of the partition whatever the features hold (NaN counts as +inf). A tile whose smallest key
-is above every row's current K-th key is skipped. Partitions are ragged: the grid size
-``(M + P (BLOCK_M - 1)) // BLOCK_M`` bounds the blocks that exist without a host sync. A partition of
-``s < K`` nodes gives slot j the member of rank ``j % s`` (the reference's rule).
+per ``BLOCK_M``-row block of a partition (found by binary search in per-partition block offsets):
+its size ``(M + P (BLOCK_M - 1)) // BLOCK_M`` bounds the blocks that exist without a host sync,
+and the few spare programs exit at once. Each program streams its partition's columns in
+``BLOCK_N`` tiles, computes ``|q|^2 + |k|^2 - 2 q.k`` with ``tl.dot`` over ``BLOCK_C`` channel
+slices, and merges each tile into a running top-K held in registers. Distances are packed with
+their column index into int64 keys (:func:`_distance_keys`), so each of the K merge passes is one
+row-wise min, exact, with the lowest-index rule for equal distances built in, and every selected
+key names a real row of the partition whatever the features hold (NaN counts as +inf). A tile
+whose smallest key is above every row's current K-th key is skipped. A partition of ``s < K``
+nodes gives slot j the member of rank ``j % s`` (the reference's rule).
 """
 
 from __future__ import annotations
