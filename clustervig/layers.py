@@ -218,7 +218,9 @@ class ClassifierHead(nn.Module):
     """Average pool -> 1x1 conv to ``hidden`` + BN + GELU -> classifier(s).
 
     With ``distillation`` a second classifier is trained against a teacher (DeiT style): in
-    training mode both logits are returned, in eval mode their mean.
+    training mode both logits are returned, in eval mode their mean. ``num_classes=0`` leaves
+    the classifiers out (the model returns its ``hidden``-wide pooled features), and
+    ``global_pool=""`` the whole head (the model returns its unpooled features), as in timm.
     """
 
     def __init__(
@@ -230,6 +232,8 @@ class ClassifierHead(nn.Module):
         drop_rate: float = 0.0,
     ):
         super().__init__()
+        self.in_channels, self.hidden, self.distillation = channels, hidden, distillation
+        self.global_pool = "avg"
         self.prediction = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Conv2d(channels, hidden, 1),
@@ -237,11 +241,39 @@ class ClassifierHead(nn.Module):
             nn.GELU(),
             nn.Dropout(drop_rate),
         )
-        self.head = nn.Conv2d(hidden, num_classes, 1)
-        self.dist_head = nn.Conv2d(hidden, num_classes, 1) if distillation else None
+        self.num_classes = 0
+        self.head: nn.Module = nn.Identity()
+        self.dist_head: nn.Module | None = None
+        self.reset(num_classes)
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+    def reset(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New classifiers for ``num_classes`` (0: none); ``global_pool`` ``"avg"`` or ``""``."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(
+                f"reset_classifier: argument 'num_classes' must be an int >= 0, got {num_classes!r}"
+            )
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(
+                    "reset_classifier: argument 'global_pool' must be 'avg' or '' (no pooling), "
+                    f"got {global_pool!r}"
+                )
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        device = self.prediction[1].weight.device
+        if num_classes:
+            self.head = nn.Conv2d(self.hidden, num_classes, 1, device=device)
+            dist = nn.Conv2d(self.hidden, num_classes, 1, device=device)
+            self.dist_head = dist if self.distillation else None
+        else:
+            self.head, self.dist_head = nn.Identity(), None
+
+    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        if not self.global_pool:
+            return x
         h = self.prediction(x)
+        if pre_logits or not self.num_classes:
+            return h.flatten(1)
         logits = self.head(h).flatten(1)
         if self.dist_head is None:
             return logits

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from kernels._common import MAX_NEIGHBORS
 
 from ._config import apply_overrides
+from .conventions import BackboneConventions, pretrained_cfg
 from .degc import DEGC
 from .layers import (
     FFN,
@@ -108,7 +109,7 @@ _ALIASES = {
 }
 
 
-class CViG(nn.Module):
+class CViG(BackboneConventions, nn.Module):
     """ClusterViG, isotropic: ``(B, 3, H, W) -> (B, num_classes)`` logits.
 
     Build a paper variant with ``CViG.from_variant("ti" | "s" | "b" | "b_hr")`` or
@@ -186,10 +187,12 @@ class CViG(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """``(B, 3, H, W) -> (B, C, H / r, W / r)`` features before the head."""
         self.check_input(x)
-        return self.backbone(add_position_embedding(self.stem(x), self.pos_embed))
+        return self.run_blocks(add_position_embedding(self.stem(x), self.pos_embed))
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        return self.head(self.forward_features(x))
+    @property
+    def pretrained_cfg(self) -> dict:
+        c = self.config
+        return pretrained_cfg(self.num_classes, c.img_size, c.in_channels, c.grid, "stem.convs.0.0")
 
     def degc_layers(self) -> list[DEGC]:
         return [m for m in self.modules() if isinstance(m, DEGC)]

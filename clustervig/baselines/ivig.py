@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._config import apply_overrides
+from ..conventions import BackboneConventions, pretrained_cfg
 from ..layers import FFN, ClassifierHead, ConvBN, add_position_embedding, check_images
 from ..model import _init_weights, neighbour_schedule
 from .graph import ViGGrapher
@@ -50,7 +51,7 @@ class ViGStem(nn.Sequential):
         super().__init__(*layers)
 
 
-class IViG(nn.Module):
+class IViG(BackboneConventions, nn.Module):
     """Isotropic ViG: 14x14 nodes, k-NN over all 196 nodes with dilation ``min(i // 4 + 1,
     196 // max K)``, K = ``int(linspace(9, 18, depth))``; ``(B, 3, H, W) -> (B, classes)``."""
 
@@ -91,7 +92,10 @@ class IViG(nn.Module):
             check_finite=self.validate_inputs,
             like=self.pos_embed,
         )
-        return self.backbone(add_position_embedding(self.stem(x), self.pos_embed))
+        return self.run_blocks(add_position_embedding(self.stem(x), self.pos_embed))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x))
+    @property
+    def pretrained_cfg(self) -> dict:
+        c = self.config
+        size = c.img_size // self.reduction
+        return pretrained_cfg(self.num_classes, c.img_size, c.in_channels, size, "stem.0.0")

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._config import apply_overrides
+from ..conventions import BackboneConventions, pretrained_cfg
 from ..layers import FFN, ClassifierHead, ConvBN, add_position_embedding, check_images
 from ..model import _init_weights
 from .graph import ViGGrapher
@@ -47,7 +48,7 @@ class PViGStem(nn.Sequential):
         )
 
 
-class PViG(nn.Module):
+class PViG(BackboneConventions, nn.Module):
     """Pyramid ViG: four stages at 1/4, 1/8, 1/16, 1/32 resolution joined by stride-2 3x3 conv +
     BN; every Grapher uses K = 9, the relative-position bias and keys pooled by 4, 2, 1, 1; the
     dilation of block i (counted over all stages) is ``min(i // 4 + 1, 49 // 9)``."""
@@ -99,7 +100,10 @@ class PViG(nn.Module):
             check_finite=self.validate_inputs,
             like=self.pos_embed,
         )
-        return self.backbone(add_position_embedding(self.stem(x), self.pos_embed))
+        return self.run_blocks(add_position_embedding(self.stem(x), self.pos_embed))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x))
+    @property
+    def pretrained_cfg(self) -> dict:
+        c = self.config
+        size = c.img_size // self.reduction
+        return pretrained_cfg(self.num_classes, c.img_size, c.in_channels, size, "stem.0.0")

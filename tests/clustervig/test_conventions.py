@@ -1,0 +1,93 @@
+"""timm's model conventions on every family, tested the way timm's own model tests do."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from clustervig import CViG, create_model
+
+MODELS = ["cvig_ti", "pvig_ti", "ivig_ti"]
+CFG_KEYS = {
+    "input_size",
+    "pool_size",
+    "crop_pct",
+    "interpolation",
+    "mean",
+    "std",
+    "first_conv",
+    "classifier",
+    "num_classes",
+}
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model(request):
+    torch.manual_seed(0)
+    return create_model(request.param).eval()
+
+
+def test_pretrained_cfg_and_feature_shapes(model):
+    cfg = model.pretrained_cfg
+    assert CFG_KEYS <= set(cfg) and model.default_cfg == cfg
+    assert cfg["num_classes"] == model.num_classes == 1000
+    x = torch.randn(1, *cfg["input_size"])
+    with torch.no_grad():
+        features = model.forward_features(x)
+        pooled = model.forward_head(features, pre_logits=True)
+        logits = model.forward_head(features)
+    assert features.shape == (1, model.num_features, *cfg["pool_size"])
+    assert pooled.shape == (1, model.head_hidden_size) and logits.shape == (1, 1000)
+    first_conv = dict(model.named_modules())[cfg["first_conv"]]
+    assert isinstance(first_conv, torch.nn.Conv2d) and first_conv.in_channels == 3
+    classifier = dict(model.named_modules())[cfg["classifier"]]
+    assert classifier is model.get_classifier()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_num_classes_zero_and_reset_classifier(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=0).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert model(x).shape == (2, model.head_hidden_size)
+        model.reset_classifier(10)
+        assert model.num_classes == 10 and model(x).shape == (2, 10)
+        assert model.pretrained_cfg["num_classes"] == 10
+        model.reset_classifier(0, global_pool="")
+        assert model(x).shape == (2, model.num_features, *model.pretrained_cfg["pool_size"])
+    with pytest.raises(ValueError, match="'global_pool'"):
+        model.reset_classifier(5, global_pool="max")
+    with pytest.raises(ValueError, match="'num_classes'"):
+        model.reset_classifier(-1)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_weight_decay_and_parameter_groups(name):
+    model = create_model(name)
+    names = [n for n, _ in model.named_parameters()]
+    assert model.no_weight_decay() <= set(names)
+    groups = model.group_matcher()
+    stem = [n for n in names if re.match(groups["stem"], n)]
+    blocks = [n for n in names if re.match(groups["blocks"], n)]
+    assert stem and blocks and not set(stem) & set(blocks)
+    assert all(n.startswith("head.") for n in set(names) - set(stem) - set(blocks))
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = CViG(channels=16, depth=2, grid=4, img_size=32, num_clusters=2, num_classes=5)
+    model.train()
+    x = torch.randn(2, 3, 32, 32)
+    grads = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad()
+        torch.manual_seed(1)  # BatchNorm and DropPath see the same randomness
+        logits, distilled = model(x)
+        (logits.square().mean() + distilled.mean()).backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
