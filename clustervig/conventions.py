@@ -13,7 +13,13 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BackboneConventions", "pretrained_cfg"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BackboneConventions",
+    "isotropic_taps",
+    "pretrained_cfg",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,9 +44,18 @@ def pretrained_cfg(
     }
 
 
+def isotropic_taps(depth: int, channels: int, reduction: int) -> list[tuple[int, int, int]]:
+    """Feature taps of an isotropic model whose backbone is ``depth`` (Grapher, FFN) pairs:
+    ``(backbone index, channels, reduction)`` after blocks ``depth/4, depth/2, 3 depth/4, depth``
+    (rounded)."""
+    blocks = sorted({max(1, round((j + 1) * depth / 4)) for j in range(4)})
+    return [(2 * b - 1, channels, reduction) for b in blocks]
+
+
 class BackboneConventions:
     """Mixin for ``nn.Module`` models with ``stem``, ``pos_embed``, ``backbone`` (Sequential),
-    ``head`` (ClassifierHead), ``config`` and a ``_check_input(x)`` method."""
+    ``head`` (ClassifierHead), ``config``, ``_embed(x)`` (checked input -> stem -> + position
+    embedding) and ``feature_taps()`` (``(backbone index, channels, reduction)`` per tap)."""
 
     grad_checkpointing: bool = False
     stem: nn.Module
@@ -79,8 +94,55 @@ class BackboneConventions:
         """``(B, C, H, W)`` features -> logits (or the pooled features with ``pre_logits``)."""
         return self.head(x, pre_logits=pre_logits)
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W) -> (B, num_features, H / r, W / r)``: the unpooled features."""
+        return self.run_blocks(self._embed(x))
+
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         return self.forward_head(self.forward_features(x))
+
+    # -- features for dense prediction ---------------------------------------------------------
+    @property
+    def feature_info(self) -> list[dict]:
+        """One entry per feature tap: ``num_chs``, ``reduction`` (stride) and ``module``."""
+        return [
+            {"num_chs": c, "reduction": r, "module": f"backbone.{i}"}
+            for i, c, r in self.feature_taps()
+        ]
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """The feature maps at the taps of ``feature_info`` (``indices``: which taps, an int
+        ``n`` for the last n; default all), and the final features unless
+        ``intermediates_only`` (which stops after the last tap)."""
+        taps = self.feature_taps()
+        if indices is None:
+            chosen = list(range(len(taps)))
+        elif isinstance(indices, int):
+            chosen = list(range(len(taps) - indices, len(taps)))
+        else:
+            chosen = list(indices)
+        if not chosen or any(not 0 <= i < len(taps) for i in chosen):
+            raise ValueError(
+                f"forward_intermediates: argument 'indices' must select among {len(taps)} taps "
+                f"(0..{len(taps) - 1}, or a count), got {indices!r}"
+            )
+        wanted = {taps[i][0]: i for i in chosen}
+        last = max(wanted) if intermediates_only else len(self.backbone) - 1
+        outputs: dict[int, Tensor] = {}
+        x = self._embed(x)
+        for j, block in enumerate(self.backbone):
+            x = block(x)
+            if j in wanted:
+                outputs[wanted[j]] = x
+            if j == last:
+                break
+        intermediates = [outputs[i] for i in chosen]
+        return intermediates if intermediates_only else (x, intermediates)
 
     # -- training ------------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from kernels._common import MAX_NEIGHBORS
 
 from ._config import apply_overrides
-from .conventions import BackboneConventions, pretrained_cfg
+from .conventions import BackboneConventions, isotropic_taps, pretrained_cfg
 from .degc import DEGC
 from .layers import (
     FFN,
@@ -184,10 +184,14 @@ class CViG(BackboneConventions, nn.Module):
             like=self.pos_embed,
         )
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``(B, 3, H, W) -> (B, C, H / r, W / r)`` features before the head."""
+    def _embed(self, x: Tensor) -> Tensor:
+        """Checked input -> stem -> + position embedding: the backbone's input."""
         self.check_input(x)
-        return self.run_blocks(add_position_embedding(self.stem(x), self.pos_embed))
+        return add_position_embedding(self.stem(x), self.pos_embed)
+
+    def feature_taps(self) -> list[tuple[int, int, int]]:
+        """``(backbone index, channels, reduction)`` after 4 evenly spaced blocks."""
+        return isotropic_taps(self.config.depth, self.config.channels, self.reduction)
 
     @property
     def pretrained_cfg(self) -> dict:

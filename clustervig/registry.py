@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -62,10 +62,19 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
+def create_model(
+    name: str, features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3), **kwargs
+) -> nn.Module:
     """Build a model by name (``cvig_ti``, ``pvig_s``, ``ivig_b``, ``CViG-B†``, ...).
 
     Keyword arguments override the variant's config (``num_classes``, ``drop_path_rate``,
     ``img_size``, and for ClusterViG ``num_clusters``, ``local_update``, ``groups``, ...).
+    ``features_only=True`` returns a :class:`clustervig.features.FeaturePyramid`: the feature
+    maps at strides 4, 8, 16 and 32 picked by ``out_indices`` (for detection and segmentation).
     """
-    return _BUILDERS[canonical_name(name)](**kwargs)
+    model = _BUILDERS[canonical_name(name)](**kwargs)
+    if features_only:
+        from .features import FeaturePyramid
+
+        return FeaturePyramid(model, out_indices)
+    return model

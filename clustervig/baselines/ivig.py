@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._config import apply_overrides
-from ..conventions import BackboneConventions, pretrained_cfg
+from ..conventions import BackboneConventions, isotropic_taps, pretrained_cfg
 from ..layers import FFN, ClassifierHead, ConvBN, add_position_embedding, check_images
 from ..model import _init_weights, neighbour_schedule
 from .graph import ViGGrapher
@@ -81,7 +81,8 @@ class IViG(BackboneConventions, nn.Module):
         self.validate_inputs = True
         _init_weights(self)
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def _embed(self, x: Tensor) -> Tensor:
+        """Checked input -> stem -> + position embedding: the backbone's input."""
         check_images(
             "IViG",
             x,
@@ -92,7 +93,11 @@ class IViG(BackboneConventions, nn.Module):
             check_finite=self.validate_inputs,
             like=self.pos_embed,
         )
-        return self.run_blocks(add_position_embedding(self.stem(x), self.pos_embed))
+        return add_position_embedding(self.stem(x), self.pos_embed)
+
+    def feature_taps(self) -> list[tuple[int, int, int]]:
+        """``(backbone index, channels, reduction)`` after 4 evenly spaced blocks."""
+        return isotropic_taps(self.config.depth, self.config.channels, self.reduction)
 
     @property
     def pretrained_cfg(self) -> dict:

@@ -67,6 +67,7 @@ class PViG(BackboneConventions, nn.Module):
         max_dilation = 49 // config.k
         drop = torch.linspace(0, config.drop_path_rate, total, device="cpu").tolist()
         layers: list[nn.Module] = []
+        self._stage_ends: list[tuple[int, int, int]] = []
         idx = 0
         for stage, (c, depth) in enumerate(zip(chans, config.blocks, strict=True)):
             if stage > 0:
@@ -84,12 +85,14 @@ class PViG(BackboneConventions, nn.Module):
                 )
                 layers.append(nn.Sequential(grapher, FFN(c, 4 * c, drop_path=drop[idx])))
                 idx += 1
+            self._stage_ends.append((len(layers) - 1, c, 4 * 2**stage))
         self.backbone = nn.Sequential(*layers)
         self.head = ClassifierHead(chans[-1], config.num_classes, drop_rate=config.drop_rate)
         self.validate_inputs = True
         _init_weights(self)
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def _embed(self, x: Tensor) -> Tensor:
+        """Checked input -> stem -> + position embedding: the backbone's input."""
         check_images(
             "PViG",
             x,
@@ -100,7 +103,11 @@ class PViG(BackboneConventions, nn.Module):
             check_finite=self.validate_inputs,
             like=self.pos_embed,
         )
-        return self.run_blocks(add_position_embedding(self.stem(x), self.pos_embed))
+        return add_position_embedding(self.stem(x), self.pos_embed)
+
+    def feature_taps(self) -> list[tuple[int, int, int]]:
+        """``(backbone index, channels, reduction)`` at the end of each of the four stages."""
+        return list(self._stage_ends)
 
     @property
     def pretrained_cfg(self) -> dict:

@@ -91,3 +91,55 @@ def test_grad_checkpointing_gives_the_same_gradients():
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("size", [224, 256])
+def test_features_only_gives_four_maps_at_strides_4_to_32(name, size):
+    torch.manual_seed(0)
+    model = create_model(name, features_only=True, img_size=size).eval()
+    assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
+    with torch.no_grad():
+        maps = model(torch.randn(2, 3, size, size))
+    assert len(maps) == 4
+    for fmap, info in zip(maps, model.feature_info, strict=True):
+        assert fmap.shape == (
+            2,
+            info["num_chs"],
+            size // info["reduction"],
+            size // info["reduction"],
+        )
+    subset = create_model(name, features_only=True, out_indices=(1, 3))
+    assert [f["reduction"] for f in subset.feature_info] == [8, 32]
+
+
+def test_features_only_trains_end_to_end():
+    torch.manual_seed(0)
+    model = create_model("cvig_ti", features_only=True, img_size=64).train()
+    maps = model(torch.randn(2, 3, 64, 64))
+    sum(m.square().mean() for m in maps).backward()
+    assert all(p.grad is not None for p in model.necks.parameters())
+
+
+def test_forward_intermediates_and_feature_info(model):
+    info = model.feature_info
+    assert len(info) == 4
+    modules = dict(model.named_modules())
+    assert all(f["module"] in modules for f in info)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        features = model.forward_features(x)
+    torch.testing.assert_close(final, features)
+    torch.testing.assert_close(maps[-1], features)
+    assert [m.shape[1] for m in maps] == [f["num_chs"] for f in info]
+    assert [224 // m.shape[-1] for m in maps] == [f["reduction"] for f in info]
+    torch.testing.assert_close(last_two[0], maps[2])
+    with pytest.raises(ValueError, match="'indices'"):
+        model.forward_intermediates(x, indices=[7])
+
+
+def test_bad_out_indices_are_a_clear_error():
+    with pytest.raises(ValueError, match="'out_indices'"):
+        create_model("pvig_ti", features_only=True, out_indices=(0, 4))
