@@ -6,6 +6,8 @@ global update (GATv2 over the centroids) -> local update (a G-GCN over each part
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -15,7 +17,17 @@ from kernels._common import MAX_CLUSTERS, MAX_NEIGHBORS
 
 from .layers import LOCAL_UPDATES, GATv2GlobalUpdate
 
-__all__ = ["DEGC"]
+__all__ = ["DEGC", "PartitionGraph"]
+
+
+class PartitionGraph(NamedTuple):
+    """What steps (1) and (2) of a DEGC layer build for B images of N nodes."""
+
+    labels: Tensor  # (B, N) int32: the cluster of every node
+    centroids: Tensor  # (B, kappa, C): the cluster means
+    neighbours: Tensor  # (B*N, K) int32: K nearest nodes in the node's partition, image-order rows
+    segment: Tensor  # (B*N,) int64: the partition (b * kappa + label) of every node
+    degree: Tensor  # (B*N,): distinct neighbours, min(K, partition size)
 
 
 class DEGC(nn.Module):
@@ -70,13 +82,31 @@ class DEGC(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        N = H * W
         if B == 0:  # an empty batch: nothing to cluster
             return x.new_zeros(0, self.out_channels, H, W)
-        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C), node n = h * W + w
-        tokens = (tokens - tokens.mean(dim=1, keepdim=True)).contiguous()
-        nodes = tokens.reshape(B * N, C)  # image order: row b * N + n
+        tokens = self.tokens(x)  # (B, N, C), mean-centred per image
+        nodes = tokens.reshape(B * H * W, C)  # image order: row b * N + n
 
+        # (1) Partition and (2) graph.
+        graph = self.build_graph(tokens)
+
+        # (3) Global update: GATv2 over each image's complete centroid graph.
+        z = self.global_update(graph.centroids).reshape(B * self.num_clusters, -1)  # (B*kappa, C)
+
+        # (4) Local update: a G-GCN on every partition, aware of its updated centroid.
+        out = self.local_update(nodes, graph.neighbours, z, graph.segment, graph.degree)
+        return out.reshape(B, H * W, -1).transpose(1, 2).reshape(B, -1, H, W)
+
+    @staticmethod
+    def tokens(x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` -> nodes ``(B, N, C)`` (node n = h * W + w), mean-centred per image
+        and channel (every later step uses the centred features, as the authors' code does)."""
+        tokens = x.flatten(2).transpose(1, 2)
+        return (tokens - tokens.mean(dim=1, keepdim=True)).contiguous()
+
+    def build_graph(self, tokens: Tensor) -> PartitionGraph:
+        """Steps (1) and (2) of the layer on nodes ``(B, N, C)``: the partition and the graph."""
+        B, N, C = tokens.shape
         # (1) Partition: batched k-means, then the partition order of the nodes (X_ua).
         labels, centroids, _ = batched_kmeans(tokens, self.num_clusters, self.kmeans_iters)
         perm, inverse, offsets, _ = partition(labels, self.num_clusters)
@@ -84,19 +114,15 @@ class DEGC(nn.Module):
         # (2) Graph: K nearest neighbours inside each partition, on the L2-normalised features
         # in partition order (no gradient flows through the choice of neighbours), then turned
         # into image-order rows so the local update reads the nodes where they are.
-        unit_ua = permute_rows(F.normalize(nodes.detach(), dim=-1), perm, inverse)
+        unit = F.normalize(tokens.reshape(B * N, C).detach(), dim=-1)
+        unit_ua = permute_rows(unit, perm, inverse)
         nbr_ua = partition_knn(unit_ua, offsets, self.k, N)  # (B*N, K) partition positions
         nbr = perm[nbr_ua.index_select(0, inverse.long()).long()]  # (B*N, K) image-order rows
 
-        # (3) Global update: GATv2 over each image's complete centroid graph.
-        z = self.global_update(centroids).reshape(B * self.num_clusters, -1)  # (B*kappa, C)
-
-        # (4) Local update: a G-GCN on every partition, aware of its updated centroid.
-        first = torch.arange(0, B * self.num_clusters, self.num_clusters, device=x.device)
+        first = torch.arange(0, B * self.num_clusters, self.num_clusters, device=tokens.device)
         segment = (labels.long() + first.unsqueeze(1)).reshape(-1)  # partition of every row
         degree = torch.clamp((offsets[1:] - offsets[:-1])[segment], max=self.k)
-        out = self.local_update(nodes, nbr, z, segment, degree)  # (B*N, C_out)
-        return out.reshape(B, N, -1).transpose(1, 2).reshape(B, -1, H, W)
+        return PartitionGraph(labels, centroids, nbr, segment, degree)
 
     def extra_repr(self) -> str:
         return (

@@ -149,13 +149,19 @@ class ViGGrapher(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.fc1(x)
-        B, C, H, W = y.shape
+        keys, idx = self.neighbours(y)
+        return x + self.drop_path(self.fc2(self.graph_conv(y, keys, idx)))
+
+    def neighbours(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The graph of ``y = fc1(x)`` ``(B, C, H, W)``: keys ``(B, M, C)`` (pooled by the
+        reduction ratio) and every node's ``(B, N, k)`` dilated nearest keys."""
+        H, W = y.shape[2:]
         keys = F.avg_pool2d(y, self.reduction, self.reduction) if self.reduction > 1 else y
         keys = keys.flatten(2).transpose(1, 2)  # (B, M, C)
         idx = dense_dilated_knn(
             y.flatten(2).transpose(1, 2), keys, self.k, self.dilation, self._bias(H, W)
         )
-        return x + self.drop_path(self.fc2(self.graph_conv(y, keys, idx)))
+        return keys, idx
 
     def extra_repr(self) -> str:
         return f"k={self.k}, dilation={self.dilation}, reduction={self.reduction}"
