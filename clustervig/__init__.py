@@ -6,6 +6,7 @@
 """
 
 from .baselines import IViG, PViG
+from .checkpoint import load_checkpoint
 from .counting import count_gmacs, count_parameters
 from .degc import DEGC
 from .model import VARIANTS, CViG, CViGConfig, Grapher, cvig_b, cvig_b_hr, cvig_s, cvig_ti
@@ -29,6 +30,7 @@ __all__ = [
     "cvig_s",
     "cvig_ti",
     "list_models",
+    "load_checkpoint",
 ]
 
 __version__ = "0.1.0"

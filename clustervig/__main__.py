@@ -50,7 +50,58 @@ def _fmt(value: float | None, spec: str) -> str:
     return format("-", f">{width}") if value is None else format(value, spec)
 
 
+def _convert(argv: list[str]) -> int:
+    """``python -m clustervig convert SRC DST --model NAME``: a checkpoint in any layout
+    :func:`clustervig.load_checkpoint` reads, written in this project's keys (safetensors)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m clustervig convert",
+        description="Convert a checkpoint (ours, the ClusterViG authors' or the official ViG / "
+        "Pyramid ViG release) to this project's keys and write it as safetensors.",
+    )
+    parser.add_argument("source", help="checkpoint to read (.pth, .pt or .safetensors)")
+    parser.add_argument("destination", help="file to write (.safetensors)")
+    parser.add_argument("--model", required=True, help="the model it belongs to, e.g. cvig_ti")
+    parser.add_argument(
+        "--model-args",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides of the model (e.g. groups=1 num_classes=10)",
+    )
+    args = parser.parse_args(argv)
+    from safetensors.torch import save_file
+
+    from .checkpoint import load_checkpoint
+
+    try:
+        overrides = dict(_override(item) for item in args.model_args)
+        model = create_model(canonical_name(args.model), **overrides)
+        report = load_checkpoint(model, args.source)
+    except ValueError as err:
+        print(f"python -m clustervig convert: {err}", file=sys.stderr)
+        return 2
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, args.destination)
+    print(f"{report}\nwrote {args.destination} ({len(state)} tensors)")
+    return 0
+
+
+def _override(item: str) -> tuple[str, object]:
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise ValueError(f"--model-args: expected KEY=VALUE, got {item!r}")
+    for cast in (int, float):
+        try:
+            return key, cast(text)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False}.get(text.lower(), text)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["convert"]:
+        return _convert(argv[1:])
     args = _parse(argv)
     header = (
         f"{'model':10s} {'params M':>9s} {'paper':>7s} {'GMACs':>7s} {'target':>7s} "

@@ -63,7 +63,11 @@ def canonical_name(name: str) -> str:
 
 
 def create_model(
-    name: str, features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3), **kwargs
+    name: str,
+    features_only: bool = False,
+    out_indices: Sequence[int] = (0, 1, 2, 3),
+    pretrained: str | bool = False,
+    **kwargs,
 ) -> nn.Module:
     """Build a model by name (``cvig_ti``, ``pvig_s``, ``ivig_b``, ``CViG-B†``, ...).
 
@@ -71,8 +75,19 @@ def create_model(
     ``img_size``, and for ClusterViG ``num_clusters``, ``local_update``, ``groups``, ...).
     ``features_only=True`` returns a :class:`clustervig.features.FeaturePyramid`: the feature
     maps at strides 4, 8, 16 and 32 picked by ``out_indices`` (for detection and segmentation).
+    ``pretrained`` is a checkpoint file in any layout :func:`clustervig.load_checkpoint` reads
+    (loaded strictly; no weights are downloaded, so ``True`` is an error, not a silent no-op).
     """
+    if pretrained is True:
+        raise ValueError(
+            "create_model: argument 'pretrained' must be a checkpoint path (no weights are "
+            "downloaded); got True"
+        )
     model = _BUILDERS[canonical_name(name)](**kwargs)
+    if pretrained:
+        from .checkpoint import load_checkpoint
+
+        load_checkpoint(model, pretrained)
     if features_only:
         from .features import FeaturePyramid
 
