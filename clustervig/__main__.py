@@ -98,10 +98,47 @@ def _override(item: str) -> tuple[str, object]:
     return key, {"true": True, "false": False}.get(text.lower(), text)
 
 
+def _export(argv: list[str]) -> int:
+    """``python -m clustervig export NAME --format onnx|pt2``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m clustervig export",
+        description="Export a model for deployment: ONNX (the DEGC ops translated to standard "
+        "operators, k-means as a fixed count of iterations) or a torch.export program (.pt2).",
+    )
+    parser.add_argument("model", help="model name, e.g. cvig_ti")
+    parser.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
+    parser.add_argument("--img-size", type=int, default=224, help="input size (default 224)")
+    parser.add_argument("--batch-size", type=int, default=1, help="input batch (default 1)")
+    parser.add_argument("--checkpoint", help="weights to export (default: random weights)")
+    parser.add_argument("--out", help="file to write (default NAME.onnx or NAME.pt2)")
+    args = parser.parse_args(argv)
+    from .checkpoint import load_checkpoint
+    from .export import export_onnx, export_program
+
+    try:
+        name = canonical_name(args.model)
+        model = create_model(name, img_size=args.img_size)
+        if args.checkpoint:
+            load_checkpoint(model, args.checkpoint)
+        out = args.out or f"{name}.{args.format}"
+        write = export_onnx if args.format == "onnx" else export_program
+        path = write(model, out, img_size=args.img_size, batch=args.batch_size)
+    except ValueError as err:
+        print(f"python -m clustervig export: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {path} ({args.format}, input ({args.batch_size}, 3, {args.img_size}, "
+        f"{args.img_size}))"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["convert"]:
         return _convert(argv[1:])
+    if argv[:1] == ["export"]:
+        return _export(argv[1:])
     args = _parse(argv)
     header = (
         f"{'model':10s} {'params M':>9s} {'paper':>7s} {'GMACs':>7s} {'target':>7s} "

@@ -1,0 +1,93 @@
+"""ONNX export (DEGC ops translated to standard operators) checked with ONNX Runtime, and
+torch.export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clustervig import create_model
+from clustervig.__main__ import main
+from clustervig.export import export_onnx, export_program, onnx_ops
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+
+def _calibrated(name: str, **overrides):
+    """Random weights with BatchNorm statistics taken from random images (eval-mode
+    activations of a sane scale instead of random init's exploding ones)."""
+    torch.manual_seed(0)
+    model = create_model(name, **overrides)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 224, 224))
+    return model.eval()
+
+
+def _ort(path, x):
+    session = onnxruntime.InferenceSession(str(path))
+    return session.run(None, {"images": x.numpy()})[0]
+
+
+@pytest.mark.slow
+def test_cvig_ti_onnx_runtime_matches_pytorch(tmp_path):
+    """Tolerance: 1e-4 of the logits' scale (float32 rounding; both sides pick the same
+    clusters and neighbours)."""
+    model = _calibrated("cvig_ti")
+    x = torch.randn(2, 3, 224, 224)
+    path = export_onnx(model, tmp_path / "cvig_ti.onnx", batch=2)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = _ort(path, x)
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_onnx_ops_equal_the_custom_ops_in_pytorch():
+    """The translations, run eagerly, give the custom ops' logits (same clusters, partitions
+    and neighbours; k-means runs all 20 iterations there, a fixed point once converged)."""
+    model = _calibrated("cvig_ti", img_size=64)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        with onnx_ops(model):
+            got = model(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["pvig_ti", "ivig_ti"])
+def test_vig_baselines_export_and_run_in_onnx_runtime(name, tmp_path):
+    """The baselines export and run. Their dense k-NN over thousands of nodes has near-ties
+    that float rounding can break either way, so on random weights the logits are compared
+    loosely (same shape, finite, correlated), not to float precision."""
+    model = _calibrated(name)
+    x = torch.randn(1, 3, 224, 224)
+    got = _ort(export_onnx(model, tmp_path / f"{name}.onnx"), x)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert got.shape == expected.shape and np.isfinite(got).all()
+    assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.5
+
+
+@pytest.mark.slow
+def test_torch_export_program_runs_and_matches(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("cvig_ti", img_size=64).eval()
+    path = export_program(model, tmp_path / "cvig_ti.pt2", img_size=64)
+    program = torch.export.load(str(path))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_export_cli(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "cvig_ti", "--img-size", "64", "--out", str(out)]) == 0
+    assert out.exists() and "wrote" in capsys.readouterr().out
+    assert main(["export", "nope"]) == 2
+    assert "'name'" in capsys.readouterr().err
