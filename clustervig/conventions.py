@@ -102,6 +102,11 @@ class BackboneConventions:
         return self.forward_head(self.forward_features(x))
 
     # -- features for dense prediction ---------------------------------------------------------
+    def feature_taps(self) -> list[tuple[int, int, int]]:
+        """``(backbone index, channels, reduction)`` per feature tap; an isotropic model's (the
+        default): after 4 evenly spaced blocks. Pyramid models override it."""
+        return isotropic_taps(self.config.depth, self.config.channels, self.reduction)
+
     @property
     def feature_info(self) -> list[dict]:
         """One entry per feature tap: ``num_chs``, ``reduction`` (stride) and ``module``."""

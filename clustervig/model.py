@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from kernels._common import MAX_NEIGHBORS
 
 from ._config import apply_overrides
-from .conventions import BackboneConventions, isotropic_taps, pretrained_cfg
+from .conventions import BackboneConventions, pretrained_cfg
 from .degc import DEGC
 from .layers import (
     FFN,
@@ -188,10 +188,6 @@ class CViG(BackboneConventions, nn.Module):
         """Checked input -> stem -> + position embedding: the backbone's input."""
         self.check_input(x)
         return add_position_embedding(self.stem(x), self.pos_embed)
-
-    def feature_taps(self) -> list[tuple[int, int, int]]:
-        """``(backbone index, channels, reduction)`` after 4 evenly spaced blocks."""
-        return isotropic_taps(self.config.depth, self.config.channels, self.reduction)
 
     @property
     def pretrained_cfg(self) -> dict:

@@ -27,6 +27,53 @@ from .reference import kmeans_init_index
 
 
 @triton.jit
+def _nearest_centroid(
+    x_img,
+    z_img,
+    z_norm,
+    rows,
+    row_mask,
+    C,
+    stride_xn,
+    KAPPA: tl.constexpr,
+    KAPPA_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """The nearest centroid of the nodes ``rows`` of one image: ``(BLOCK_N,)`` labels.
+
+    ``d = |z|^2 - 2 x.z`` over ``tl.dot`` slices of the channels (``|x|^2`` is the same for
+    every centroid). A NaN distance (non-finite node or centroid) counts as +inf, explicitly:
+    the GPU's min ignores NaN while the interpreter's propagates it. A node with no finite
+    distance then ties every cluster at +inf and goes to cluster 0: labels stay in [0, KAPPA).
+    """
+    ks = tl.arange(0, KAPPA_PAD)
+    k_mask = ks < KAPPA
+    dot = tl.zeros([BLOCK_N, KAPPA_PAD], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        col_mask = cols[None, :] < C
+        xt = tl.load(
+            x_img + rows[:, None].to(tl.int64) * stride_xn + cols[None, :],
+            mask=row_mask[:, None] & col_mask,
+            other=0.0,
+        )
+        zt = tl.load(
+            z_img + ks[:, None] * C + cols[None, :], mask=k_mask[:, None] & col_mask, other=0.0
+        )
+        if UPCAST:
+            xt = xt.to(tl.float32)
+        dot += tl.dot(xt, tl.trans(zt.to(xt.dtype)), input_precision=DOT_PRECISION)
+    d = z_norm[None, :] - 2.0 * dot
+    d = tl.where(k_mask[None, :] & (d == d), d, float("inf"))
+    nearest = tl.min(d, axis=1)
+    is_nearest = (d == nearest[:, None]) & k_mask[None, :]
+    return tl.min(tl.where(is_nearest, ks[None, :], KAPPA - 1), axis=1)
+
+
+@triton.jit
 def _assign(
     x_img,
     labels_img,
@@ -44,36 +91,15 @@ def _assign(
     UPCAST: tl.constexpr,
 ):
     """Label every node of one image with its nearest centroid; return how many labels changed."""
-    ks = tl.arange(0, KAPPA_PAD)
-    k_mask = ks < KAPPA
-    z_norm = tl.load(norms_img + ks)
+    z_norm = tl.load(norms_img + tl.arange(0, KAPPA_PAD))
     changed = tl.zeros([], dtype=tl.int32)
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
         row_mask = rows < N
-        dot = tl.zeros([BLOCK_N, KAPPA_PAD], dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            cols = c0 + tl.arange(0, BLOCK_C)
-            col_mask = cols[None, :] < C
-            xt = tl.load(
-                x_img + rows[:, None].to(tl.int64) * stride_xn + cols[None, :],
-                mask=row_mask[:, None] & col_mask,
-                other=0.0,
-            )
-            zt = tl.load(
-                z_img + ks[:, None] * C + cols[None, :], mask=k_mask[:, None] & col_mask, other=0.0
-            )
-            if UPCAST:
-                xt = xt.to(tl.float32)
-            dot += tl.dot(xt, tl.trans(zt.to(xt.dtype)), input_precision=DOT_PRECISION)
-        d = z_norm[None, :] - 2.0 * dot
-        # A NaN distance (non-finite node or centroid) counts as +inf, explicitly: the GPU's min
-        # ignores NaN while the interpreter's propagates it. A node with no finite distance then
-        # ties every cluster at +inf and goes to cluster 0, so labels stay in [0, KAPPA).
-        d = tl.where(k_mask[None, :] & (d == d), d, float("inf"))
-        nearest = tl.min(d, axis=1)
-        is_nearest = (d == nearest[:, None]) & k_mask[None, :]
-        label = tl.min(tl.where(is_nearest, ks[None, :], KAPPA - 1), axis=1)
+        label = _nearest_centroid(
+            x_img, z_img, z_norm, rows, row_mask, C, stride_xn,
+            KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
+        )  # fmt: skip
         if not FIRST:
             old = tl.load(labels_img + rows, mask=row_mask, other=0)
             changed += tl.sum(((label != old) & row_mask).to(tl.int32), axis=0)
@@ -238,28 +264,13 @@ def _kmeans_assign_block(
         labels_img = labels_ptr + b * N
         z_img = centroids_ptr + b * KAPPA_PAD * C
         ks = tl.arange(0, KAPPA_PAD)
-        k_mask = ks < KAPPA
         rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = rows < N
         z_norm = tl.load(norms_ptr + b * KAPPA_PAD + ks)
-        dot = tl.zeros([BLOCK_N, KAPPA_PAD], dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            cols = c0 + tl.arange(0, BLOCK_C)
-            col_mask = cols[None, :] < C
-            xt = tl.load(
-                x_img + rows[:, None].to(tl.int64) * stride_xn + cols[None, :],
-                mask=row_mask[:, None] & col_mask,
-                other=0.0,
-            )
-            zt = tl.load(z_img + ks[:, None] * C + cols[None, :], mask=col_mask, other=0.0)
-            if UPCAST:
-                xt = xt.to(tl.float32)
-            dot += tl.dot(xt, tl.trans(zt.to(xt.dtype)), input_precision=DOT_PRECISION)
-        d = z_norm[None, :] - 2.0 * dot
-        d = tl.where(k_mask[None, :] & (d == d), d, float("inf"))  # NaN counts as +inf
-        nearest = tl.min(d, axis=1)
-        is_nearest = (d == nearest[:, None]) & k_mask[None, :]
-        label = tl.min(tl.where(is_nearest, ks[None, :], KAPPA - 1), axis=1)
+        label = _nearest_centroid(
+            x_img, z_img, z_norm, rows, row_mask, C, stride_xn,
+            KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
+        )  # fmt: skip
         if FIRST:
             changed = tl.sum(row_mask.to(tl.int32), axis=0)
         else:
@@ -366,19 +377,26 @@ _SPACE_32BIT = configs(
     ],
 )
 
+_INTERPRET_SPACE = [
+    {"BLOCK_N": 16, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
+    {"BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
+]
+
+
+def _bucket(B: int, N: int, C: int, kappa: int) -> str:
+    return f"N{N}/C{C}/k{kappa}/B{batch_bucket(B)}"
+
+
 KMEANS = Tunable(
     name="kmeans",
-    kernels=[_kmeans_kernel, _assign, _update],
+    kernels=[_kmeans_kernel, _assign, _update, _nearest_centroid],
     space={"e2": _SPACE_16BIT, "e4": _SPACE_32BIT},
     default={
         "e2": {"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 8, "num_stages": 2},
         "e4": {"BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
     },
-    interpret_space=[
-        {"BLOCK_N": 16, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
-    ],
-    bucket_fn=lambda B, N, C, kappa: f"N{N}/C{C}/k{kappa}/B{batch_bucket(B)}",
+    interpret_space=_INTERPRET_SPACE,
+    bucket_fn=_bucket,
     signature_fn=lambda dtype, config: (
         {
             "x_ptr": f"*{TRITON_TYPES[dtype]}",
@@ -448,7 +466,7 @@ def _split_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
 
 KMEANS_SPLIT = Tunable(
     name="kmeans_split",
-    kernels=[_kmeans_assign_block, _kmeans_update_image],
+    kernels=[_kmeans_assign_block, _kmeans_update_image, _nearest_centroid],
     space={
         "e2": configs(
             ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
@@ -464,11 +482,8 @@ KMEANS_SPLIT = Tunable(
         "e2": {"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
         "e4": {"BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
     },
-    interpret_space=[
-        {"BLOCK_N": 16, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
-    ],
-    bucket_fn=lambda B, N, C, kappa: f"N{N}/C{C}/k{kappa}/B{batch_bucket(B)}",
+    interpret_space=_INTERPRET_SPACE,
+    bucket_fn=_bucket,
     signature_fn=_split_signature,
 )
 

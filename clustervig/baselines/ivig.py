@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._config import apply_overrides
-from ..conventions import BackboneConventions, isotropic_taps, pretrained_cfg
+from ..conventions import BackboneConventions, pretrained_cfg
 from ..layers import FFN, ClassifierHead, ConvBN, add_position_embedding, check_images
 from ..model import _init_weights, neighbour_schedule
 from .graph import ViGGrapher
@@ -94,10 +94,6 @@ class IViG(BackboneConventions, nn.Module):
             like=self.pos_embed,
         )
         return add_position_embedding(self.stem(x), self.pos_embed)
-
-    def feature_taps(self) -> list[tuple[int, int, int]]:
-        """``(backbone index, channels, reduction)`` after 4 evenly spaced blocks."""
-        return isotropic_taps(self.config.depth, self.config.channels, self.reduction)
 
     @property
     def pretrained_cfg(self) -> dict:

@@ -126,9 +126,8 @@ def cvig_ti_small():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "place,value", [("row", float("nan")), ("partition", float("inf")), ("image", float("nan"))]
-)
+@pytest.mark.parametrize("value", VALUES, ids=["nan", "inf"])
+@pytest.mark.parametrize("place", PLACES)
 def test_cvig_ti_forward_through_the_triton_backend(monkeypatch, cvig_ti_small, place, value):
     """A non-finite image in the batch leaves every index of every DEGC layer valid and the
     other images' logits as they are in the clean batch."""
