@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-size", type=int, default=224, help="input size (default 224)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--out", type=Path, default=Path("graph.png"), help="PNG to write")
+    parser.add_argument("--version", action="version", version=f"clustervig {_version()}")
     args = parser.parse_args(argv)
     try:
         name = canonical_name(args.model)
@@ -249,6 +250,12 @@ def _load_state(model: nn.Module, path: Path) -> None:
     except (RuntimeError, TypeError) as err:
         first = str(err).splitlines()[0]
         raise ValueError(f"visualize: {str(path)!r} does not fit the model ({first})") from None
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 if __name__ == "__main__":
