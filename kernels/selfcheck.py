@@ -519,6 +519,8 @@ def kernel_allowed(kernel: str, t: torch.Tensor) -> bool:
     if allowed is not None:
         return allowed
     verdict = recorded_verdict(kernel, dtype, t.device)
+    if verdict is None and t.is_cuda and torch.cuda.is_current_stream_capturing():
+        return True  # inside CUDA-graph capture nothing may synchronise: check on a later call
     if verdict is None and first_use_check_enabled(t.device):
         result = check(kernel, dtype, t.device, "quick")
         record([result], t.device, "quick")
