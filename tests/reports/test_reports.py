@@ -336,3 +336,14 @@ def test_quick_main_job_writes_results_figures_and_prints_the_table(tmp_path, mo
     for line in out.splitlines():
         if line.startswith("  ") and line.strip().endswith((".png", ".md", ".json")):
             assert (tmp_path / line.strip()).exists() or Path(line.strip()).exists()
+
+
+def test_peak_memory_on_the_cpu_sees_a_large_allocation():
+    from reports.common import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as peak:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del block
+    if peak.mib is None:
+        pytest.skip("no /proc/self/clear_refs on this system")
+    assert peak.mib >= 48
