@@ -8,10 +8,11 @@ itself where it lands::
     python -m kernels.selfcheck --interpret   # on the CPU under the Triton interpreter
 
 Inputs are built so that the expected answer is unique (integer-valued features whose distances
-are exact in every dtype, well-separated clusters, distinct maxima) and cover ragged partitions,
-empty ones and ones smaller than K, batch 1, N that is not a power of two, fp32/fp16/bf16, and
-non-finite values (NaN and Inf rows: indices must stay valid, NaN must propagate, the other
-images must be unaffected). Outputs are poisoned first, so an unwritten element fails.
+are exact in every dtype, exact ties resolved by the shared lowest-index rule, well-separated
+clusters) and cover ragged partitions, empty ones and ones smaller than K, batch 1, N that is
+not a power of two, fp32/fp16/bf16, and non-finite values (NaN and Inf rows: indices must stay
+valid, NaN must propagate, the other images must be unaffected). Outputs are poisoned first,
+so an unwritten element fails.
 
 Verdicts are recorded per kernel and dtype (``"kmeans/bfloat16"``) for this GPU and Triton version
 in the per-GPU cache (:mod:`kernels.tuning_cache`), with the kernel's source hash: an edited
