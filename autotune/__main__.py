@@ -129,9 +129,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from clustervig import __version__
+    # From the installed metadata, not by importing clustervig: the parser is built before
+    # --interpret sets TRITON_INTERPRET, and nothing may import Triton before that.
+    from importlib.metadata import PackageNotFoundError, version
 
-    return f"clustervig {__version__}"
+    try:
+        return f"clustervig {version('clustervig')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "clustervig (not installed)"
 
 
 def _fmt_config(config: dict) -> str:

@@ -207,3 +207,22 @@ def test_dtype_spellings_are_interchangeable(cache_dir, capsys):
         main(["--interpret", "--dtypes", "int8"])
     assert stop.value.code == 2
     assert "expected one of bfloat16, float16, float32" in capsys.readouterr().err
+
+
+def test_interpret_from_a_fresh_process(tmp_path):
+    """As a user runs it, TRITON_INTERPRET unset: the CLI sets it before anything imports
+    Triton (building the parser, --version included, must not import the kernels)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CLUSTERVIG_AUTOTUNE_DIR"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "autotune", "--interpret", "--ops", "partition", "--no-selfcheck"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "tuned 1 buckets" in proc.stdout
