@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import __version__
+
 #: DEGC steps by custom op (their time includes everything they run inside).
 GRAPH_STEPS = {
     "clustervig::kmeans": "k-means",
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=3, help="profiled forwards (median)")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
-    parser.add_argument("--version", action="version", version=f"clustervig {_version()}")
+    parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.repeats < 1:
         parser.error("--batch-size and --repeats must be >= 1")
@@ -139,12 +141,6 @@ def main(argv: list[str] | None = None) -> int:
                 indent=1,
             )
     return 0
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import __version__
 from .baselines.graph import ViGGrapher
 from .baselines.pvig import PViG
 from .conventions import IMAGENET_MEAN, IMAGENET_STD
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-size", type=int, default=224, help="input size (default 224)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--out", type=Path, default=Path("graph.png"), help="PNG to write")
-    parser.add_argument("--version", action="version", version=f"clustervig {_version()}")
+    parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
     args = parser.parse_args(argv)
     try:
         name = canonical_name(args.model)
@@ -250,12 +251,6 @@ def _load_state(model: nn.Module, path: Path) -> None:
     except (RuntimeError, TypeError) as err:
         first = str(err).splitlines()[0]
         raise ValueError(f"visualize: {str(path)!r} does not fit the model ({first})") from None
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 if __name__ == "__main__":

@@ -25,8 +25,13 @@ MAX_NEIGHBORS = 32
 MAX_CLUSTERS = 16
 
 
+def dtype_label(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``."""
+    return str(dtype).replace("torch.", "")
+
+
 def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
-    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+    return ", ".join(dtype_label(d) for d in dtypes)
 
 
 def check_tensor(

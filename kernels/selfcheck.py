@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ._common import dtype_label, interpreter_active, package_version
+
 __all__ = [
     "CheckResult",
     "KernelSelfCheckWarning",
@@ -69,10 +71,6 @@ POISON_INT = -7
 
 class KernelSelfCheckWarning(UserWarning):
     """A kernel failed its self-check on this device; its op runs the PyTorch reference."""
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,7 +395,7 @@ def check(
         raise ValueError(
             f"selfcheck: argument 'mode' must be one of {sorted(SHAPES)}, got {mode!r}"
         )
-    res = CheckResult(kernel, _dtype_name(dtype))
+    res = CheckResult(kernel, dtype_label(dtype))
     start = time.perf_counter()
     try:
         _CHECKS[kernel][0](res, dtype, device, SHAPES[mode], seed)
@@ -476,7 +474,7 @@ def recorded_verdict(kernel: str, dtype: torch.dtype, device: torch.device) -> d
     """The verdict for this kernel, dtype and device, if one was recorded for today's source."""
     from . import tuning_cache
 
-    key = _verdict_key(kernel, _dtype_name(dtype))
+    key = _verdict_key(kernel, dtype_label(dtype))
     verdict = _session_verdicts.get((_device_key(device), key))
     if verdict is None:
         verdict = tuning_cache.load_verdicts(device).get(key)
@@ -530,7 +528,7 @@ def kernel_allowed(kernel: str, t: torch.Tensor) -> bool:
     if not allowed:
         warnings.warn(
             f"clustervig: the Triton kernel '{kernel}' failed its self-check for "
-            f"{_dtype_name(dtype)} on {_device_name(t.device)} (triton {_triton_version()}): "
+            f"{dtype_label(dtype)} on {_device_name(t.device)} (triton {_triton_version()}): "
             f"{verdict.get('detail') or 'see python -m kernels.selfcheck'}. Its op runs the "
             "PyTorch reference on this device instead (same results, slower). Please report "
             "this, with the output of `python -m kernels.selfcheck`, in the project's issue "
@@ -590,13 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-record", action="store_true", help="print the verdicts without recording them"
     )
-    from ._common import package_version
-
     parser.add_argument("--version", action="version", version=package_version())
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    from ._common import interpreter_active
-
     if args.interpret and not interpreter_active():
         # Triton reads TRITON_INTERPRET when it is imported, and importing this package has
         # imported it (torch.library does): start again with the variable set.

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from clustervig import __version__
+
 from . import bench, micro, plot, scaling
 from .common import (
     FIGURES_DIR,
@@ -151,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Benchmark ClusterViG against the ViG baselines and draw the paper's Fig. 5 "
         "and Table VI from the results.",
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{quick,run,scaling,micro,plot,all}")
     quick = sub.add_parser(
         "quick",
@@ -284,12 +286,6 @@ def _cmd_quick(args) -> None:
 def _cmd_plot(paths: list[Path] | None, out: Path) -> None:
     for file in plot.render(paths or None, out):
         progress(f"[plot] wrote {file}")
-
-
-def _version() -> str:
-    from clustervig import __version__
-
-    return f"clustervig {__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
