@@ -217,6 +217,7 @@ def _tune_all(args, cache, device, identity, todo, selected) -> list:
     if interpret:
         warmup, repeats = int(warmup), int(repeats)
     outcomes = []
+    spill_memo: dict = {}  # every bucket of an op and dtype compiles the same configs
     start = time.perf_counter()
     for i, launch in enumerate(todo, start=1):
         if args.max_minutes is not None and time.perf_counter() - start > 60 * args.max_minutes:
@@ -229,7 +230,9 @@ def _tune_all(args, cache, device, identity, todo, selected) -> list:
         configs = _space(tunable, launch, interpret)
         if not interpret:
             major, minor = torch.cuda.get_device_capability(device)
-            configs, spilling = drop_spilling(tunable, configs, launch.dtype, 10 * major + minor)
+            configs, spilling = drop_spilling(
+                tunable, configs, launch.dtype, 10 * major + minor, spill_memo
+            )
             for config, reason in spilling:
                 print(f"    dropped {_fmt_config(config)}: {reason}")
         print(

@@ -109,22 +109,33 @@ def time_config(
 
 
 def drop_spilling(
-    tunable: Tunable, configs: list[dict], dtype: torch.dtype, arch: int
+    tunable: Tunable,
+    configs: list[dict],
+    dtype: torch.dtype,
+    arch: int,
+    memo: dict | None = None,
 ) -> tuple[list[dict], list[tuple[dict, str]]]:
     """Split ``configs`` into those that compile without register spills for ``sm_<arch>`` on
     the installed Triton and those that spill there (with the reason).
 
     Spill-free lists are checked in CI for the oldest and newest supported Triton, but register
     allocation changes between versions: the installed compiler has the last word. A config
-    whose resources cannot be read is kept (and later timed like any other).
+    whose resources cannot be read is kept (and later timed like any other). ``memo`` keeps
+    the answers across calls: every bucket of an op and dtype tries the same configs.
     """
     from kernels import resources
 
+    memo = {} if memo is None else memo
     kept, dropped = [], []
     for config in configs:
-        try:
-            usage = resources.resource_usage(tunable, config, dtype, arch)
-        except Exception:  # noqa: BLE001 - no cuobjdump or no compile: let timing decide
+        key = (tunable.name, tuple(sorted(config.items())), dtype, arch)
+        if key not in memo:
+            try:
+                memo[key] = resources.resource_usage(tunable, config, dtype, arch)
+            except Exception:  # noqa: BLE001 - no cuobjdump or no compile: let timing decide
+                memo[key] = None
+        usage = memo[key]
+        if usage is None:
             kept.append(config)
             continue
         if usage.spills:

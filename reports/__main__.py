@@ -295,8 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.error("choose a command: run, scaling, micro, plot or all (see --help)")
-    if getattr(args, "threads", None) is not None or hasattr(args, "device"):
-        set_cpu_threads(getattr(args, "threads", None))
+    set_cpu_threads(getattr(args, "threads", None))
     start = time.perf_counter()
     if args.command in ("run", "all"):
         _defaults(args)

@@ -226,3 +226,23 @@ def test_interpret_from_a_fresh_process(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "tuned 1 buckets" in proc.stdout
+
+
+def test_spill_checks_are_compiled_once_per_config(monkeypatch):
+    from autotune.tuner import drop_spilling
+    from kernels import resources
+
+    tunable = tunables()["permute_rows"]
+    space = list(tunable.space["e4"])
+    compiled = []
+
+    def usage(t, config, dtype, arch):
+        compiled.append(tuple(sorted(config.items())))
+        return resources.Usage(t.name, arch, "fp32", dict(config), 40, 0, 0, 0)
+
+    monkeypatch.setattr(resources, "resource_usage", usage)
+    memo: dict = {}
+    for _ in range(3):  # three buckets of the same op and dtype
+        kept, dropped = drop_spilling(tunable, space, torch.float32, 90, memo)
+        assert kept == space and not dropped
+    assert len(compiled) == len(space)
