@@ -11,6 +11,7 @@ from .counting import count_gmacs, count_parameters
 from .degc import DEGC
 from .model import VARIANTS, CViG, CViGConfig, Grapher, cvig_b, cvig_b_hr, cvig_s, cvig_ti
 from .registry import DISPLAY_NAMES, canonical_name, create_model, list_models
+from .timm_models import install as _install_timm_models
 
 __all__ = [
     "CViG",
@@ -34,3 +35,6 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# Into timm's registry when timm is (or gets) imported: timm.create_model("cvig_ti").
+_install_timm_models()

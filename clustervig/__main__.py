@@ -9,6 +9,7 @@ import time
 import torch
 
 from . import __version__
+from ._config import parse_override
 from .counting import count_gmacs, count_parameters
 from .paper import COUNTER_GMACS, PAPER_GMACS, PAPER_PARAMS_M
 from .registry import DISPLAY_NAMES, canonical_name, create_model, list_models
@@ -74,7 +75,7 @@ def _convert(argv: list[str]) -> int:
     from .checkpoint import load_checkpoint
 
     try:
-        overrides = dict(_override(item) for item in args.model_args)
+        overrides = dict(parse_override(item) for item in args.model_args)
         model = create_model(canonical_name(args.model), **overrides)
         report = load_checkpoint(model, args.source)
     except ValueError as err:
@@ -84,18 +85,6 @@ def _convert(argv: list[str]) -> int:
     save_file(state, args.destination)
     print(f"{report}\nwrote {args.destination} ({len(state)} tensors)")
     return 0
-
-
-def _override(item: str) -> tuple[str, object]:
-    key, sep, text = item.partition("=")
-    if not sep:
-        raise ValueError(f"--model-args: expected KEY=VALUE, got {item!r}")
-    for cast in (int, float):
-        try:
-            return key, cast(text)
-        except ValueError:
-            pass
-    return key, {"true": True, "false": False}.get(text.lower(), text)
 
 
 def _export(argv: list[str]) -> int:
@@ -139,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         return _convert(argv[1:])
     if argv[:1] == ["export"]:
         return _export(argv[1:])
+    if argv[:1] in (["train"], ["validate"]):  # clustervig train ... = python -m clustervig.train
+        from importlib import import_module
+
+        return import_module(f"clustervig.{argv[0]}").main(argv[1:])
     args = _parse(argv)
     header = (
         f"{'model':10s} {'params M':>9s} {'paper':>7s} {'GMACs':>7s} {'target':>7s} "

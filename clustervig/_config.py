@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TypeVar
 
-__all__ = ["apply_overrides"]
+__all__ = ["apply_overrides", "parse_override"]
 
 C = TypeVar("C")
 
@@ -21,3 +21,17 @@ def apply_overrides(owner: str, config: C, overrides: dict) -> C:
             f"valid options: {', '.join(fields)}"
         )
     return dataclasses.replace(config, **overrides)
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    """``"KEY=VALUE"`` (a ``--model-args`` item) -> ``(key, value)`` with ints, floats and
+    true/false converted."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--model-args: expected KEY=VALUE, got {item!r}")
+    for cast in (int, float):
+        try:
+            return key, cast(text)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False}.get(text.lower(), text)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
+    "FeatureInfo",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "BackboneConventions",
@@ -23,6 +24,24 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FeatureInfo(list):
+    """``feature_info``: a list of ``{"num_chs", "reduction", "module"}`` dicts, one per feature
+    map, with timm's accessors (``channels()``, ``reduction()``, ``module_name()``; each takes an
+    optional index)."""
+
+    def _get(self, key: str, idx: int | None = None):
+        return [f[key] for f in self] if idx is None else self[idx][key]
+
+    def channels(self, idx: int | None = None):
+        return self._get("num_chs", idx)
+
+    def reduction(self, idx: int | None = None):
+        return self._get("reduction", idx)
+
+    def module_name(self, idx: int | None = None):
+        return self._get("module", idx)
 
 
 def pretrained_cfg(
@@ -108,12 +127,12 @@ class BackboneConventions:
         return isotropic_taps(self.config.depth, self.config.channels, self.reduction)
 
     @property
-    def feature_info(self) -> list[dict]:
+    def feature_info(self) -> FeatureInfo:
         """One entry per feature tap: ``num_chs``, ``reduction`` (stride) and ``module``."""
-        return [
+        return FeatureInfo(
             {"num_chs": c, "reduction": r, "module": f"backbone.{i}"}
             for i, c, r in self.feature_taps()
-        ]
+        )
 
     def forward_intermediates(
         self,

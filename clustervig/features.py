@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from .conventions import FeatureInfo
+
 __all__ = ["FeaturePyramid", "PYRAMID_STRIDES"]
 
 #: The strides of the four levels a detector's FPN expects.
@@ -63,7 +65,7 @@ class FeaturePyramid(nn.Module):
             necks.append(neck)
             info.append({"num_chs": channels, "reduction": stride, "module": f"necks.{level}"})
         self.necks = nn.ModuleList(necks)
-        self.feature_info = [info[i] for i in out_indices]
+        self.feature_info = FeatureInfo(info[i] for i in out_indices)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         maps = self.model.forward_intermediates(x, self.out_indices, intermediates_only=True)

@@ -24,6 +24,11 @@ from .layers import (
 
 __all__ = ["CViG", "CViGConfig", "Grapher", "VARIANTS", "cvig_ti", "cvig_s", "cvig_b", "cvig_b_hr"]
 
+# Leaves under torch.fx symbolic tracing (timm / torchvision feature extraction): both read
+# shapes and values in Python.
+torch.fx.wrap("check_images")
+torch.fx.wrap("add_position_embedding")
+
 
 class Grapher(nn.Module):
     """``Y = fc2(DEGC(fc1(CPE(X) + X))) + X`` (paper Eq. 5).

@@ -15,6 +15,11 @@ from .graph import ViGGrapher
 
 __all__ = ["IViG", "IViGConfig", "IVIG_VARIANTS"]
 
+# Leaves under torch.fx symbolic tracing (timm / torchvision feature extraction): both read
+# shapes and values in Python.
+torch.fx.wrap("check_images")
+torch.fx.wrap("add_position_embedding")
+
 
 @dataclass(frozen=True)
 class IViGConfig:
