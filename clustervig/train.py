@@ -543,7 +543,7 @@ def _plot(metrics: list[dict], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     left.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
     left.plot(epochs, [m["val_loss"] for m in metrics], "s-", label="val")
-    left.set(xlabel="epoch", ylabel="loss", title="loss")
+    left.set(xlabel="epoch", ylabel="loss", title="loss", yscale="log")
     left.legend()
     right.plot(epochs, [m["val_top1"] for m in metrics], "o-", label="val top-1")
     right.plot(epochs, [m["val_top5"] for m in metrics], "s-", label="val top-5")

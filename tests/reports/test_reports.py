@@ -361,3 +361,36 @@ def test_peak_memory_on_the_cpu_sees_a_large_allocation():
     if value == "None":
         pytest.skip("no /proc/self/clear_refs on this system")
     assert float(value) >= 48
+
+
+def test_train_memory_benchmark_writes_rows_and_reports_a_failed_config(tmp_path):
+    """A config that cannot run (Pyramid ViG at 64 px) is a row with its error, not a crash."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "mem"
+    cmd = [
+        sys.executable,
+        "-m",
+        "reports.train_memory",
+        "--models",
+        "cvig_ti",
+        "pvig_ti",
+        "--sizes",
+        "64",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = {r["model"]: r for r in json.loads((out / "train-memory-cpu.json").read_text())["rows"]}
+    assert rows["cvig_ti"]["step_s_median"] > 0 and rows["cvig_ti"]["peak_mib"] is not None
+    assert "k * dilation" in rows["pvig_ti"]["error"]
+    assert (out / "train-memory-cpu.png").stat().st_size > 0
