@@ -314,3 +314,40 @@ def test_two_processes_match_one_with_the_same_global_batch(digits, tmp_path):
     state_b = torch.load(two / "last.pt", weights_only=True)["model"]
     for key in (k for k in state_a if state_a[k].dim() > 1):
         torch.testing.assert_close(state_a[key], state_b[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_distillation_from_a_checkpoint_teacher_with_ema_and_checkpointing(
+    digits, tmp_path, mode, capsys
+):
+    teacher = tmp_path / "teacher"
+    common = ["--data", str(digits), *TINY, *PLAIN, "--epochs", "1", "--batch-size", "8"]
+    assert _train([*common, "--output", str(teacher)]) == 0
+    student = tmp_path / "student"
+    argv = [
+        *common,
+        "--teacher",
+        str(teacher / "last.pt"),
+        "--distillation",
+        mode,
+        "--ema",
+        "--grad-checkpointing",
+        "--output",
+        str(student),
+    ]
+    assert _train(argv) == 0
+    (row,) = _metrics(student)
+    assert 0 <= row["ema_val_top1"] <= 100 and row["train_loss"] < float("inf")
+    blob = torch.load(student / "last.pt", weights_only=True)
+    assert blob["ema"] is not None
+    capsys.readouterr()
+    assert (
+        validate_main(["--checkpoint", str(student / "last.pt"), "--data", str(digits), "--ema"])
+        == 0
+    )
+
+
+def test_distillation_needs_a_teacher(digits, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _train(["--data", str(digits), "--distillation", "hard", "--output", str(tmp_path)])
+    assert "--teacher" in capsys.readouterr().err
