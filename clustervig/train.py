@@ -25,7 +25,6 @@ import contextlib
 import json
 import math
 import os
-import pickle
 import random
 import sys
 import time
@@ -409,14 +408,23 @@ def _load_pretrained(model: nn.Module, path: str) -> str:
     return note + (f"; classifier re-initialised ({len(fresh)} tensors)" if fresh else "")
 
 
+def _read_blob(path: str, flag: str):
+    """``torch.load`` of a checkpoint (tensors and plain containers only), or a ``ValueError``
+    naming ``flag`` for a missing, damaged or foreign file."""
+    if not Path(path).is_file():
+        raise ValueError(f"{flag}: no checkpoint file at {path!r}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle of arbitrary objects, not a checkpoint
+        raise ValueError(f"{flag}: cannot read {path} as a checkpoint ({err})") from None
+
+
 def _model_state(path: str):
     """The model weights of ``path``: a checkpoint of this command (``{"model": ...}``) or any
     state-dict file."""
-    if not Path(path).is_file():
-        raise ValueError(f"no checkpoint file at {path!r}")
     if path.endswith(".safetensors"):
         return path
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = _read_blob(path, "--pretrained")
     return blob["model"] if isinstance(blob, dict) and "model" in blob else blob
 
 
@@ -424,11 +432,16 @@ def _teacher(args, num_classes: int, device: torch.device) -> nn.Module | None:
     if not args.teacher:
         return None
     if Path(args.teacher).is_file():
-        blob = torch.load(args.teacher, map_location="cpu", weights_only=True)
+        blob = _read_blob(args.teacher, "--teacher")
         if not (isinstance(blob, dict) and "args" in blob and "model" in blob):
             raise ValueError(
                 f"--teacher: {args.teacher} is not a checkpoint written by clustervig.train; "
                 "for a timm teacher give its model name and --teacher-checkpoint"
+            )
+        if blob["num_classes"] != num_classes:
+            raise ValueError(
+                f"--teacher: {args.teacher} predicts {blob['num_classes']} classes, the data "
+                f"has {num_classes}"
             )
         teacher_args = argparse.Namespace(**blob["args"])
         teacher = _build_model(teacher_args, blob["num_classes"])
@@ -791,17 +804,15 @@ def _write_epoch(
 
 
 def _resume(path, model, optimizer, scheduler, scaler, ema) -> tuple[int, float]:
-    if not Path(path).is_file():
-        raise ValueError(f"--resume: no checkpoint file at {path!r}")
+    blob = _read_blob(path, "--resume")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(blob["model"])
         optimizer.load_state_dict(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])
         scaler.load_state_dict(blob["scaler"])
         if ema is not None and blob.get("ema") is not None:
             ema.module.load_state_dict(blob["ema"])
-    except (KeyError, RuntimeError, TypeError, EOFError, OSError, pickle.UnpicklingError) as err:
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:
         raise ValueError(
             f"--resume: {path} is not a checkpoint of this run's model and options ({err})"
         ) from None

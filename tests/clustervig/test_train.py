@@ -351,3 +351,25 @@ def test_distillation_needs_a_teacher(digits, tmp_path, capsys):
     with pytest.raises(SystemExit):
         _train(["--data", str(digits), "--distillation", "hard", "--output", str(tmp_path)])
     assert "--teacher" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--pretrained", "--teacher"])
+def test_a_damaged_checkpoint_is_reported(digits, tmp_path, flag, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    err = _error(
+        [
+            "--data",
+            str(digits),
+            *TINY,
+            *PLAIN,
+            "--epochs",
+            "1",
+            flag,
+            str(bad),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert flag in err and "bad.pt" in err
