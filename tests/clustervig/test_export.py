@@ -60,13 +60,26 @@ def test_onnx_ops_equal_the_custom_ops_in_pytorch():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["pvig_ti", "ivig_ti"])
-def test_vig_baselines_export_and_run_in_onnx_runtime(name, tmp_path):
-    """The baselines export and run. Their dense k-NN over thousands of nodes has near-ties
-    that float rounding can break either way, so on random weights the logits are compared
-    loosely (same shape, finite, correlated), not to float precision."""
-    model = _calibrated(name)
+@pytest.mark.parametrize(
+    ("name", "shallow"), [("pvig_ti", {"blocks": (1, 1, 1, 1)}), ("ivig_ti", {"depth": 1})]
+)
+def test_vig_baselines_onnx_runtime_matches_pytorch(name, shallow, tmp_path):
+    """Tolerance: 1e-4 of the logits' scale, on PViG-Ti with one block per stage (a graph layer
+    at every resolution) and IViG-Ti with one block. Both export every op exactly: measured
+    ~3e-6 of scale.
+
+    At full depth the random-weight models are compared loosely (finite, correlated): their
+    dense k-NN ranks thousands of near-equal distances, and float rounding that differs between
+    PyTorch's and ONNX Runtime's matmuls flips some 9th/10th neighbours, which later layers
+    amplify (IViG-Ti at depth 3 is already off by ~3e-3 of scale, depth 1 by ~1e-6)."""
     x = torch.randn(1, 3, 224, 224)
+    model = _calibrated(name, **shallow)
+    got = _ort(export_onnx(model, tmp_path / f"{name}-shallow.onnx"), x)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+    model = _calibrated(name)
     got = _ort(export_onnx(model, tmp_path / f"{name}.onnx"), x)
     with torch.no_grad():
         expected = model(x).numpy()
