@@ -124,6 +124,28 @@ def use_backend(name: str) -> Iterator[None]:
         _backend_override = previous
 
 
+#: The :class:`kernels.launches.LaunchRecorder` while :func:`kernels.launches.record_launches`
+#: runs: ops on ``meta`` tensors then take their Triton path, and their launches are recorded.
+_launch_recorder = None
+
+
+def set_launch_recorder(recorder):
+    """Install ``recorder`` (or None); returns the previous one."""
+    global _launch_recorder
+    previous, _launch_recorder = _launch_recorder, recorder
+    return previous
+
+
+def recording_launches(t: torch.Tensor, op: str) -> bool:
+    """Whether the op ``op`` on ``t`` is being recorded (a ``meta`` tensor inside
+    :func:`kernels.launches.record_launches`): its fake implementation then runs the Triton
+    launcher, whose launches are recorded instead of run."""
+    if _launch_recorder is None or t.device.type != "meta":
+        return False
+    _launch_recorder.op = op
+    return True
+
+
 def runs_triton(t: torch.Tensor, op: str = "op") -> bool:
     """Whether the op ``op`` on ``t`` launches its Triton kernel (else the PyTorch reference).
 

@@ -161,20 +161,15 @@ _SPACE_16BIT = configs(
         (16, 64, 32, 4, 2),
         (32, 32, 32, 4, 2),
         (32, 32, 64, 4, 2),
-        (32, 64, 32, 4, 2),
-        (64, 32, 32, 4, 2),
         (64, 64, 32, 4, 2),
         (64, 64, 64, 4, 2),
         (64, 32, 64, 8, 2),
         (64, 64, 32, 8, 2),
-        (64, 64, 64, 8, 2),
     ],
 )
 _SPACE_32BIT = configs(
     ("BLOCK_M", "BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
     [
-        (16, 32, 16, 4, 1),
-        (16, 64, 16, 4, 1),
         (16, 64, 32, 4, 1),
         (32, 32, 16, 4, 1),
         (32, 64, 32, 4, 1),
@@ -190,7 +185,7 @@ PARTITION_KNN = Tunable(
     kernels=[_partition_knn_kernel, _squared_norms, _distance_keys],
     space={"e2": _SPACE_16BIT, "e4": _SPACE_32BIT},
     default={
-        "e2": {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
+        "e2": {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_C": 32, "num_warps": 4, "num_stages": 2},
         "e4": {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
     },
     interpret_space=[
@@ -218,8 +213,11 @@ PARTITION_KNN = Tunable(
             "UPCAST": "constexpr",
         },
         {
-            "K": 32,
-            "K_PAD": 32,
+            # The models' smallest K (9, padded to 16) is the specialisation that spilled where
+            # K = 32 did not (found by reports.static, which compiles the launches the models
+            # make); K = 18 (padded to 32) was checked by hand with this space.
+            "K": 9,
+            "K_PAD": 16,
             "BLOCK_M": config["BLOCK_M"],
             "BLOCK_N": config["BLOCK_N"],
             "BLOCK_C": config["BLOCK_C"],

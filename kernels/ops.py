@@ -32,6 +32,7 @@ from ._common import (
     OP_DTYPES,
     check_int,
     check_tensor,
+    recording_launches,
     runs_triton,
 )
 
@@ -68,6 +69,10 @@ def _kmeans_op(x: Tensor, num_clusters: int, max_iters: int) -> tuple[Tensor, Te
 @_kmeans_op.register_fake
 def _(x: Tensor, num_clusters: int, max_iters: int) -> tuple[Tensor, Tensor, Tensor]:
     _check_kmeans(x, num_clusters, max_iters)
+    if recording_launches(x, "kmeans"):
+        from . import kmeans as kmeans_kernel
+
+        return kmeans_kernel.kmeans(x, num_clusters, max_iters)
     B, N, C = x.shape
     return (
         x.new_empty(B, N, dtype=INDEX_DTYPE),
@@ -118,6 +123,10 @@ def _partition_op(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Te
 @_partition_op.register_fake
 def _(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_partition(labels, num_clusters)
+    if recording_launches(labels, "partition"):
+        from . import permute
+
+        return permute.partition(labels, num_clusters)
     B, N = labels.shape
     m = B * N
     return (
@@ -163,6 +172,10 @@ def _permute_rows_op(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
 @_permute_rows_op.register_fake
 def _(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
     _check_permute(x, index, inverse)
+    if recording_launches(x, "permute_rows"):
+        from . import permute
+
+        return permute.permute_rows(x, index)
     return x.new_empty(x.shape)
 
 
@@ -234,6 +247,10 @@ def _check_offsets(x: Tensor, offsets: Tensor, max_partition_size: int) -> None:
 @_partition_knn_op.register_fake
 def _(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> Tensor:
     _check_knn(x, offsets, k, max_partition_size)
+    if recording_launches(x, "partition_knn"):
+        from . import knn
+
+        return knn.partition_knn(x, offsets, k, max_partition_size)
     return x.new_empty(x.shape[0], k, dtype=INDEX_DTYPE)
 
 
@@ -275,6 +292,10 @@ def _max_aggregate_op(
 @_max_aggregate_op.register_fake
 def _(x: Tensor, nbr: Tensor, relative: bool, with_argslot: bool) -> tuple[Tensor, Tensor]:
     _check_aggregate(x, nbr)
+    if recording_launches(x, "max_aggregate"):
+        from . import aggregate
+
+        return aggregate.max_aggregate(x, nbr, relative, with_argslot)
     slot_shape = x.shape if with_argslot else (0,)
     return x.new_empty(x.shape), x.new_empty(slot_shape, dtype=torch.uint8)
 

@@ -1,0 +1,687 @@
+"""``python -m reports.static``: a static performance report of one forward pass on a GPU we do
+not have. Every number it prints is an ESTIMATE (shapes, compiled code and a roofline), not a
+measurement.
+
+    python -m reports.static --model cvig_ti --batch-size 256 --gpu h100 --dtype bf16 --json F
+
+What it does, without a GPU:
+
+1. Traces one eval forward of the model on the ``meta`` device inside
+   :func:`kernels.launches.record_launches`: every Triton launch the custom ops would make
+   (kernel, grid, config, arguments), tagged with its DEGC layer. The eager PyTorch ops around
+   them inside each DEGC layer ("glue") and the dense matmuls / convolutions of each block are
+   traced in the same pass (a dispatch mode and ``FlopCounterMode``).
+2. Compiles every distinct launch for the GPU's architecture as the JIT specialises it and reads
+   registers, shared memory, spills and the SASS (instructions, ``BAR`` barriers, the innermost
+   loops: the hot loop).
+3. Estimates each launch's time as the largest of: memory (bytes / bandwidth, scaled down when
+   too few SMs are busy to draw it), tensor cores (FLOPs / peak), issue (warp instructions /
+   (busy SMs x 4 schedulers x clock)), and a launch floor. Bytes, FLOPs and loop trip counts
+   come from a work model per kernel (``WORK_MODELS``) under two stated assumptions: Lloyd
+   iterations per image (``--kmeans-iters``) and equal partitions (N / kappa nodes each).
+
+It lives in ``reports`` (not ``kernels.resources``) because it builds models: ``kernels`` never
+imports ``clustervig``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from clustervig import __version__
+
+# ---------------------------------------------------------------------------------------------
+# GPUs (public spec-sheet peaks, dense; what the estimates divide by)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    arch: int  # sm_<arch> the kernels are compiled for
+    sms: int
+    clock_ghz: float  # boost clock
+    bandwidth_tbs: float  # DRAM
+    tc_bf16_tflops: float  # dense tensor-core bf16/fp16 with fp32 accumulation
+    tc_tf32_tflops: float
+    fp32_tflops: float  # CUDA cores (FMA)
+    max_warps_per_sm: int
+    regs_per_sm: int = 65536
+    smem_per_sm_kib: int = 228
+    max_programs_per_sm: int = 32
+
+
+GPUS = {
+    "h100": GPU("H100 SXM", 90, 132, 1.98, 3.35, 989.0, 494.0, 67.0, 64, smem_per_sm_kib=228),
+    "a100": GPU("A100 SXM 80GB", 80, 108, 1.41, 2.04, 312.0, 156.0, 19.5, 64, smem_per_sm_kib=164),
+    "rtx4090": GPU("RTX 4090", 89, 128, 2.52, 1.01, 165.2, 82.6, 82.6, 48, smem_per_sm_kib=100),
+}
+#: A launch costs at least this on the device (eager launch latency); printed as an assumption.
+LAUNCH_FLOOR_US = 2.5
+#: The fraction of DRAM bandwidth one busy SM can draw (so few programs cannot saturate HBM).
+SM_BANDWIDTH_SHARE = 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# SASS
+# ---------------------------------------------------------------------------------------------
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
+
+
+@dataclass
+class Sass:
+    instructions: int
+    barriers: int
+    loops: list[tuple[int, int, int]]  # innermost loops: (instructions, barriers, shuffles)
+
+    @property
+    def hot_loop(self) -> tuple[int, int, int]:
+        """The innermost loop with the most instructions (0s when there is none)."""
+        return max(self.loops, default=(0, 0, 0))
+
+
+def parse_sass(text: str) -> Sass:
+    """Instruction count, ``BAR`` count and innermost loops (ranges closed by a backward
+    branch that contain no other backward branch) of a ``cuobjdump -sass`` listing."""
+    ops: list[tuple[int, str, str]] = []
+    for match in _INSTR.finditer(text):
+        address, _, opcode, operands = match.groups()
+        ops.append((int(address, 16), opcode, operands))
+    address_index = {addr: i for i, (addr, _, _) in enumerate(ops)}
+    back: list[tuple[int, int]] = []
+    for i, (_, opcode, operands) in enumerate(ops):
+        if opcode.startswith("BRA"):
+            target = re.search(r"0x([0-9a-f]+)", operands)
+            if target:
+                j = address_index.get(int(target.group(1), 16))
+                if j is not None and j <= i:
+                    back.append((j, i))
+    innermost = [
+        (lo, hi)
+        for lo, hi in back
+        if not any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in back)
+    ]
+    loops = []
+    for lo, hi in innermost:
+        body = [op for _, op, _ in ops[lo : hi + 1]]
+        loops.append(
+            (
+                len(body),
+                sum(op.startswith("BAR") for op in body),
+                sum(op.startswith("SHFL") for op in body),
+            )
+        )
+    real = [op for _, op, _ in ops if op not in ("NOP",)]
+    return Sass(len(real), sum(op.startswith("BAR") for op in real), loops)
+
+
+# ---------------------------------------------------------------------------------------------
+# work models: bytes, FLOPs, trips of the hot loop per program, programs that do work
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Work:
+    bytes: float
+    flops: float  # of which tensor-core FLOPs
+    tc_flops: float
+    hot_trips: float  # hot-loop iterations per active program
+    active_programs: int
+
+
+def _partition_sizes(n: int, kappa: int) -> list[int]:
+    """Equal partitions (the stated assumption): N / kappa nodes, the remainder spread."""
+    return [n // kappa + (1 if i < n % kappa else 0) for i in range(kappa)]
+
+
+def _esize(t) -> int:
+    return torch.empty((), dtype=t.dtype).element_size()
+
+
+def _kmeans_kernel(launch, shape, iters) -> Work:
+    x = launch.args["x_ptr"]
+    B, N, C = x.shape
+    bn, bc = launch.constexprs["BLOCK_N"], launch.constexprs["BLOCK_C"]
+    kpad = launch.constexprs["KAPPA_PAD"]
+    passes = 2 * iters + 2  # assign + update per iteration, first assign, final mean
+    tiles = math.ceil(N / bn) * math.ceil(C / bc)
+    return Work(
+        bytes=passes * B * N * C * _esize(x) + (iters + 1) * B * N * 4,
+        flops=passes * B * 2 * N * kpad * C,
+        tc_flops=passes * B * 2 * N * kpad * C,
+        hot_trips=passes * tiles,
+        active_programs=B,
+    )
+
+
+def _kmeans_assign_block(launch, shape, iters) -> Work:
+    x = launch.args["x_ptr"]
+    B, N, C = x.shape
+    bc = launch.constexprs["BLOCK_C"]
+    kpad = launch.constexprs["KAPPA_PAD"]
+    blocks = launch.grid[1]
+    # Every launch of the loop is counted once per forward by the caller; programs of an image
+    # that has converged exit at once: a launch does work with probability iters / max_iters.
+    return Work(
+        bytes=B * N * C * _esize(x) + B * N * 4 + B * blocks * kpad * (C + 1) * 4,
+        flops=B * 4 * N * kpad * C,
+        tc_flops=B * 4 * N * kpad * C,
+        hot_trips=math.ceil(C / bc),
+        active_programs=B * blocks,
+    )
+
+
+def _kmeans_update_image(launch, shape, iters) -> Work:
+    sums = launch.args["partial_sums_ptr"] if "partial_sums_ptr" in launch.args else None
+    B = launch.grid[0]
+    nbytes = sums.nbytes if sums is not None else 0
+    blocks = launch.args.get("num_blocks", 1)
+    return Work(bytes=nbytes, flops=0, tc_flops=0, hot_trips=3 * blocks, active_programs=B)
+
+
+def _partition_kernel(launch, shape, iters) -> Work:
+    labels = launch.args["labels_ptr"]
+    B, N = labels.shape
+    bn = launch.constexprs["BLOCK_N"]
+    return Work(
+        bytes=B * N * 4 * 5,
+        flops=0,
+        tc_flops=0,
+        hot_trips=2 * math.ceil(N / bn),
+        active_programs=B,
+    )
+
+
+def _permute_rows_kernel(launch, shape, iters) -> Work:
+    x = launch.args["x_ptr"]
+    M, C = x.shape
+    return Work(
+        bytes=2 * M * C * _esize(x) + M * 4,
+        flops=0,
+        tc_flops=0,
+        hot_trips=1,
+        active_programs=launch.programs,
+    )
+
+
+def _partition_knn_kernel(launch, shape, iters) -> Work:
+    x = launch.args["x_ptr"]
+    M, C = x.shape
+    c = launch.constexprs
+    bm, bn, bc, k = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_C"], c["K"]
+    B, N, kappa = shape["B"], shape["N"], shape["kappa"]
+    sizes = _partition_sizes(N, kappa) * B
+    active = sum(math.ceil(s / bm) for s in sizes)
+    tile_pairs = sum(math.ceil(s / bm) * math.ceil(s / bn) for s in sizes)
+    col_tiles_per_block = sum(math.ceil(s / bm) * math.ceil(s / bn) for s in sizes) / max(active, 1)
+    return Work(
+        bytes=sum(math.ceil(s / bm) * (bm + s) for s in sizes) * C * _esize(x) + M * k * 4,
+        flops=tile_pairs * 2 * bm * bn * C,
+        tc_flops=tile_pairs * 2 * bm * bn * C,
+        # per column tile: the channel loop (C / BLOCK_C) then up to K selection passes
+        hot_trips=col_tiles_per_block * (math.ceil(C / bc) + k),
+        active_programs=active,
+    )
+
+
+def _max_aggregate_kernel(launch, shape, iters) -> Work:
+    x = launch.args["x_ptr"]
+    M, C = x.shape
+    k = launch.constexprs["K"]
+    # The K gathered rows lie in the same image's partition, read by neighbouring programs:
+    # L2 hits, not DRAM traffic (x of a layer is at most ~20 MB at the models' batch 256).
+    return Work(
+        bytes=2 * M * C * _esize(x) + M * k * 4,
+        flops=2 * M * k * C,
+        tc_flops=0,
+        hot_trips=k,
+        active_programs=launch.programs,
+    )
+
+
+WORK_MODELS = {
+    "_kmeans_kernel": _kmeans_kernel,
+    "_kmeans_assign_block": _kmeans_assign_block,
+    "_kmeans_update_image": _kmeans_update_image,
+    "_partition_kernel": _partition_kernel,
+    "_permute_rows_kernel": _permute_rows_kernel,
+    "_partition_knn_kernel": _partition_knn_kernel,
+    "_max_aggregate_kernel": _max_aggregate_kernel,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# compile + estimate
+# ---------------------------------------------------------------------------------------------
+def _cuobjdump() -> str:
+    from kernels.resources import cuobjdump
+
+    return cuobjdump()
+
+
+_COMPILED: dict[tuple, dict] = {}
+
+
+def compiled_facts(launch, arch: int) -> dict:
+    """Registers, shared memory, spills and SASS counts of a launch's specialisation."""
+    from kernels.launches import compile_launch
+
+    key = (
+        launch.kernel,
+        arch,
+        launch.num_warps,
+        launch.num_stages,
+        tuple(sorted((k, str(v)) for k, v in launch.constexprs.items())),
+        tuple(
+            sorted(
+                (
+                    k,
+                    v.triton_type
+                    if hasattr(v, "triton_type")
+                    else (
+                        "one"
+                        if v == 1
+                        else "16"
+                        if isinstance(v, int) and v % 16 == 0
+                        else type(v).__name__
+                    ),
+                )
+                for k, v in launch.args.items()
+            )
+        ),
+    )
+    if key in _COMPILED:
+        return _COMPILED[key]
+    compiled = compile_launch(launch, arch)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(compiled.asm["cubin"])
+        handle.flush()
+        usage = subprocess.run(
+            [_cuobjdump(), "-res-usage", handle.name], capture_output=True, text=True, check=True
+        ).stdout
+        sass = subprocess.run(
+            [_cuobjdump(), "-sass", handle.name], capture_output=True, text=True, check=True
+        ).stdout
+    fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
+    parsed = parse_sass(sass)
+    loop_instr, loop_bars, loop_shfl = parsed.hot_loop
+    facts = {
+        "registers": int(fields.get("REG", 0)),
+        "shared_bytes": int(compiled.metadata.shared),
+        "spills": int(fields.get("STACK", 0)) + int(fields.get("LOCAL", 0)) > 0,
+        "sass_instructions": parsed.instructions,
+        "sass_barriers": parsed.barriers,
+        "hot_loop_instructions": loop_instr,
+        "hot_loop_barriers": loop_bars,
+        "hot_loop_shuffles": loop_shfl,
+    }
+    _COMPILED[key] = facts
+    return facts
+
+
+def programs_per_sm(gpu: GPU, warps: int, registers: int, shared: int) -> int:
+    by_regs = gpu.regs_per_sm // max(1, registers * 32 * warps)
+    by_smem = (gpu.smem_per_sm_kib * 1024) // shared if shared else gpu.max_programs_per_sm
+    by_warps = gpu.max_warps_per_sm // warps
+    return max(1, min(by_regs, by_smem, by_warps, gpu.max_programs_per_sm))
+
+
+def estimate_us(gpu: GPU, work: Work, facts: dict, warps: int, dtype: torch.dtype) -> dict:
+    """The three bounds and the estimate (their max, at least the launch floor), in us."""
+    active = max(1, work.active_programs)
+    per_sm = programs_per_sm(gpu, warps, facts["registers"], facts["shared_bytes"])
+    busy_sms = min(gpu.sms, active)
+    bandwidth = gpu.bandwidth_tbs * 1e12 * min(1.0, SM_BANDWIDTH_SHARE * busy_sms / gpu.sms)
+    memory = work.bytes / bandwidth * 1e6
+    peak = gpu.tc_bf16_tflops if dtype in (torch.bfloat16, torch.float16) else gpu.fp32_tflops
+    tensor = work.tc_flops / (peak * 1e12) * 1e6
+    # Warp instructions: the hot loop times its trips plus the rest once, for every warp.
+    per_warp = facts["sass_instructions"] + facts["hot_loop_instructions"] * max(
+        0.0, work.hot_trips - 1
+    )
+    warps_per_sm = min(gpu.max_warps_per_sm, warps * min(per_sm, math.ceil(active / busy_sms)))
+    issue_rate = busy_sms * min(4, warps_per_sm) * gpu.clock_ghz * 1e9  # warp instr / s
+    issue = active * warps * per_warp / issue_rate * 1e6
+    return {
+        "memory_us": memory,
+        "tensor_us": tensor,
+        "issue_us": issue,
+        "est_us": max(memory, tensor, issue, LAUNCH_FLOOR_US),
+        "occupancy": min(1.0, per_sm * warps / gpu.max_warps_per_sm),
+        "programs_per_sm": per_sm,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# tracing the model
+# ---------------------------------------------------------------------------------------------
+_FREE_OPS = {
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "transpose",
+    "t",
+    "permute",
+    "unsqueeze",
+    "squeeze",
+    "expand",
+    "slice",
+    "select",
+    "detach",
+    "alias",
+    "as_strided",
+    "empty",
+    "empty_like",
+    "new_empty",
+    "empty_strided",
+    "split",
+    "unbind",
+    "lift_fresh",
+    "_reshape_alias",
+}
+_MATMUL_OPS = {
+    "mm",
+    "addmm",
+    "bmm",
+    "baddbmm",
+    "convolution",
+    "_convolution",
+    "linear",
+    "matmul",
+    "einsum",
+}
+
+
+def trace(model_name: str, batch: int, dtype: torch.dtype):
+    """``(launches, glue, matmul_flops, layers, shape)`` of one eval forward on meta tensors."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from clustervig import create_model
+    from clustervig.degc import DEGC
+    from kernels.launches import record_launches
+
+    with torch.device("meta"):
+        model = create_model(model_name).eval().to(dtype)
+    cfg = model.config
+    x = torch.empty(batch, cfg.in_channels, cfg.img_size, cfg.img_size, device="meta", dtype=dtype)
+    layer_of = {}
+    degcs = [m for m in model.modules() if isinstance(m, DEGC)]
+    glue: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    state = {"layer": None}
+
+    class Glue(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            layer = state["layer"]
+            if (
+                layer is not None
+                and not str(func).startswith("clustervig.")
+                and name.rstrip("_") not in _FREE_OPS
+                and name not in _MATMUL_OPS
+            ):
+                tensors = [
+                    a
+                    for a in torch.utils._pytree.tree_leaves((args, kwargs, out))
+                    if isinstance(a, torch.Tensor)
+                ]
+                glue[layer].append((name, sum(t.numel() * t.element_size() for t in tensors)))
+            return out
+
+    for i, module in enumerate(degcs):
+        name = f"layer {i}"
+        layer_of[module] = name
+        module.register_forward_pre_hook(lambda m, a, n=name: _enter(state, rec_ref, n))
+        module.register_forward_hook(lambda m, a, o: _enter(state, rec_ref, None))
+    rec_ref: list = []
+    with torch.no_grad(), record_launches() as rec, FlopCounterMode(display=False) as flops:
+        rec_ref.append(rec)
+        with Glue():
+            model(x)
+    counts = flops.get_flop_counts()
+    matmul = {}
+    for i in range(len(degcs)):
+        total = 0
+        for block in (f"backbone.{2 * i}", f"backbone.{2 * i + 1}"):
+            for key, per_op in counts.items():
+                if key.endswith(block):
+                    total += sum(
+                        v for op, v in per_op.items() if not str(op).startswith("clustervig")
+                    )
+        matmul[f"layer {i}"] = total
+    shape = {"B": batch, "N": cfg.grid * cfg.grid, "kappa": cfg.num_clusters, "C": cfg.channels}
+    return rec.launches, glue, matmul, [f"layer {i}" for i in range(len(degcs))], shape
+
+
+def _enter(state, rec_ref, name) -> None:
+    state["layer"] = name
+    if rec_ref:
+        rec_ref[0].label = name or ""
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+# ---------------------------------------------------------------------------------------------
+def report(
+    model_name: str, batch: int, gpu_key: str, dtype: torch.dtype, iters: int, max_iters: int = 20
+) -> dict:
+    gpu = GPUS[gpu_key]
+    launches, glue, matmul, layers, shape = trace(model_name, batch, dtype)
+    rows = []
+    for launch in launches:
+        model_fn = WORK_MODELS.get(launch.kernel)
+        if model_fn is None:
+            raise SystemExit(f"reports.static: no work model for kernel {launch.kernel}")
+        work = model_fn(launch, shape, iters)
+        if launch.kernel in ("_kmeans_assign_block", "_kmeans_update_image"):
+            # max_iters launch pairs are made; the ones past convergence exit at once
+            per_forward = (iters + 1) / (max_iters + 1)
+            work = Work(
+                work.bytes * per_forward,
+                work.flops * per_forward,
+                work.tc_flops * per_forward,
+                work.hot_trips,
+                work.active_programs,
+            )
+        facts = compiled_facts(launch, gpu.arch)
+        est = estimate_us(gpu, work, facts, launch.num_warps, dtype)
+        if launch.kernel in ("_kmeans_assign_block", "_kmeans_update_image"):
+            busy = est["est_us"] - LAUNCH_FLOOR_US
+            est["est_us"] = LAUNCH_FLOOR_US + max(0.0, busy) * (iters + 1) / (max_iters + 1)
+        config = {k: v for k, v in launch.constexprs.items() if k.startswith("BLOCK")}
+        config.update(num_warps=launch.num_warps, num_stages=launch.num_stages)
+        rows.append(
+            {
+                "layer": launch.label,
+                "kernel": launch.kernel,
+                "op": launch.op,
+                "config": config,
+                "grid": list(launch.grid),
+                "programs": launch.programs,
+                "active_programs": min(work.active_programs, launch.programs),
+                "bytes": work.bytes,
+                "flops": work.flops,
+                **facts,
+                **est,
+            }
+        )
+    for layer in layers:
+        ops = glue.get(layer, [])
+        peak_bw = gpu.bandwidth_tbs * 1e12
+        us = sum(max(LAUNCH_FLOOR_US, b / peak_bw * 1e6) for _, b in ops)
+        rows.append(
+            {
+                "layer": layer,
+                "kernel": "glue",
+                "op": f"{len(ops)} eager torch ops",
+                "programs": len(ops),
+                "active_programs": len(ops),
+                "bytes": sum(b for _, b in ops),
+                "flops": 0,
+                "est_us": us,
+                "ops": sorted({n for n, _ in ops}),
+            }
+        )
+        peak = gpu.tc_bf16_tflops if dtype != torch.float32 else gpu.tc_tf32_tflops
+        rows.append(
+            {
+                "layer": layer,
+                "kernel": "matmul",
+                "op": "dense matmuls / convs of the block",
+                "programs": 0,
+                "active_programs": 0,
+                "bytes": 0,
+                "flops": matmul[layer],
+                "est_us": matmul[layer] / (peak * 1e12) * 1e6,
+            }
+        )
+    meta = {
+        "model": model_name,
+        "batch_size": batch,
+        "gpu": gpu.name,
+        "arch": f"sm_{gpu.arch}",
+        "dtype": str(dtype).replace("torch.", ""),
+        "kmeans_iters_assumed": iters,
+        "estimate": True,
+        "assumptions": [
+            f"ESTIMATES from shapes, compiled SASS and {gpu.name} peak rates; not measured",
+            f"every image runs {iters} Lloyd iterations (observed 4-20 in the models)",
+            "partitions of equal size (N / kappa nodes)",
+            f"launch floor {LAUNCH_FLOOR_US} us; one busy SM draws at most "
+            f"{SM_BANDWIDTH_SHARE:g}/{gpu.sms} of DRAM bandwidth",
+            "issue bound: 4 warp instructions per SM per cycle at boost clock",
+            "matmuls at dense tensor-core peak; glue ops at DRAM bandwidth or the launch floor",
+        ],
+        "clustervig": __version__,
+        "triton": _triton_version(),
+    }
+    return {"meta": meta, "launches": rows, "summary": summarise(rows, layers)}
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
+_GROUPS = {
+    "_kmeans_kernel": "k-means",
+    "_kmeans_assign_block": "k-means",
+    "_kmeans_update_image": "k-means",
+    "_partition_kernel": "partition",
+    "_permute_rows_kernel": "permutes",
+    "_partition_knn_kernel": "k-NN",
+    "_max_aggregate_kernel": "aggregate",
+    "glue": "glue",
+    "matmul": "matmul",
+}
+COLUMNS = ("k-means", "partition", "k-NN", "permutes", "aggregate", "glue", "matmul")
+
+
+def summarise(rows: list[dict], layers: list[str]) -> dict:
+    per_layer = {layer: dict.fromkeys(COLUMNS, 0.0) for layer in layers}
+    for row in rows:
+        per_layer[row["layer"]][_GROUPS[row["kernel"]]] += row["est_us"]
+    totals = {c: sum(v[c] for v in per_layer.values()) for c in COLUMNS}
+    non_matmul = sum(v for c, v in totals.items() if c != "matmul")
+    knn = [r for r in rows if r["kernel"] == "_partition_knn_kernel"]
+    return {
+        "per_layer_us": per_layer,
+        "forward_us": totals,
+        "degc_minus_matmul_over_matmul": non_matmul / max(totals["matmul"], 1e-9),
+        "knn_idle_programs": (
+            1 - sum(r["active_programs"] for r in knn) / max(1, sum(r["programs"] for r in knn))
+        ),
+    }
+
+
+def _print(result: dict) -> None:
+    meta, rows, summary = result["meta"], result["launches"], result["summary"]
+    print(
+        f"ESTIMATE (not measured): {meta['model']} batch {meta['batch_size']} on {meta['gpu']} "
+        f"({meta['arch']}, {meta['dtype']}), Triton {meta['triton']}"
+    )
+    for line in meta["assumptions"]:
+        print(f"  assumption: {line}")
+    header = (
+        f"{'layer':9s} {'kernel':22s} {'programs':>8s} {'active':>7s} {'regs':>4s} "
+        f"{'smem':>6s} {'occ':>4s} {'MB':>8s} {'GFLOP':>7s} {'instr':>5s} {'loop':>4s} "
+        f"{'bar':>3s} {'est us':>8s}  config"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['layer']:9s} {r['kernel']:22s} {r['programs']:8d} {r['active_programs']:7d} "
+            f"{r.get('registers', 0):4d} {r.get('shared_bytes', 0):6d} "
+            f"{r.get('occupancy', 0):4.2f} {r['bytes'] / 1e6:8.2f} {r['flops'] / 1e9:7.2f} "
+            f"{r.get('sass_instructions', 0):5d} {r.get('hot_loop_instructions', 0):4d} "
+            f"{r.get('hot_loop_barriers', 0):3d} {r['est_us']:8.1f}  "
+            + " ".join(f"{k}={v}" for k, v in r.get("config", {}).items())
+        )
+    print(
+        "\nper forward, estimated us: "
+        + ", ".join(f"{c} {v:.0f}" for c, v in summary["forward_us"].items())
+    )
+    print(
+        f"DEGC work besides the dense matmuls / the matmuls: "
+        f"{summary['degc_minus_matmul_over_matmul']:.2f}x (estimate); k-NN idle programs "
+        f"{100 * summary['knn_idle_programs']:.0f}%"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m reports.static",
+        description="A static performance report (ESTIMATES, no GPU needed): every kernel "
+        "launch of one forward, compiled for the GPU, with bytes, FLOPs, SASS counts and an "
+        "estimated time beside the dense matmuls.",
+    )
+    parser.add_argument("--model", default="cvig_ti", help="a ClusterViG model (default cvig_ti)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--gpu", choices=sorted(GPUS), default="h100")
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    parser.add_argument(
+        "--kmeans-iters",
+        type=int,
+        default=12,
+        help="Lloyd iterations per image assumed (default 12)",
+    )
+    parser.add_argument("--json", type=Path, help="write the launches and summary here")
+    parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    from clustervig import canonical_name
+
+    try:
+        name = canonical_name(args.model)
+    except ValueError as err:
+        parser.error(str(err))
+    if not name.startswith("cvig"):
+        parser.error(
+            f"--model must be a ClusterViG model (the baselines launch no kernels), "
+            f"got {args.model!r}"
+        )
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    result = report(name, args.batch_size, args.gpu, dtype, args.kmeans_iters)
+    _print(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

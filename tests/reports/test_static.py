@@ -1,0 +1,76 @@
+"""The static performance report (estimates from traced launches and compiled SASS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from reports.static import parse_sass
+
+LISTING = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   S2R R0, SR_CTAID.X ;
+        /*0020*/                   FFMA R2, R0, R0, R1 ;
+        /*0030*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0040*/                   SHFL.BFLY PT, R3, R2, 0x1, 0x1f ;
+        /*0050*/               @P0 BRA 0x20 ;
+        /*0060*/                   IADD3 R4, R4, 0x1, RZ ;
+        /*0070*/               @P1 BRA 0x60 ;
+        /*0080*/                   EXIT ;
+        /*0090*/                   BRA 0x90 ;
+"""
+
+
+def test_parse_sass_counts_instructions_barriers_and_innermost_loops():
+    sass = parse_sass(LISTING)
+    assert sass.instructions == 10 and sass.barriers == 1
+    # loops: 0x20..0x50 (4 instructions: FFMA, BAR, SHFL, BRA), 0x60..0x70, and the trailing
+    # self-branch; the hot loop is the largest innermost one
+    assert sass.hot_loop == (4, 1, 1)
+
+
+def test_report_lists_every_launch_with_estimates(tmp_path):
+    out = tmp_path / "ti.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reports.static",
+            "--model",
+            "cvig_ti",
+            "--batch-size",
+            "2",
+            "--gpu",
+            "a100",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ESTIMATE" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["meta"]["estimate"] is True and result["meta"]["arch"] == "sm_80"
+    launches = result["launches"]
+    kernels = {row["kernel"] for row in launches}
+    assert {
+        "_kmeans_kernel",
+        "_partition_knn_kernel",
+        "_max_aggregate_kernel",
+        "matmul",
+        "glue",
+    } <= kernels
+    layers = {row["layer"] for row in launches}
+    assert layers == {f"layer {i}" for i in range(12)}
+    for row in launches:
+        for key in ("layer", "kernel", "programs", "active_programs", "bytes", "flops", "est_us"):
+            assert key in row, key
+        assert row["est_us"] > 0 and row["active_programs"] <= max(row["programs"], 0) + 0
+    knn = next(r for r in launches if r["kernel"] == "_partition_knn_kernel")
+    assert knn["registers"] > 0 and not knn["spills"] and knn["sass_instructions"] > 0
