@@ -79,13 +79,18 @@ _LR_REFERENCE_BATCH = {"small": None, "deit": 1024}
 
 def auto_grid(img_size: int, model_name: str) -> int | None:
     """ClusterViG's node grid for ``img_size`` when none is given: the variant's own (16 px a
-    node) from 224 px up; below, 8 px a node where that keeps at most 14x14 nodes, so 32 px
-    images get 4x4 nodes instead of 2x2 (8x8 nodes, ``--model-args grid=8``, learn a little more
-    per epoch at three times the cost per image on a CPU). None for the other families."""
+    node) from 224 px up. Below, 8 px a node where that gives 2..14 nodes a side (32 px: 4x4
+    nodes instead of 2x2; 64 px: 8x8), else 16, 4 or 2 px a node, whichever divides the size
+    first (28 px: 7x7 nodes of 4 px). None for the other families, or when nothing fits
+    (the model then says which sizes work). ``--model-args grid=G`` overrides it; finer grids
+    learn a little more per epoch at a higher cost per image on a CPU."""
     if not model_name.startswith("cvig") or img_size >= 224:
         return None
-    for pixels in (8, 16):
-        if img_size % pixels == 0 and img_size // pixels <= 14:
+    for pixels in (8, 16, 4, 2):
+        if img_size % pixels == 0 and 2 <= img_size // pixels <= 14:
+            return img_size // pixels
+    for pixels in (16, 8):  # e.g. 200 px: 25x25 nodes of 8 px (CViG-B† has 28x28)
+        if img_size % pixels == 0 and img_size // pixels <= 28:
             return img_size // pixels
     return None
 

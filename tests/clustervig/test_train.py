@@ -53,6 +53,9 @@ def test_auto_grid_gives_small_images_enough_nodes():
     assert auto_grid(64, "cvig_ti") == 8
     assert auto_grid(96, "cvig_ti") == 12
     assert auto_grid(128, "cvig_ti") == 8
+    assert auto_grid(28, "cvig_ti") == 7  # MNIST-sized: 4 px a node
+    assert auto_grid(24, "cvig_ti") == 3 and auto_grid(16, "cvig_ti") == 2
+    assert auto_grid(200, "cvig_ti") == 25 and auto_grid(30, "cvig_ti") is None
     assert auto_grid(224, "cvig_ti") is None and auto_grid(32, "pvig_ti") is None
 
 
