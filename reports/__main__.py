@@ -203,7 +203,8 @@ def _defaults(args: argparse.Namespace) -> None:
     if args.dtype is None:
         args.dtype = "bfloat16" if cuda else "float32"
     if args.compile_modes is None:
-        args.compile_modes = ["default"] if cuda else ["none"]
+        # CUDA: compiled, plus CUDA graphs at small batch (bench.REDUCE_OVERHEAD_MAX_BATCH)
+        args.compile_modes = ["default", "reduce-overhead"] if cuda else ["none"]
     if args.warmup is None:
         args.warmup = 5 if cuda else 1
     if args.repeats is None:
@@ -253,7 +254,9 @@ QUICK_BATCH_SIZES = {"cpu": [1, 4, 8], "cuda": [1, 8, 64, 256]}
 def _cmd_quick(args) -> None:
     cuda = args.device.type == "cuda"
     args.models, args.batch_sizes = QUICK_MODELS, QUICK_BATCH_SIZES[args.device.type]
-    args.dtype, args.compile_modes = ("bfloat16", ["default"]) if cuda else ("float32", ["none"])
+    args.dtype, args.compile_modes = (
+        ("bfloat16", ["default", "reduce-overhead"]) if cuda else ("float32", ["none"])
+    )
     args.warmup, args.repeats, args.img_size = (5, 30, 224) if cuda else (1, 5, 224)
     path = _cmd_run(args)
     doc = load(path)

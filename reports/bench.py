@@ -33,6 +33,18 @@ from .common import (
 from .schema import SCHEMA_VERSION
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+#: CUDA graphs (``reduce-overhead``) pay off where launches dominate: small batches. Larger ones
+#: are not measured in that mode (its graphs would only add capture memory there).
+REDUCE_OVERHEAD_MAX_BATCH = 16
+
+
+def batches_for(mode: str, batch_sizes: list[int]) -> list[int]:
+    """The batch sizes measured in compile ``mode``."""
+    if mode == "reduce-overhead":
+        return [b for b in batch_sizes if b <= REDUCE_OVERHEAD_MAX_BATCH]
+    return list(batch_sizes)
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 #: Optional comparisons (paper Fig. 5), built with timm when it is installed.
@@ -240,6 +252,7 @@ def run(
             "warmup": warmup,
             "repeats": repeats,
             "batch_sizes": batch_sizes,
+            "reduce_overhead_max_batch": REDUCE_OVERHEAD_MAX_BATCH,
             "interleaved": True,
         },
         "complete": False,
@@ -262,9 +275,12 @@ def run(
                 runners[key], base[key]["params_m"] = _build_runner(key, device, mode)
             except Exception as err:  # a model that cannot be built fails its rows, not the run
                 failed.add(key)
-                rows += [dict(base[key], batch_size=b, **_failure(err)) for b in batch_sizes]
+                rows += [
+                    dict(base[key], batch_size=b, **_failure(err))
+                    for b in batches_for(mode, batch_sizes)
+                ]
         out_of_memory: set[str] = set()
-        for batch in batch_sizes:
+        for batch in batches_for(mode, batch_sizes):
             live = {k: r for k, r in runners.items() if k not in out_of_memory}
             measured = _measure_batch(
                 live, batch, device, dtype, img_size, warmup, repeats, min_seconds

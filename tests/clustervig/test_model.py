@@ -198,3 +198,45 @@ def test_off_cpu_forward_and_backward_never_read_values_back(local_update):
     model.eval()
     with torch.no_grad():
         assert model(x).device.type == "meta"
+
+
+def _fake_cuda_graph(train: bool):
+    """The aten graph of a CViG-Ti forward (eval, or training mode: batch statistics, both
+    heads) on fake CUDA tensors: a CUDA build of torch traces it without a GPU. (A backward
+    needs a real device for autograd's device threads; the meta-device test above covers it.)"""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.func import functional_call
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    model = create_model("cvig_ti").train(train)
+    mode = FakeTensorMode()
+    with mode:
+        state = {
+            k: mode.from_tensor(v).to("cuda") for k, v in model.state_dict(keep_vars=True).items()
+        }
+        x = torch.empty(2, 3, 224, 224, device="cuda")
+
+    def forward(state, x):
+        with torch.no_grad():
+            return functional_call(model, state, (x,))
+
+    return make_fx(forward, tracing_mode="fake")(state, x)
+
+
+@pytest.mark.skipif(not torch.backends.cuda.is_built(), reason="needs a CUDA build of torch")
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "training mode"])
+def test_cuda_path_has_no_host_sync_so_cuda_graphs_can_capture_it(train):
+    """CUDA graphs (torch.compile mode="reduce-overhead") cannot capture a host read: the traced
+    CUDA path has no ``_local_scalar_dense`` / ``nonzero`` and every tensor stays on the GPU.
+    (The kernels' launchers do no host reads either: tests/kernels/test_launches.py runs them on
+    meta tensors.)"""
+    graph = _fake_cuda_graph(train).graph
+    targets = {str(n.target) for n in graph.nodes if n.op == "call_function"}
+    assert not {t for t in targets if "_local_scalar_dense" in t or "nonzero" in t}
+    assert {"clustervig.kmeans.default", "clustervig.partition_knn.default"} <= targets
+    devices = {
+        str(n.meta["val"].device)
+        for n in graph.nodes
+        if isinstance(n.meta.get("val"), torch.Tensor)
+    }
+    assert devices == {"cuda:0"}

@@ -394,3 +394,12 @@ def test_train_memory_benchmark_writes_rows_and_reports_a_failed_config(tmp_path
     assert rows["cvig_ti"]["step_s_median"] > 0 and rows["cvig_ti"]["peak_mib"] is not None
     assert "k * dilation" in rows["pvig_ti"]["error"]
     assert (out / "train-memory-cpu.png").stat().st_size > 0
+
+
+def test_cuda_graphs_mode_measures_small_batches_only():
+    from reports.bench import REDUCE_OVERHEAD_MAX_BATCH, batches_for
+
+    sizes = [1, 8, 16, 64, 256]
+    assert batches_for("reduce-overhead", sizes) == [b for b in sizes if b <= 16]
+    assert REDUCE_OVERHEAD_MAX_BATCH == 16
+    assert batches_for("default", sizes) == sizes
