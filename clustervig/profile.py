@@ -6,6 +6,7 @@ python -m clustervig.profile --model cvig_ti --batch-size 8 --threads 2
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from torch import nn
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from .registry import canonical_name, create_model
 
+    # A CUDA build of torch on a machine without a GPU: the profiler's GPU probe would print
+    # "gpuGetDeviceCount failed" into the report (this command profiles the CPU only).
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     parser = argparse.ArgumentParser(
         prog="python -m clustervig.profile",
         description="Where one eval forward's time goes on the CPU: each DEGC step (k-means, "
