@@ -351,11 +351,9 @@ def _loaders(args, dist: _Dist, classes: list[str]):
     sampler = DistributedSampler(
         train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=args.seed
     )
-    common = {
-        "num_workers": workers,
-        "collate_fn": collate_skipping_unreadable,
-        "persistent_workers": workers > 0,
-    }
+    # Workers start anew every epoch (not persistent): their seeds then come from the
+    # per-epoch reseeded main RNG, so a resumed run augments exactly as an uninterrupted one.
+    common = {"num_workers": workers, "collate_fn": collate_skipping_unreadable}
     train = DataLoader(
         train_set,
         batch_size=args.batch_size,
@@ -604,6 +602,9 @@ def run(args: argparse.Namespace) -> dict:
     from .data import check_image_folder
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: a GPU each
+        torch.cuda.set_device(device)
     dist = _Dist(device)
     try:
         classes = check_image_folder(args.data)
