@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
+import warnings
 from collections.abc import Callable
 
 from torch import nn
@@ -143,7 +144,15 @@ class _AfterTimmImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             original(module)
-            register()
+            try:
+                register()
+            except Exception as err:  # never break the user's `import timm`
+                warnings.warn(
+                    f"clustervig: could not register its models with timm "
+                    f"{getattr(module, '__version__', '')}: "
+                    f"{err}",
+                    stacklevel=2,
+                )
 
         loader.exec_module = exec_module
         return spec
