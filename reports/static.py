@@ -637,6 +637,7 @@ def _print(result: dict) -> None:
             f"{r.get('sass_instructions', 0):5d} {r.get('hot_loop_instructions', 0):4d} "
             f"{r.get('hot_loop_barriers', 0):3d} {r['est_us']:8.1f}  "
             + " ".join(f"{k}={v}" for k, v in r.get("config", {}).items())
+            + ("  SPILLS" if r.get("spills") else "")
         )
     print(
         "\nper forward, estimated us: "
