@@ -27,6 +27,8 @@ from ._tuning import TRITON_TYPES, Tunable, tunables, width_tag
 
 REGISTRY = tunables()
 
+#: A100 (sm_80) and H100 / H200 (sm_90). sm_89 (RTX 40xx, L4, L40) is not in the guarantee: under
+#: Triton 3.6 some k-means configs spill there (reports.static still compiles for it).
 ARCHS = (80, 90)
 
 
