@@ -165,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema", action="store_true", help="keep an EMA of the weights (validated too)")
     g.add_argument("--ema-decay", type=float, default=0.999)
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--bn-recalibrate",
+        type=int,
+        default=5,
+        metavar="BATCHES",
+        help="before each validation, re-estimate batch-norm statistics over this many training "
+        "batches at the current weights (0: keep the running averages)",
+    )
     g.add_argument("--device", default=None, help="default: cuda if present, else cpu")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--output", required=True, help="directory for checkpoints and metrics")
@@ -185,6 +193,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.workers is not None and args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
+    if args.bn_recalibrate < 0:
+        parser.error(f"--bn-recalibrate must be >= 0, got {args.bn_recalibrate}")
     if args.distillation is None:
         args.distillation = "hard" if args.teacher else "none"
     if args.distillation != "none" and not args.teacher:
@@ -261,7 +271,8 @@ class _CrossProcessBatchNorm(nn.BatchNorm2d):
         var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
         with torch.no_grad():
             self.num_batches_tracked += 1
-            m = self.momentum if self.momentum is not None else 0.1
+            # momentum None: a cumulative average, as BatchNorm2d does
+            m = self.momentum if self.momentum is not None else 1.0 / int(self.num_batches_tracked)
             self.running_mean.mul_(1 - m).add_(m * mean.detach())
             self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1))
         shape = [1, c] + [1] * (x.dim() - 2)
@@ -370,6 +381,13 @@ def _loaders(args, dist: _Dist, classes: list[str]):
 def _build_model(args, num_classes: int) -> nn.Module:
     from .registry import create_model
 
+    return create_model(args.model, **resolved_overrides(args, num_classes))
+
+
+def resolved_overrides(args, num_classes: int) -> dict:
+    """The model's config overrides: ``--model-args`` plus the class count, the image size and
+    its grid, the drop-path rate. Checkpoints keep these (not the rules that made them), so a
+    later change of a default cannot change the model a checkpoint rebuilds."""
     overrides = dict(args.model_overrides)
     overrides.setdefault("num_classes", num_classes)
     if args.img_size != 224 or "img_size" in overrides:
@@ -379,7 +397,7 @@ def _build_model(args, num_classes: int) -> nn.Module:
             overrides["grid"] = grid
     if args.drop_path:
         overrides.setdefault("drop_path_rate", args.drop_path)
-    return create_model(args.model, **overrides)
+    return overrides
 
 
 def _load_pretrained(model: nn.Module, path: str) -> str:
@@ -500,6 +518,35 @@ def _loss(args, outputs, targets: Tensor, soft_targets: Tensor | None, images, t
     return 0.5 * base(logits) + 0.5 * distill
 
 
+@torch.no_grad()
+def recalibrate_batch_norm(
+    model: nn.Module, loader, device, amp_dtype, batches: int, min_batch: int = 2
+) -> None:
+    """Batch-norm statistics re-estimated at the current weights: the plain average over
+    ``batches`` training batches (train-mode forwards, no gradient). Early in training the
+    running averages (momentum 0.1) trail weights that move fast, and an evaluation with them
+    can sit at chance level while the training loss is already low."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    seen = 0
+    for images, targets, _ in loader:
+        if seen >= batches:
+            break
+        if len(targets) < min_batch:
+            continue
+        with _autocast(device, amp_dtype):
+            model(images.to(device))
+        seen += 1
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+
+
 def _on_step(epoch: int, step: int) -> None:
     """Called after every optimiser step (tests interrupt a run here)."""
 
@@ -612,6 +659,7 @@ def run(args: argparse.Namespace) -> dict:
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
         _seed(args.seed)
+        args.model_overrides = resolved_overrides(args, len(classes))
         model = _build_model(args, len(classes))
         if args.pretrained:
             note = _load_pretrained(model, args.pretrained)
@@ -680,7 +728,10 @@ def run(args: argparse.Namespace) -> dict:
             )
             for step, (images, targets, bad) in enumerate(train_loader):
                 skipped_images += bad
-                if len(targets) < 2:  # all but one unreadable: batch norm needs two
+                # All but one image unreadable: batch norm needs two. Several processes must all
+                # take every step (their collectives pair up); there the norm sees every
+                # process's images, so one is enough.
+                if len(targets) < (1 if dist.enabled else 2):
                     continue
                 images, targets = images.to(device), targets.to(device)
                 soft = None
@@ -719,6 +770,14 @@ def run(args: argparse.Namespace) -> dict:
             epoch_s = time.perf_counter() - started
             loss_sum, seen, skipped_images, skipped_steps = dist.sum(
                 [loss_sum, seen, skipped_images, skipped_steps]
+            )
+            recalibrate_batch_norm(
+                model,
+                train_loader,
+                device,
+                amp_dtype,
+                args.bn_recalibrate,
+                min_batch=1 if dist.enabled else 2,
             )
             val = evaluate(model, val_loader, device, amp_dtype, dist)
             last = {

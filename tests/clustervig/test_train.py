@@ -376,3 +376,21 @@ def test_a_damaged_checkpoint_is_reported(digits, tmp_path, flag, capsys):
         capsys,
     )
     assert flag in err and "bad.pt" in err
+
+
+def test_batch_norm_recalibration_averages_training_batches():
+    from torch import nn
+
+    from clustervig.train import recalibrate_batch_norm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).eval()
+    model[1].running_mean.fill_(100.0)  # stale statistics
+    batches = [(torch.randn(6, 3, 5, 5) + i, torch.zeros(6, dtype=torch.long), 0) for i in range(3)]
+    recalibrate_batch_norm(model, batches, torch.device("cpu"), None, batches=2)
+    with torch.no_grad():
+        means = [model[0](images).mean(dim=(0, 2, 3)) for images, _, _ in batches[:2]]
+    torch.testing.assert_close(model[1].running_mean, (means[0] + means[1]) / 2)
+    assert model[1].momentum == 0.1 and model[1].num_batches_tracked == 2
+    with pytest.raises(SystemExit):
+        train_module._parse(["--data", "d", "--output", "o", "--bn-recalibrate", "-1"])
