@@ -51,7 +51,10 @@ def check_image_folder(root: str | Path, splits: tuple[str, ...] = ("train", "va
         folder = root / split
         if not folder.is_dir():
             raise DataError(f"--data: {root} has no '{split}' folder; {layout}")
-        names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        # Hidden folders (.ipynb_checkpoints, .git, ...) are not classes.
+        names = sorted(
+            p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
         if not names:
             loose = _images_in(folder)
             hint = f" ({len(loose)} images lie directly in it)" if loose else ""

@@ -185,6 +185,11 @@ def test_user_mistakes_get_clear_messages(digits, tmp_path, capsys):
     for image in (empty / "val" / "7").iterdir():
         image.unlink()
     assert "class '7'" in _error(["--data", str(empty), *out], capsys)
+    from clustervig.data import check_image_folder
+
+    (empty / "val" / "7").rmdir()
+    (empty / "train" / ".ipynb_checkpoints").mkdir()  # hidden folders are not classes
+    assert check_image_folder(empty) == [str(d) for d in range(10)]
     with pytest.raises(SystemExit) as exit_info:
         _train(["--data", str(digits), "--model", "cvig_huge", *out])
     assert exit_info.value.code == 2
