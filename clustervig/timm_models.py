@@ -106,23 +106,12 @@ def _default_cfg(name: str, display: str) -> dict:
     """The model's ``pretrained_cfg`` as timm keeps it in its registry (no weights: no url).
     Written out rather than read off a built model, which would cost seconds at ``import timm``;
     tests/clustervig/test_timm.py checks it against every model's own ``pretrained_cfg``."""
-    from .conventions import IMAGENET_MEAN, IMAGENET_STD
+    from .conventions import pretrained_cfg
 
-    size = 224
     pool = {"cvig_b_hr": 28}.get(name, 7 if name.startswith("pvig") else 14)
     first_conv = "stem.convs.0.0" if name.startswith("cvig") else "stem.0.0"
     return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, size, size),
-        "pool_size": (pool, pool),
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
-        "first_conv": first_conv,
-        "classifier": "head.head",
-        "license": "apache-2.0",
+        **pretrained_cfg(1000, 224, 3, pool, first_conv),
         "paper_name": "ClusterViG" if name.startswith("cvig") else "Vision GNN",
         "notes": (display,),
     }

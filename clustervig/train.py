@@ -796,23 +796,24 @@ def run(args: argparse.Namespace) -> dict:
                 ema_val = evaluate(ema.module, val_loader, device, amp_dtype, dist)
                 last["ema_val_top1"] = ema_val["top1"]
                 last["ema_val_top5"] = ema_val["top5"]
+            improved = last["val_top1"] > best_top1
+            best_top1 = max(best_top1, last["val_top1"])
             if dist.main:
                 metrics.append(last)
-                _write_epoch(
-                    out,
-                    args,
-                    model,
-                    optimizer,
-                    scheduler,
-                    scaler,
-                    ema,
-                    last,
-                    metrics,
-                    len(classes),
-                    classes,
-                    best_top1,
-                )
-                best_top1 = max(best_top1, last["val_top1"])
+                checkpoint = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "ema": ema.module.state_dict() if ema is not None else None,
+                    "epoch": last["epoch"],
+                    "best_top1": best_top1,
+                    "args": dict(vars(args)),
+                    "num_classes": len(classes),
+                    "classes": classes,
+                    "version": __version__,
+                }
+                _write_epoch(out, checkpoint, improved, metrics)
                 print(
                     f"epoch {epoch + 1}/{args.epochs}: train loss {last['train_loss']:.4f}, "
                     f"val loss {last['val_loss']:.4f}, top-1 {last['val_top1']:.2f}%, top-5 "
@@ -825,43 +826,16 @@ def run(args: argparse.Namespace) -> dict:
                     ),
                     file=sys.stderr,
                 )
-            else:
-                best_top1 = max(best_top1, last["val_top1"])
         return last
     finally:
         dist.close()
 
 
-def _write_epoch(
-    out,
-    args,
-    model,
-    optimizer,
-    scheduler,
-    scaler,
-    ema,
-    last,
-    metrics,
-    num_classes,
-    classes,
-    best_top1,
-) -> None:
-    blob = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "ema": ema.module.state_dict() if ema is not None else None,
-        "epoch": last["epoch"],
-        "best_top1": max(best_top1, last["val_top1"]),
-        "args": {k: v for k, v in vars(args).items()},
-        "num_classes": num_classes,
-        "classes": classes,
-        "version": __version__,
-    }
-    _save(out / "last.pt", blob)
-    if last["val_top1"] > best_top1:
-        _save(out / "best.pt", blob)
+def _write_epoch(out: Path, checkpoint: dict, improved: bool, metrics: list[dict]) -> None:
+    """``last.pt`` (and ``best.pt`` when validation improved), ``metrics.jsonl``, the curves."""
+    _save(out / "last.pt", checkpoint)
+    if improved:
+        _save(out / "best.pt", checkpoint)
     tmp = out / "metrics.jsonl.tmp"
     tmp.write_text("".join(json.dumps(m) + "\n" for m in metrics))
     os.replace(tmp, out / "metrics.jsonl")

@@ -52,17 +52,12 @@ def validate(args) -> dict:
 
     from .data import ImageFolderData, check_image_folder, collate_skipping_unreadable
     from .registry import canonical_name
-    from .train import _build_model, _Dist, eval_transform, evaluate
+    from .train import _build_model, _Dist, _read_blob, eval_transform, evaluate
 
     path = Path(args.checkpoint)
     if not path.is_file():
-        raise ValueError(f"--checkpoint: no file at {str(path)!r}")
-    blob = None
-    if path.suffix != ".safetensors":
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a damaged or foreign file: say so, no traceback
-            raise ValueError(f"--checkpoint: cannot read {path} ({err})") from None
+        raise ValueError(f"--checkpoint: no checkpoint file at {str(path)!r}")
+    blob = _read_blob(str(path), "--checkpoint") if path.suffix != ".safetensors" else None
     ours = isinstance(blob, dict) and "args" in blob and "model" in blob
     saved = blob["args"] if ours else {}
     model_name = args.model or saved.get("model")

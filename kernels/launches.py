@@ -27,7 +27,14 @@ import torch
 
 from . import _common
 
-__all__ = ["Launch", "LaunchRecorder", "TensorArg", "compile_launch", "record_launches"]
+__all__ = [
+    "Launch",
+    "LaunchRecorder",
+    "TensorArg",
+    "compile_launch",
+    "record_launches",
+    "specialise",
+]
 
 _TRITON_TYPES = {
     torch.float32: "fp32",
@@ -58,7 +65,7 @@ class TensorArg:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+        return self.numel * self.dtype.itemsize
 
     @property
     def triton_type(self) -> str:
@@ -161,13 +168,10 @@ def record_launches() -> Iterator[LaunchRecorder]:
         _common.set_launch_recorder(previous)
 
 
-def compile_launch(launch: Launch, arch: int):
-    """``triton.compile`` of a recorded launch for ``sm_<arch>``, specialised as the JIT
-    specialises the real launch (a CompiledKernel: ``.asm["cubin"]``, ``.metadata``)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+def specialise(launch: Launch) -> tuple[dict, dict, dict]:
+    """``(signature, constexprs, attrs)`` of a recorded launch as the JIT specialises it:
+    pointers marked 16-byte aligned (PyTorch's allocations are), integers divisible by 16 marked
+    so, an integer equal to 1 made a constant."""
     fn = launch.fn
     signature: dict[str, str] = {}
     constexprs: dict[str, object] = dict(launch.constexprs)
@@ -179,7 +183,7 @@ def compile_launch(launch: Launch, arch: int):
         value = launch.args[name]
         if isinstance(value, TensorArg):
             signature[name] = value.triton_type
-            attrs[(index,)] = [["tt.divisibility", 16]]  # PyTorch's allocations: 16 B aligned
+            attrs[(index,)] = [["tt.divisibility", 16]]
         elif isinstance(value, bool):
             signature[name] = "i1"
         elif isinstance(value, int):
@@ -194,6 +198,17 @@ def compile_launch(launch: Launch, arch: int):
             signature[name] = "fp32"
         else:
             raise TypeError(f"{launch.kernel}: cannot compile an argument {name}={value!r}")
-    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return signature, constexprs, attrs
+
+
+def compile_launch(launch: Launch, arch: int):
+    """``triton.compile`` of a recorded launch for ``sm_<arch>``, specialised as the JIT
+    specialises the real launch (a CompiledKernel: ``.asm["cubin"]``, ``.metadata``)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, constexprs, attrs = specialise(launch)
+    source = ASTSource(fn=launch.fn, signature=signature, constexprs=constexprs, attrs=attrs)
     options = {"num_warps": launch.num_warps, "num_stages": launch.num_stages}
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)

@@ -103,18 +103,24 @@ def disassemble(compiled) -> str:
         ).stdout
 
 
-def resource_usage(tunable: Tunable, config: dict, dtype: torch.dtype, arch: int) -> Usage:
-    compiled = compile_kernel(tunable, config, dtype, arch)
+def usage_fields(compiled) -> dict[str, int]:
+    """``REG``, ``STACK``, ``SHARED``, ``LOCAL`` of a compiled kernel (``cuobjdump -res-usage``)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
         handle.write(compiled.asm["cubin"])
         handle.flush()
         report = subprocess.run(
             [cuobjdump(), "-res-usage", handle.name], capture_output=True, text=True, check=True
         ).stdout
-    fields = {}
+    fields: dict[str, int] = {}
     for line in report.splitlines():
         if "REG:" in line:
             fields = {k: int(v) for k, v in _FIELD.findall(line)}
+    return fields
+
+
+def resource_usage(tunable: Tunable, config: dict, dtype: torch.dtype, arch: int) -> Usage:
+    compiled = compile_kernel(tunable, config, dtype, arch)
+    fields = usage_fields(compiled)
     return Usage(
         op=tunable.name,
         arch=arch,

@@ -30,9 +30,7 @@ import argparse
 import json
 import math
 import re
-import subprocess
 import sys
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,10 +141,6 @@ def _partition_sizes(n: int, kappa: int) -> list[int]:
     return [n // kappa + (1 if i < n % kappa else 0) for i in range(kappa)]
 
 
-def _esize(t) -> int:
-    return torch.empty((), dtype=t.dtype).element_size()
-
-
 def _kmeans_kernel(launch, shape, iters) -> Work:
     x = launch.args["x_ptr"]
     B, N, C = x.shape
@@ -155,7 +149,7 @@ def _kmeans_kernel(launch, shape, iters) -> Work:
     passes = 2 * iters + 2  # assign + update per iteration, first assign, final mean
     tiles = math.ceil(N / bn) * math.ceil(C / bc)
     return Work(
-        bytes=passes * B * N * C * _esize(x) + (iters + 1) * B * N * 4,
+        bytes=passes * B * N * C * x.dtype.itemsize + (iters + 1) * B * N * 4,
         flops=passes * B * 2 * N * kpad * C,
         tc_flops=passes * B * 2 * N * kpad * C,
         hot_trips=passes * tiles,
@@ -172,7 +166,7 @@ def _kmeans_assign_block(launch, shape, iters) -> Work:
     # Every launch of the loop is counted once per forward by the caller; programs of an image
     # that has converged exit at once: a launch does work with probability iters / max_iters.
     return Work(
-        bytes=B * N * C * _esize(x) + B * N * 4 + B * blocks * kpad * (C + 1) * 4,
+        bytes=B * N * C * x.dtype.itemsize + B * N * 4 + B * blocks * kpad * (C + 1) * 4,
         flops=B * 4 * N * kpad * C,
         tc_flops=B * 4 * N * kpad * C,
         hot_trips=math.ceil(C / bc),
@@ -205,7 +199,7 @@ def _permute_rows_kernel(launch, shape, iters) -> Work:
     x = launch.args["x_ptr"]
     M, C = x.shape
     return Work(
-        bytes=2 * M * C * _esize(x) + M * 4,
+        bytes=2 * M * C * x.dtype.itemsize + M * 4,
         flops=0,
         tc_flops=0,
         hot_trips=1,
@@ -224,7 +218,7 @@ def _partition_knn_kernel(launch, shape, iters) -> Work:
     tile_pairs = sum(math.ceil(s / bm) * math.ceil(s / bn) for s in sizes)
     col_tiles_per_block = sum(math.ceil(s / bm) * math.ceil(s / bn) for s in sizes) / max(active, 1)
     return Work(
-        bytes=sum(math.ceil(s / bm) * (bm + s) for s in sizes) * C * _esize(x) + M * k * 4,
+        bytes=sum(math.ceil(s / bm) * (bm + s) for s in sizes) * C * x.dtype.itemsize + M * k * 4,
         flops=tile_pairs * 2 * bm * bn * C,
         tc_flops=tile_pairs * 2 * bm * bn * C,
         # per column tile: the channel loop (C / BLOCK_C) then up to K selection passes
@@ -240,7 +234,7 @@ def _max_aggregate_kernel(launch, shape, iters) -> Work:
     # The K gathered rows lie in the same image's partition, read by neighbouring programs:
     # L2 hits, not DRAM traffic (x of a layer is at most ~20 MB at the models' batch 256).
     return Work(
-        bytes=2 * M * C * _esize(x) + M * k * 4,
+        bytes=2 * M * C * x.dtype.itemsize + M * k * 4,
         flops=2 * M * k * C,
         tc_flops=0,
         hot_trips=k,
@@ -262,56 +256,20 @@ WORK_MODELS = {
 # ---------------------------------------------------------------------------------------------
 # compile + estimate
 # ---------------------------------------------------------------------------------------------
-def _cuobjdump() -> str:
-    from kernels.resources import cuobjdump
-
-    return cuobjdump()
-
-
 _COMPILED: dict[tuple, dict] = {}
 
 
 def compiled_facts(launch, arch: int) -> dict:
     """Registers, shared memory, spills and SASS counts of a launch's specialisation."""
-    from kernels.launches import compile_launch
+    from kernels.launches import compile_launch, specialise
+    from kernels.resources import disassemble, usage_fields
 
-    key = (
-        launch.kernel,
-        arch,
-        launch.num_warps,
-        launch.num_stages,
-        tuple(sorted((k, str(v)) for k, v in launch.constexprs.items())),
-        tuple(
-            sorted(
-                (
-                    k,
-                    v.triton_type
-                    if hasattr(v, "triton_type")
-                    else (
-                        "one"
-                        if v == 1
-                        else "16"
-                        if isinstance(v, int) and v % 16 == 0
-                        else type(v).__name__
-                    ),
-                )
-                for k, v in launch.args.items()
-            )
-        ),
-    )
+    key = (launch.kernel, arch, launch.num_warps, launch.num_stages, repr(specialise(launch)))
     if key in _COMPILED:
         return _COMPILED[key]
     compiled = compile_launch(launch, arch)
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
-        handle.write(compiled.asm["cubin"])
-        handle.flush()
-        usage = subprocess.run(
-            [_cuobjdump(), "-res-usage", handle.name], capture_output=True, text=True, check=True
-        ).stdout
-        sass = subprocess.run(
-            [_cuobjdump(), "-sass", handle.name], capture_output=True, text=True, check=True
-        ).stdout
-    fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
+    fields = usage_fields(compiled)
+    sass = disassemble(compiled)
     parsed = parse_sass(sass)
     loop_instr, loop_bars, loop_shfl = parsed.hot_loop
     facts = {
@@ -414,45 +372,44 @@ def trace(model_name: str, batch: int, dtype: torch.dtype):
         model = create_model(model_name).eval().to(dtype)
     cfg = model.config
     x = torch.empty(batch, cfg.in_channels, cfg.img_size, cfg.img_size, device="meta", dtype=dtype)
-    layer_of = {}
     degcs = [m for m in model.modules() if isinstance(m, DEGC)]
+    layers = [f"layer {i}" for i in range(len(degcs))]
     glue: dict[str, list[tuple[str, int]]] = defaultdict(list)
     matmul_calls: dict[str, int] = defaultdict(int)
-    state = {"layer": None, "block": None}
+    block = {"layer": None}  # the (Grapher, FFN) pair running, by its DEGC layer's name
 
-    class Glue(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            name = func.overloadpacket.__name__
-            layer = state["layer"]
-            if state["block"] is not None and name in _MATMUL_OPS:
-                matmul_calls[state["block"]] += 1
-            if (
-                layer is not None
-                and not str(func).startswith("clustervig.")
-                and name.rstrip("_") not in _FREE_OPS
-                and name not in _MATMUL_OPS
-            ):
-                tensors = [
-                    a
-                    for a in torch.utils._pytree.tree_leaves((args, kwargs, out))
-                    if isinstance(a, torch.Tensor)
-                ]
-                glue[layer].append((name, sum(t.numel() * t.element_size() for t in tensors)))
-            return out
-
-    for i, module in enumerate(degcs):
-        name = f"layer {i}"
-        layer_of[module] = name
-        module.register_forward_pre_hook(lambda m, a, n=name: _enter(state, rec_ref, n))
-        module.register_forward_hook(lambda m, a, o: _enter(state, rec_ref, None))
-    for i in range(len(degcs)):
-        for block in (model.backbone[2 * i], model.backbone[2 * i + 1]):
-            block.register_forward_pre_hook(lambda m, a, n=f"layer {i}": state.update(block=n))
-            block.register_forward_hook(lambda m, a, o: state.update(block=None))
-    rec_ref: list = []
     with torch.no_grad(), record_launches() as rec, FlopCounterMode(display=False) as flops:
-        rec_ref.append(rec)
+
+        class Glue(TorchDispatchMode):
+            """Eager ops inside a DEGC layer (``rec.label``), matmul calls inside its block."""
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                name = func.overloadpacket.__name__
+                if block["layer"] is not None and name in _MATMUL_OPS:
+                    matmul_calls[block["layer"]] += 1
+                if (
+                    rec.label
+                    and not str(func).startswith("clustervig.")
+                    and name.rstrip("_") not in _FREE_OPS
+                    and name not in _MATMUL_OPS
+                ):
+                    tensors = [
+                        a
+                        for a in torch.utils._pytree.tree_leaves((args, kwargs, out))
+                        if isinstance(a, torch.Tensor)
+                    ]
+                    glue[rec.label].append(
+                        (name, sum(t.numel() * t.element_size() for t in tensors))
+                    )
+                return out
+
+        for i, (module, layer) in enumerate(zip(degcs, layers, strict=True)):
+            module.register_forward_pre_hook(lambda m, a, n=layer: setattr(rec, "label", n))
+            module.register_forward_hook(lambda m, a, o: setattr(rec, "label", ""))
+            for part in (model.backbone[2 * i], model.backbone[2 * i + 1]):
+                part.register_forward_pre_hook(lambda m, a, n=layer: block.update(layer=n))
+                part.register_forward_hook(lambda m, a, o: block.update(layer=None))
         with Glue():
             model(x)
     counts = flops.get_flop_counts()
@@ -467,13 +424,7 @@ def trace(model_name: str, batch: int, dtype: torch.dtype):
                     )
         matmul[f"layer {i}"] = (total, matmul_calls[f"layer {i}"])
     shape = {"B": batch, "N": cfg.grid * cfg.grid, "kappa": cfg.num_clusters, "C": cfg.channels}
-    return rec.launches, glue, matmul, [f"layer {i}" for i in range(len(degcs))], shape
-
-
-def _enter(state, rec_ref, name) -> None:
-    state["layer"] = name
-    if rec_ref:
-        rec_ref[0].label = name or ""
+    return rec.launches, glue, matmul, layers, shape
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,11 @@ def digits(tmp_path_factory) -> Path:
     return root
 
 
+def _one_epoch(data: Path) -> list[str]:
+    """One epoch of the tiny model on ``data`` at batch 8, no random augmentation."""
+    return ["--data", str(data), *TINY, *PLAIN, "--epochs", "1", "--batch-size", "8"]
+
+
 def _train(argv: list[str]) -> int:
     return train_module.main(argv)
 
@@ -61,7 +66,7 @@ def test_auto_grid_gives_small_images_enough_nodes():
 
 def test_one_epoch_end_to_end_then_validate_the_checkpoint(digits, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["--data", str(digits), *TINY, *PLAIN, "--epochs", "1", "--batch-size", "8"]
+    argv = _one_epoch(digits)
     assert _train([*argv, "--output", str(out)]) == 0
     (row,) = _metrics(out)
     assert METRIC_KEYS <= set(row) and row["epoch"] == 1
@@ -144,14 +149,7 @@ def test_fp16_overflowing_step_is_skipped_and_training_goes_on(digits, tmp_path,
     monkeypatch.setattr(train_module, "_loss", overflowing_first)
     out = tmp_path / "fp16"
     argv = [
-        "--data",
-        str(digits),
-        *TINY,
-        *PLAIN,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
+        *_one_epoch(digits),
         "--amp",
         "fp16",
         "--output",
@@ -204,14 +202,7 @@ def test_a_corrupt_image_is_skipped_and_counted(digits, tmp_path, capsys):
     with pytest.warns(UserWarning, match="broken.png"):
         code = _train(
             [
-                "--data",
-                str(data),
-                *TINY,
-                *PLAIN,
-                "--epochs",
-                "1",
-                "--batch-size",
-                "8",
+                *_one_epoch(data),
                 "--output",
                 str(out),
             ]
@@ -225,14 +216,7 @@ def test_fine_tune_with_another_class_count_and_size(digits, tmp_path, capsys):
     assert (
         _train(
             [
-                "--data",
-                str(digits),
-                *TINY,
-                *PLAIN,
-                "--epochs",
-                "1",
-                "--batch-size",
-                "8",
+                *_one_epoch(digits),
                 "--output",
                 str(source),
             ]
@@ -329,7 +313,7 @@ def test_distillation_from_a_checkpoint_teacher_with_ema_and_checkpointing(
     digits, tmp_path, mode, capsys
 ):
     teacher = tmp_path / "teacher"
-    common = ["--data", str(digits), *TINY, *PLAIN, "--epochs", "1", "--batch-size", "8"]
+    common = _one_epoch(digits)
     assert _train([*common, "--output", str(teacher)]) == 0
     student = tmp_path / "student"
     argv = [

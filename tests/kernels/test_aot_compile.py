@@ -121,9 +121,9 @@ def test_aggregation_backward_atomics_are_relaxed_without_gpu_barriers():
 
 
 _EVERY_K = """
-import json, subprocess, sys, tempfile, re
+import json
 import torch
-from kernels.resources import ARCHS, REGISTRY, compile_kernel, cuobjdump
+from kernels.resources import ARCHS, REGISTRY, compile_kernel, usage_fields
 knn = REGISTRY["partition_knn"]
 signature = knn.signature_fn
 spilled = []
@@ -134,14 +134,8 @@ for dtype, width in ((torch.bfloat16, "e2"), (torch.float32, "e4")):
             signature(d, c)[0], {**signature(d, c)[1], "K": k, "K_PAD": pad}
         )
         for arch in ARCHS:
-            compiled = compile_kernel(knn, knn.default[width], dtype, arch)
-            with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
-                handle.write(compiled.asm["cubin"])
-                handle.flush()
-                usage = subprocess.run([cuobjdump(), "-res-usage", handle.name],
-                                       capture_output=True, text=True, check=True).stdout
-            fields = dict(re.findall(r"(STACK|LOCAL):(\\d+)", usage))
-            if any(int(v) for v in fields.values()):
+            fields = usage_fields(compile_kernel(knn, knn.default[width], dtype, arch))
+            if fields.get("STACK", 0) or fields.get("LOCAL", 0):
                 spilled.append([str(dtype), k, arch, fields])
 print(json.dumps(spilled))
 """
