@@ -51,27 +51,30 @@ def _assign(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Nearest centroid of every node. x (B, N, C), z (B, kappa, C) -> (B, N) int64.
 
     |x|^2 is the same for every centroid of a node, so the argmin only needs |z|^2 - 2 x.z;
-    ``argmin`` returns the first minimum, i.e. ties go to the lowest cluster index. A NaN
-    distance counts as +inf (the kernel's rule), so a node with no finite distance goes to
-    cluster 0 and labels are valid for every input.
+    the first minimum wins, i.e. ties go to the lowest cluster index. A NaN distance counts as
+    +inf (the kernel's rule), so a node with no finite distance goes to cluster 0 and labels are
+    valid for every input.
     """
     # (B, kappa, N): the product this way round is the faster one on the CPU.
-    dist = torch.bmm(z, x.transpose(1, 2)).mul_(-2.0).add_(torch.linalg.vecdot(z, z).unsqueeze(2))
-    return dist.nan_to_num_(nan=float("inf"), posinf=float("inf")).argmin(dim=1)
+    dist = torch.baddbmm(torch.linalg.vecdot(z, z).unsqueeze(2), z, x.transpose(1, 2), alpha=-2)
+    # ``min(dim).indices``, not ``argmin``: the same first minimum, but ~15x faster on the CPU
+    # for a reduction over a short middle dimension.
+    return dist.nan_to_num_(nan=float("inf"), posinf=float("inf")).min(dim=1).indices
 
 
 def _segment_mean(
-    x: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor, onehot: torch.Tensor
+    x1: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor, onehot: torch.Tensor
 ) -> torch.Tensor:
     """Mean of the nodes of every cluster; an empty cluster keeps its ``previous`` centroid.
 
-    Sums are a one-hot matrix product (one batched GEMM, faster on the CPU than a scatter);
+    ``x1`` is ``(B, N, C + 1)``: the nodes with a column of ones, so one batched GEMM with the
+    one-hot matrix gives the sums and the counts (faster on the CPU than a scatter);
     ``onehot`` is a ``(B, N, kappa)`` buffer of x's dtype, overwritten.
     """
     onehot.zero_().scatter_(2, labels.unsqueeze(-1), 1.0)
-    sums = torch.bmm(onehot.transpose(1, 2), x)
-    counts = onehot.sum(1).unsqueeze(-1)
-    return torch.where(counts > 0, sums.div_(counts.clamp_min(1)), previous)
+    sums = torch.bmm(onehot.transpose(1, 2), x1)  # (B, kappa, C + 1)
+    counts = sums[..., -1:]
+    return torch.where(counts > 0, sums[..., :-1] / counts, previous)
 
 
 def kmeans(
@@ -100,34 +103,86 @@ def kmeans(
     thread (a loop of small products, where waking a thread pool costs more than it saves);
     elsewhere it runs to the cap without asking the device anything.
     """
-    B, N, C = x.shape
-    cpu = x.device.type == "cpu"
+    if x.device.type != "cpu":
+        return _kmeans(x, num_clusters, max_iters)
     threads = torch.get_num_threads()
-    if cpu:
-        torch.set_num_threads(1)
+    torch.set_num_threads(1)
     try:
-        xd = x.detach().to(compute_dtype(x))
-        z = xd[:, kmeans_init_index(N, num_clusters).to(x.device)]
-        labels = _assign(xd, z)
+        return _kmeans(x, num_clusters, max_iters)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _kmeans(
+    x: torch.Tensor, num_clusters: int, max_iters: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, N, C = x.shape
+    xd = x.detach().to(compute_dtype(x))
+    x1 = torch.cat([xd, xd.new_ones(B, N, 1)], dim=2)  # (B, N, C + 1): nodes and a 1 to count
+    z = xd[:, kmeans_init_index(N, num_clusters).to(x.device)]
+    labels = _assign(xd, z)
+    if x.device.type == "cpu":
+        labels, z, iterations = _lloyd_cpu(x1, labels, z, max_iters)
+    else:
         onehot = xd.new_empty(B, N, num_clusters)
         active = torch.ones(B, dtype=torch.bool, device=x.device)
         iterations = torch.zeros(B, dtype=torch.int32, device=x.device)
         for _ in range(max_iters):
-            if cpu and not bool(active.any()):
-                break
-            z = _segment_mean(xd, labels, z, onehot)
+            z = _segment_mean(x1, labels, z, onehot)
             new_labels = _assign(xd, z)
             iterations += active
             active &= (new_labels != labels).any(dim=1)
             labels = new_labels
-        if not cpu or bool(active.any()):
-            # Images that hit the cap: their centroids belong to the previous labels; re-average
-            # (for the others this recomputes the same means).
-            z = _segment_mean(xd, labels, z, onehot)
-    finally:
-        if cpu:
-            torch.set_num_threads(threads)
+        # Images that hit the cap: their centroids belong to the previous labels; re-average
+        # (for the others this recomputes the same means).
+        z = _segment_mean(x1, labels, z, onehot)
     return labels.to(INDEX_DTYPE), z.to(x.dtype), iterations
+
+
+def _lloyd_cpu(
+    x1: torch.Tensor, labels: torch.Tensor, z: torch.Tensor, max_iters: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Lloyd loop of :func:`kmeans` on the CPU, where asking whether an image has converged
+    is free: the loop ends when every image has, and the images still iterating are compacted
+    into a smaller batch once a quarter of the working batch has converged (the products shrink
+    with it; compacting after every convergence would cost more small ops than it saves).
+    Images waiting for the next compaction stay at their fixed point, as in the batched loop.
+    """
+    B, N, _ = x1.shape
+    x = x1[..., :-1]
+    onehot = x1.new_empty(B, N, z.shape[1])
+    iterations = torch.zeros(B, dtype=torch.int32)  # per working-batch row
+    active = torch.ones(B, dtype=torch.bool)  # per working-batch row: labels changed last time
+    live = None  # working-batch row -> image, once compacted
+    done: list[torch.Tensor] = []  # labels, centroids, iterations of the whole batch
+    for _ in range(max_iters):
+        z = _segment_mean(x1, labels, z, onehot[: x1.shape[0]])
+        new_labels = _assign(x, z)
+        iterations += active
+        if torch.equal(new_labels, labels):  # every image has converged (one op, no bookkeeping)
+            break
+        if x1.shape[0] == 1:  # a batch of one image that has not converged: nothing to compact
+            labels = new_labels
+            continue
+        active &= (new_labels != labels).any(dim=1)
+        labels = new_labels
+        remaining = int(active.sum())
+        if 4 * remaining <= 3 * x1.shape[0]:
+            if live is None:
+                live, done = torch.arange(B), [labels.clone(), z.clone(), iterations.clone()]
+            else:
+                done[0][live], done[1][live], done[2][live] = labels, z, iterations
+            keep = active.nonzero().flatten()
+            live, x1, z, labels = live[keep], x1[keep], z[keep], labels[keep]
+            x, active, iterations = x1[..., :-1], active[keep], iterations[keep]
+    else:
+        # Images that hit the cap: their centroids belong to the previous labels; re-average
+        # (for converged images still in the working batch this recomputes the same means).
+        z = _segment_mean(x1, labels, z, onehot[: x1.shape[0]])
+    if live is None:
+        return labels, z, iterations
+    done[0][live], done[1][live], done[2][live] = labels, z, iterations
+    return done[0], done[1], done[2]
 
 
 # --------------------------------------------------------------------------------------------

@@ -116,6 +116,29 @@ def test_kmeans_images_are_independent_of_the_batch():
         assert iters[b] == ib[0]
 
 
+@pytest.mark.parametrize("max_iters", [3, 20])
+def test_kmeans_cpu_loop_compacts_converged_images(monkeypatch, max_iters):
+    """Images that converge early leave the CPU loop's working batch; the rest go on (and some
+    hit the cap after a compaction). Every image still gets its own brute-force result."""
+    torch.manual_seed(1)
+    blobs = torch.randn(1, 4, 5, dtype=torch.float64) * 50  # 4 far-apart centres
+    easy = blobs[:, torch.arange(40) % 4] + 0.01 * torch.randn(4, 40, 5, dtype=torch.float64)
+    hard = torch.randn(5, 40, 5, dtype=torch.float64)
+    x = torch.cat([hard[:2], easy, hard[2:]])  # converged images between iterating ones
+    batch_sizes = []
+    assign = reference._assign
+    monkeypatch.setattr(
+        reference, "_assign", lambda x, z: batch_sizes.append(x.shape[0]) or assign(x, z)
+    )
+    labels, centroids, iters = reference.kmeans(x, 4, max_iters=max_iters)
+    assert min(batch_sizes) < x.shape[0], "the working batch was never compacted"
+    for b in range(x.shape[0]):
+        lab, z, it = brute_force_kmeans(x[b], 4, max_iters)
+        assert torch.equal(labels[b].long(), lab), b
+        torch.testing.assert_close(centroids[b], z)
+        assert int(iters[b]) == it, b
+
+
 # --------------------------------------------------------------------------------------------
 # partition + permutation
 # --------------------------------------------------------------------------------------------
