@@ -13,6 +13,10 @@ the kernels do.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+from collections.abc import Iterator
+
 import torch
 
 from ._common import INDEX_DTYPE
@@ -26,6 +30,26 @@ __all__ = [
     "max_aggregate",
     "max_aggregate_backward",
 ]
+
+
+#: Up to this many rows the CPU k-NN and eval aggregation run on one thread: their ops are a few
+#: hundred microseconds at most, and with passive OpenMP waiting (``OMP_WAIT_POLICY=PASSIVE``,
+#: what a shared machine needs) every parallel op first pays to wake the other threads.
+SINGLE_THREAD_ROWS = 4096
+
+
+@contextlib.contextmanager
+def _one_thread(x: torch.Tensor, enabled: bool = True) -> Iterator[None]:
+    """Run the block on one CPU thread when ``x`` is a CPU tensor and ``enabled``."""
+    if not enabled or x.device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,14 +127,8 @@ def kmeans(
     thread (a loop of small products, where waking a thread pool costs more than it saves);
     elsewhere it runs to the cap without asking the device anything.
     """
-    if x.device.type != "cpu":
+    with _one_thread(x):
         return _kmeans(x, num_clusters, max_iters)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _kmeans(x, num_clusters, max_iters)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _kmeans(
@@ -244,16 +262,19 @@ def _nearest_first(
     ``topk`` over int64 keys that pack the distance's bits (ordered like the value for a
     non-negative float) above the column index, so equal distances are ordered by index
     exactly as the stable sort would, at a fraction of its cost. Entries where ``excluded`` is
-    True rank after every other one, +inf and NaN included.
+    True rank after every other one, +inf and NaN included. ``dist`` is scratch: overwritten.
     """
     inf = float("inf")
-    dist = torch.nan_to_num(dist, nan=inf, posinf=inf).clamp_min_(0.0).add_(0.0)  # -0.0 -> +0.0
+    dist = dist.nan_to_num_(nan=inf, posinf=inf)
     if dist.dtype != torch.float32:
+        dist = dist.clamp_min_(0.0)
         if excluded is not None:
             dist = dist.masked_fill(excluded, float("nan"))  # a stable sort puts NaN last
         return torch.sort(dist, dim=-1, stable=True).indices[..., :k]
     column = torch.arange(dist.shape[-1], device=dist.device, dtype=torch.int64)
-    keys = dist.view(torch.int32).to(torch.int64).bitwise_left_shift_(32).bitwise_or_(column)
+    # Bits of a negative float (-0.0 included) are negative integers: clamped to those of +0.0.
+    keys = dist.view(torch.int32).to(torch.int64).clamp_min_(0)
+    keys = keys.bitwise_left_shift_(32).bitwise_or_(column)
     if excluded is not None:
         keys.masked_fill_(excluded, torch.iinfo(torch.int64).max)
     return torch.topk(keys, k, dim=-1, largest=False, sorted=True).values & 0xFFFFFFFF
@@ -292,34 +313,74 @@ def partition_knn(
     # which would need the count of valid rows on the host).
     out = torch.empty(M + 1, k, dtype=INDEX_DTYPE, device=x.device)
     if x.device.type == "cpu":
-        # Partitions grouped by size (powers of two), each group padded to its own largest:
-        # k-means partitions are ragged, and one padding for all can be mostly padding. A group
-        # costs a few dozen small ops, so grouping is used only where it saves real work.
-        largest = int(sizes.max())
-        padded = P * largest * largest
-        if M * M <= padded + _GROUP_COST:  # small batches: one masked matrix
-            _knn_dense(xd, offsets, k, out)
-            return out[:M]
-        groups = torch.ceil(torch.log2(sizes.clamp_min(8).double())).long()
-        levels = torch.unique(groups[sizes > 0]).tolist()
-        grouped = [(groups == level) & (sizes > 0) for level in levels]
-        split = sum(int(g.sum()) * int(sizes[g].max()) ** 2 for g in grouped)
-        if len(levels) > 1 and padded - split > _GROUP_COST * (len(levels) - 1):
-            for members in grouped:
-                index = torch.nonzero(members).flatten()
-                S = int(sizes[index].max())
-                _knn_padded(xd, starts[index], sizes[index], S, k, out, M)
-        else:
-            _knn_padded(xd, starts, sizes, max(largest, 1), k, out, M)
+        with _one_thread(x, M <= SINGLE_THREAD_ROWS):
+            _knn_cpu(xd, offsets, starts, sizes, k, out)
     else:
         S = max(1, min(M, max_partition_size or M))
         _knn_padded(xd, starts, sizes, S, k, out, M)
     return out[:M]
 
 
-#: What one more size group costs on the CPU, in padded distance-matrix elements (measured:
-#: ~40 small ops against ~2.5 ns per element and op).
-_GROUP_COST = 60_000
+def _knn_cpu(
+    xd: torch.Tensor,
+    offsets: torch.Tensor,
+    starts: torch.Tensor,
+    sizes: torch.Tensor,
+    k: int,
+    out: torch.Tensor,
+) -> None:
+    """:func:`partition_knn` on the CPU, where the partition sizes may be read."""
+    M = xd.shape[0]
+    # A batch of one image: one masked matrix may be cheapest. Otherwise the partitions in up
+    # to three groups of similar size, each padded to its own largest (k-means partitions are
+    # ragged, and one padding for all can be mostly padding).
+    groups, padded = _size_groups(sizes)
+    if M * (M + _ROW_COST) <= padded + _GROUP_COST:
+        _knn_dense(xd, offsets, k, out)
+        return
+    for index, S in groups:
+        _knn_padded(xd, starts[index], sizes[index], S, k, out, M)
+
+
+#: The CPU cost model of the k-NN, in padded distance-matrix elements (each ~16 ns on one
+#: thread: its product, key and share of the selection), fitted to ``_knn_padded`` timings: a
+#: group of partitions adds ~25 small ops (~140 us), a padded row ~130 ns of ``topk``'s per-row
+#: work. One masked matrix for all rows (``_knn_dense``) saves about a group's small ops.
+_GROUP_COST = 9_000
+_ROW_COST = 8
+
+
+def _size_groups(sizes: torch.Tensor) -> tuple[list[tuple[torch.Tensor, int]], float]:
+    """The non-empty partitions of ``sizes (P,)`` split into at most three groups of
+    consecutive sizes, the split that pads least (``sum(members * largest^2)``, plus
+    ``_GROUP_COST`` per extra group, and ``_ROW_COST`` per padded row). Returns
+    ``[(partition ids, largest size)]`` and that cost."""
+    order = torch.argsort(sizes, descending=True, stable=True)
+    s = sizes[order]
+    n = int((s > 0).sum())
+    if n == 0:
+        return [], 0.0
+    lead = s[:n].double()
+    cost = lead * (lead + _ROW_COST)  # per member of a group led by each partition
+    ends = torch.arange(1, n + 1, dtype=torch.float64)
+    # A group [i, j) costs (j - i) * cost[i]. Candidates: one group; two, split at i; three,
+    # split at i < j.
+    first = ends * cost[0]  # [0, i)
+    two = first[:-1] + (n - ends[:-1]) * cost[1:] + _GROUP_COST  # [0, i) + [i, n), i = 1..n-1
+    i, j = torch.meshgrid(torch.arange(1, n), torch.arange(1, n), indexing="ij")
+    three = first[i - 1] + (j - i) * cost[i] + (n - j) * cost[j] + 2 * _GROUP_COST
+    three = three.masked_fill_(j <= i, float("inf"))
+    best = [float(first[-1]), float(two.min()) if n > 1 else float("inf")]
+    best.append(float(three.min()) if n > 2 else float("inf"))
+    cuts = {0: [0, n]}
+    if n > 1:
+        cuts[1] = [0, int(two.argmin()) + 1, n]
+    if n > 2:
+        flat = int(three.argmin())
+        cuts[2] = [0, flat // (n - 1) + 1, flat % (n - 1) + 1, n]
+    choice = min(range(3), key=best.__getitem__)
+    groups = [(order[lo:hi], int(s[lo])) for lo, hi in itertools.pairwise(cuts[choice])]
+    return groups, best[choice]
 
 
 def _knn_dense(xd: torch.Tensor, offsets: torch.Tensor, k: int, out: torch.Tensor) -> None:
@@ -359,8 +420,12 @@ def _knn_padded(
         rows = torch.where(valid, st.unsqueeze(1) + ar, 0)  # (Q, S)
         xp = xd.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # (Q, S, C)
         sq = torch.linalg.vecdot(xp, xp)
-        dist = torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), xp, xp.transpose(1, 2), alpha=-2)
-        dist = dist.masked_fill_(~valid.unsqueeze(1), float("inf"))
+        # A padding column's |x|^2 is +inf, so its distance is +inf (or NaN, ranked as +inf)
+        # and it ranks after every member: it is never chosen while members remain.
+        sq_column = sq.masked_fill(~valid, float("inf"))
+        dist = torch.baddbmm(
+            sq.unsqueeze(2) + sq_column.unsqueeze(1), xp, xp.transpose(1, 2), alpha=-2
+        )
         order = _nearest_first(dist, min(k, S))  # (Q, S, min(K, S))
         if k > S or xd.device.type != "cpu" or bool((sz < k).any()):
             rank = torch.arange(k, device=xd.device).unsqueeze(0) % sz.clamp_min(1).unsqueeze(1)
@@ -390,15 +455,29 @@ def max_aggregate(
     As in the kernel, ties keep the first slot and a NaN beats any number (the first NaN slot
     wins), so NaN propagates. Indices are clamped into ``[0, M)``.
     """
-    index = nbr.long().clamp(0, max(x.shape[0] - 1, 0))  # never outside x (the kernel's rule)
-    # index_select of the flat neighbour list: several times faster than x[index] on the CPU.
-    gathered = x.index_select(0, index.reshape(-1)).view(*index.shape, x.shape[1])  # (M, K, C)
+    M, C = x.shape
+    index = nbr.long().clamp(0, max(M - 1, 0))  # never outside x (the kernel's rule)
     if not with_argslot:
-        best = gathered.amax(dim=1)
-        return _relative(best, x) if relative else best, x.new_empty(0, dtype=torch.uint8)
-    # torch.max over the slots returns the first slot among equal maxima and lets NaN win (its
-    # first slot), the kernel's rule.
-    best, slot = gathered.max(dim=1)
+        # One neighbour slot at a time: a gather and a running max of (M, C) each, where the
+        # (M, K, C) gather of every slot at once outgrows the caches (b=32: ~10x slower). The
+        # running max lets NaN win, as the kernel does. One thread for small batches (see
+        # SINGLE_THREAD_ROWS).
+        with _one_thread(x, M <= SINGLE_THREAD_ROWS):
+            slots = index.t().contiguous()  # (K, M)
+            best = x.index_select(0, slots[0])
+            for rows in slots[1:]:
+                torch.maximum(best, x.index_select(0, rows), out=best)
+            return _relative(best, x) if relative else best, x.new_empty(0, dtype=torch.uint8)
+    # With the winning slots: torch.max over the slots returns the first slot among equal
+    # maxima and lets NaN win (its first slot), the kernel's rule. Rows in chunks whose
+    # (rows, K, C) gather stays in cache.
+    best = torch.empty_like(x)
+    slot = torch.empty(M, C, dtype=torch.int64, device=x.device)
+    chunk = max(1, (1 << 19) // max(1, index.shape[1] * C))
+    for lo in range(0, M, chunk):
+        rows = index[lo : lo + chunk]
+        gathered = x.index_select(0, rows.reshape(-1)).view(*rows.shape, C)  # (chunk, K, C)
+        torch.max(gathered, 1, out=(best[lo : lo + chunk], slot[lo : lo + chunk]))
     return _relative(best, x) if relative else best, slot.to(torch.uint8)
 
 

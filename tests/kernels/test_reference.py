@@ -277,7 +277,7 @@ def test_references_run_on_any_device_without_reading_values_back():
 def test_knn_cpu_strategies_agree(nonfinite):
     """The CPU reference picks one masked matrix, one padding or size groups by cost: all three
     give the same neighbours, NaN rows included (never a row of another partition)."""
-    from kernels.reference import _knn_dense, _knn_padded
+    from kernels.reference import _knn_dense, _knn_padded, _size_groups
 
     torch.manual_seed(1)
     sizes = torch.tensor([1, 7, 0, 30, 3, 12, 60, 2])
@@ -297,11 +297,36 @@ def test_knn_cpu_strategies_agree(nonfinite):
         elif run == "single":
             _knn_padded(x, offsets[:-1], sizes, int(sizes.max()), k, out, M)
         else:
-            for members in (sizes <= 8, sizes > 8):
-                index = torch.nonzero(members & (sizes > 0)).flatten()
-                S = int(sizes[index].max())
+            groups, _ = _size_groups(sizes)
+            assert len(groups) > 1
+            for index, S in groups:
                 _knn_padded(x, offsets[:-1][index], sizes[index], S, k, out, M)
         results.append(out[:M])
     assert torch.equal(results[0], results[1]) and torch.equal(results[1], results[2])
     part = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
     assert torch.equal(part[results[0].long()], part.unsqueeze(1).expand(-1, k))
+
+
+@pytest.mark.parametrize(
+    "sizes,expected_groups",
+    [
+        ([90, 88, 5, 4, 3, 0, 2, 60, 1], 2),
+        ([90, 88, 60, 50, 40, 5, 4, 3, 2, 1] * 3, 3),
+        ([50] * 12, 1),
+        ([0, 7, 0], 1),
+        ([0, 0], 0),
+    ],
+)
+def test_knn_size_groups_cover_every_partition_once(sizes, expected_groups):
+    """The CPU k-NN's size groups: every non-empty partition in exactly one group, padded to
+    its group's largest; ragged sizes are split, equal sizes are not."""
+    from kernels.reference import _size_groups
+
+    sizes = torch.tensor(sizes)
+    groups, cost = _size_groups(sizes)
+    members = sorted(int(i) for index, _ in groups for i in index)
+    assert members == [i for i, size in enumerate(sizes.tolist()) if size > 0]
+    assert all(S == int(sizes[index].max()) for index, S in groups)
+    assert len(groups) == expected_groups
+    padded = sum(len(index) * S * S for index, S in groups)
+    assert cost >= padded
