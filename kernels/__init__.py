@@ -12,7 +12,7 @@ CUDA tensors run the Triton kernels; CPU tensors run ``kernels/reference.py`` un
 :func:`use_backend` selects ``"triton"`` under the Triton interpreter (``TRITON_INTERPRET=1``).
 """
 
-from ._common import backend, interpreter_active, use_backend
+from ._common import backend, interpreter_active, one_cpu_thread, use_backend
 from .ops import batched_kmeans, max_aggregate, partition, partition_knn, permute_rows
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "batched_kmeans",
     "interpreter_active",
     "max_aggregate",
+    "one_cpu_thread",
     "partition",
     "partition_knn",
     "permute_rows",

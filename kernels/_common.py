@@ -25,6 +25,29 @@ MAX_NEIGHBORS = 32
 MAX_CLUSTERS = 16
 
 
+#: Up to this many rows the CPU graph ops (k-NN, eval aggregation; k-means always) run on one
+#: thread: their ops take a few hundred microseconds at most, and with passive OpenMP waiting
+#: (``OMP_WAIT_POLICY=PASSIVE``, what a shared machine needs) every parallel op first pays to
+#: wake the other threads.
+SINGLE_THREAD_ROWS = 4096
+
+
+@contextlib.contextmanager
+def one_cpu_thread(x: torch.Tensor, enabled: bool = True) -> Iterator[None]:
+    """Run the block on one CPU thread when ``x`` is a CPU tensor and ``enabled`` (no-op under
+    ``torch.compile``, which cannot trace a change of the thread count). The thread count is
+    process-wide: other Python threads running torch ops meanwhile run on one thread too."""
+    if not enabled or x.device.type != "cpu" or torch.compiler.is_compiling():
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def dtype_label(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` -> ``"bfloat16"``."""
     return str(dtype).replace("torch.", "")
