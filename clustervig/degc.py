@@ -15,14 +15,9 @@ from torch import Tensor, nn
 from kernels import batched_kmeans, one_cpu_thread, partition, partition_knn, permute_rows
 from kernels._common import MAX_CLUSTERS, MAX_NEIGHBORS, SINGLE_THREAD_ROWS
 
-from .layers import LOCAL_UPDATES, GATv2GlobalUpdate
+from .layers import LOCAL_UPDATES, SMALL_BATCH_ROWS, GATv2GlobalUpdate
 
 __all__ = ["DEGC", "PartitionGraph"]
-
-#: Up to this many nodes (B*N) the local update runs on one CPU thread: measured on 2 threads
-#: with passive OpenMP waiting, CViG-Ti's local updates take 0.65x the time at batch 1, 0.9x at
-#: batch 2 and 1.1x at batch 4 on one thread.
-SINGLE_THREAD_LOCAL_ROWS = 512
 
 
 class PartitionGraph(NamedTuple):
@@ -105,7 +100,7 @@ class DEGC(nn.Module):
                 z = self.global_update(graph.centroids).reshape(B * self.num_clusters, -1)
 
         # (4) Local update: a G-GCN on every partition, aware of its updated centroid.
-        with one_cpu_thread(x, rows <= SINGLE_THREAD_LOCAL_ROWS):
+        with one_cpu_thread(x, rows <= SMALL_BATCH_ROWS):
             out = self.local_update(nodes, graph.neighbours, z, graph.segment, graph.degree)
         return out.reshape(B, H * W, -1).transpose(1, 2).reshape(B, -1, H, W)
 

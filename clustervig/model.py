@@ -18,6 +18,7 @@ from .layers import (
     ConvBN,
     CViGStem,
     DropPath,
+    PositionConv,
     add_position_embedding,
     check_images,
 )
@@ -48,7 +49,7 @@ class Grapher(nn.Module):
         drop_path: float = 0.0,
     ):
         super().__init__()
-        self.cpe = nn.Conv2d(channels, channels, 7, padding=3, groups=channels)
+        self.cpe = PositionConv(channels)
         self.fc1 = ConvBN(channels, channels)
         self.degc = DEGC(
             channels,

@@ -87,6 +87,7 @@ def register() -> None:
 
     from .baselines import ViGGrapher
     from .degc import DEGC
+    from .layers import PositionConv
     from .registry import DISPLAY_NAMES, list_models
 
     module = sys.modules[__name__]
@@ -95,10 +96,12 @@ def register() -> None:
         model_cls_cfg = _default_cfg(name, DISPLAY_NAMES[name])
         module.default_cfgs[name] = model_cls_cfg
         setattr(module, name, register_model(_entrypoint(name)))
-    # FX leaves for timm's feature extraction: the graph layers build their graphs from values.
-    # (The input checks are torch.fx.wrap-ped where the models call them.)
+    # FX leaves for timm's feature extraction: the graph layers build their graphs from values,
+    # and the CPE picks its CPU thread count from its input's size. (The input checks are
+    # torch.fx.wrap-ped where the models call them.)
     register_notrace_module(DEGC)
     register_notrace_module(ViGGrapher)
+    register_notrace_module(PositionConv)
     _registered = True
 
 

@@ -63,6 +63,37 @@ def test_grouped_linear_is_a_grouped_1x1_conv(groups):
     torch.testing.assert_close(layer(x), expected)
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_grouped_linear_parts_cache_follows_the_weight(groups):
+    """forward_parts on the interleaved MRGCN layout equals the layer on the materialised
+    input; in inference its weight columns are cached, and any change of the weight (an
+    optimiser step, load_state_dict, a dtype change) is seen by the next call."""
+    layer = GroupedLinear(12, 8, groups)
+    x, agg, z = torch.randn(10, 4), torch.randn(10, 4), torch.randn(3, 4)
+    segment = torch.randint(0, 3, (10,))
+
+    def both():
+        parts = layer.forward_parts([(0, 2, x), (1, 2, agg)], [(8, 1, z)], segment)
+        dense = torch.stack([x, agg], 2).reshape(10, 8)
+        return parts, layer(torch.cat([dense, z[segment]], 1))
+
+    for _ in range(2):  # trained path (no cache), then inference twice (cache filled, reused)
+        parts, expected = both()
+        torch.testing.assert_close(parts, expected)
+        with torch.no_grad():
+            parts, expected = both()
+            torch.testing.assert_close(parts, expected)
+            torch.testing.assert_close(both()[0], expected)
+            layer.weight.mul_(-0.5)  # an in-place update: the cached columns are stale
+            torch.testing.assert_close(*both())
+    layer.load_state_dict({"weight": torch.randn(layer.weight.shape), "bias": layer.bias})
+    with torch.no_grad():
+        torch.testing.assert_close(*both())
+        layer.double()
+        x, agg, z = x.double(), agg.double(), z.double()
+        torch.testing.assert_close(*both())
+
+
 def test_grouped_linear_rejects_bad_groups():
     with pytest.raises(ValueError, match="groups"):
         GroupedLinear(12, 8, 5)
