@@ -52,70 +52,57 @@ def _inside_graph_op(event) -> bool:
     return False
 
 
+#: The graph ops, by the module that calls them and the name it imports them under, with
+#: their custom op's name (``clustervig::<op>``) and their step.
+_GRAPH_OPS = [
+    ("degc", "batched_kmeans", "kmeans", "k-means"),
+    ("degc", "partition", "partition", "partition"),
+    ("degc", "partition_knn", "partition_knn", "k-NN"),
+    ("degc", "permute_rows", "permute_rows", "permutes"),
+    ("layers", "max_aggregate", "max_aggregate", "aggregation"),
+]
+
+
 @contextlib.contextmanager
+def _wrapped_graph_ops(wrap):
+    """Every graph-op call made by the model replaced by ``wrap(op, step, fn)`` meanwhile."""
+    from . import degc, layers
+
+    modules = {"degc": degc, "layers": layers}
+    saved = [(modules[m], name, getattr(modules[m], name)) for m, name, _, _ in _GRAPH_OPS]
+    try:
+        for (module, name, fn), (_, _, op, step) in zip(saved, _GRAPH_OPS, strict=True):
+            setattr(module, name, wrap(op, step, fn))
+        yield
+    finally:
+        for module, name, fn in saved:
+            setattr(module, name, fn)
+
+
 def _named_graph_ops():
-    """Each DEGC op call inside a profiler range named after its custom op. The ops record
+    """Each graph-op call inside a profiler range named after its custom op. The ops record
     themselves too, but not on every torch version (2.14 skips the record of an op with an
-    autograd formula when no gradient is needed), so the ranges make attribution the same
-    everywhere; a range inside a range of the same name counts once (``_inside_graph_op``)."""
+    autograd formula when no gradient is needed) nor on every path (eager CPU calls skip the
+    dispatcher), so the ranges make attribution the same everywhere; a range inside a range of
+    the same name counts once (``_inside_graph_op``)."""
     from torch.profiler import record_function
 
-    from . import degc
-
-    originals = {name: getattr(degc, name) for name in _DEGC_OPS}
-
-    def named(name, fn):
+    def named(op, step, fn):
         def call(*args, **kwargs):
-            with record_function(f"clustervig::{name}"):
+            with record_function(f"clustervig::{op}"):
                 return fn(*args, **kwargs)
 
         return call
 
-    try:
-        for name, fn in originals.items():
-            setattr(degc, name, named(_DEGC_OPS[name], fn))
-        yield
-    finally:
-        for name, fn in originals.items():
-            setattr(degc, name, fn)
+    return _wrapped_graph_ops(named)
 
 
-#: The custom ops ``clustervig.degc`` calls, by the name it imports them under.
-_DEGC_OPS = {
-    "batched_kmeans": "kmeans",
-    "partition": "partition",
-    "partition_knn": "partition_knn",
-    "permute_rows": "permute_rows",
-}
-
-
-#: The graph ops by the name ``clustervig.degc`` / ``clustervig.layers`` call them under.
-_TIMED_OPS = {
-    "degc": {
-        "batched_kmeans": "k-means",
-        "partition": "partition",
-        "partition_knn": "k-NN",
-        "permute_rows": "permutes",
-    },
-    "layers": {"max_aggregate": "aggregation"},
-}
-
-
-@contextlib.contextmanager
 def _timed_graph_ops(totals: dict[str, float]):
     """Add the wall time of every graph-op call to ``totals[step]`` (ms). On the CPU an op has
     finished when it returns, so no profiler is needed, and none of its overhead is counted."""
     import time
 
-    from . import degc, layers
-
-    modules = {"degc": degc, "layers": layers}
-    targets = [
-        (modules[m], name, step) for m, ops in _TIMED_OPS.items() for name, step in ops.items()
-    ]
-    saved = [(module, name, getattr(module, name)) for module, name, _ in targets]
-
-    def timed(step, fn):
+    def timed(op, step, fn):
         def call(*args, **kwargs):
             start = time.perf_counter()
             try:
@@ -125,13 +112,7 @@ def _timed_graph_ops(totals: dict[str, float]):
 
         return call
 
-    try:
-        for module, name, step in targets:
-            setattr(module, name, timed(step, getattr(module, name)))
-        yield
-    finally:
-        for module, name, fn in saved:
-            setattr(module, name, fn)
+    return _wrapped_graph_ops(timed)
 
 
 def time_graph_ops(model: nn.Module, x: torch.Tensor, repeats: int = 3) -> dict[str, float]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 from torch.utils.flop_counter import register_flop_formula
 
 from . import reference
@@ -30,6 +31,7 @@ from ._common import (
     MAX_CLUSTERS,
     MAX_NEIGHBORS,
     OP_DTYPES,
+    backend,
     check_int,
     check_tensor,
     recording_launches,
@@ -39,6 +41,25 @@ from ._common import (
 __all__ = ["batched_kmeans", "partition", "permute_rows", "partition_knn", "max_aggregate"]
 
 _INDEX = (INDEX_DTYPE,)
+
+
+def _reference_directly(x: Tensor, differentiable: bool = False) -> bool:
+    """Whether a call on ``x`` may skip the custom op and run its CPU reference directly.
+
+    The dispatcher costs ~30 us a call, a few percent of a batch-1 CPU forward over five ops a
+    layer. Skipping it changes nothing only when nobody looks: a CPU tensor in eager mode with
+    the torch backend, no gradient to record (``differentiable`` ops), and nothing tracing or
+    intercepting the call (torch.compile, torch.jit.trace, a dispatch mode such as the FLOP
+    counter or fake tensors).
+    """
+    return (
+        x.device.type == "cpu"
+        and not (differentiable and x.requires_grad and torch.is_grad_enabled())
+        and backend() != "triton"
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and _get_current_dispatch_mode() is None
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,6 +109,9 @@ def batched_kmeans(
 
     x ``(B, N, C)`` -> labels ``(B, N)`` int32, centroids ``(B, kappa, C)``, iterations ``(B,)``.
     """
+    if _reference_directly(x):
+        _check_kmeans(x, num_clusters, max_iters)
+        return reference.kmeans(x.detach(), num_clusters, max_iters)
     return _kmeans_op(x.detach(), num_clusters, max_iters)
 
 
@@ -106,6 +130,12 @@ def _partition_op(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Te
         from . import permute
 
         return permute.partition(labels, num_clusters)
+    return _partition_reference(labels, num_clusters)
+
+
+def _partition_reference(
+    labels: Tensor, num_clusters: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     # The range check reads values back, so it runs on CPU tensors only; elsewhere out-of-range
     # labels are clamped (kernel and reference alike) and never index out of bounds.
     if (
@@ -142,6 +172,9 @@ def partition(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Tensor
 
     See :func:`kernels.reference.partition` for the contract.
     """
+    if _reference_directly(labels):
+        _check_partition(labels, num_clusters)
+        return _partition_reference(labels, num_clusters)
     return _partition_op(labels, num_clusters)
 
 
@@ -200,6 +233,9 @@ def permute_rows(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
     :func:`partition` returns them). Image order -> partition order is
     ``permute_rows(x, perm, inverse)``; back is ``permute_rows(y, inverse, perm)``.
     """
+    if _reference_directly(x, differentiable=True):
+        _check_permute(x, index, inverse)
+        return reference.permute_rows(x, index)
     return _permute_rows_op(x, index, inverse)
 
 
@@ -225,6 +261,10 @@ def _partition_knn_op(x: Tensor, offsets: Tensor, k: int, max_partition_size: in
         from . import knn
 
         return knn.partition_knn(x, offsets, k, max_partition_size)
+    return _knn_reference(x, offsets, k, max_partition_size)
+
+
+def _knn_reference(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> Tensor:
     if offsets.device.type == "cpu":  # value checks read the offsets: CPU tensors only
         _check_offsets(x, offsets, max_partition_size)
     return reference.partition_knn(x, offsets, k, max_partition_size)
@@ -260,6 +300,9 @@ def partition_knn(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -
     ``max_partition_size`` bounds every partition's size (N, the nodes per image, in the model);
     it sizes the kernel grid without a device sync. See :func:`kernels.reference.partition_knn`.
     """
+    if _reference_directly(x):
+        _check_knn(x, offsets, k, max_partition_size)
+        return _knn_reference(x.detach(), offsets, k, max_partition_size)
     return _partition_knn_op(x.detach(), offsets, k, max_partition_size)
 
 
@@ -345,6 +388,9 @@ def max_aggregate(x: Tensor, nbr: Tensor, relative: bool = True) -> Tensor:
 
     Differentiable in ``x``; the argmax slots (uint8) are kept only when ``x`` requires grad.
     """
+    if _reference_directly(x, differentiable=True):
+        _check_aggregate(x, nbr)
+        return reference.max_aggregate(x, nbr, relative, False)[0]
     with_argslot = x.requires_grad and torch.is_grad_enabled()
     return _max_aggregate_op(x, nbr, relative, with_argslot)[0]
 

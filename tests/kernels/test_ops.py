@@ -237,3 +237,36 @@ def test_deterministic_mode_takes_the_reference_backward(monkeypatch):
     out, slot = reference.max_aggregate(x.detach(), nbr, True, True)
     expected = reference.max_aggregate_backward(2 * out, nbr, slot, True)
     torch.testing.assert_close(x.grad, expected)
+
+
+def test_eager_cpu_calls_skip_the_dispatcher_only_when_nobody_looks(monkeypatch):
+    """Eager CPU calls without a gradient run the reference directly (same results, same
+    argument checks); a gradient, a FLOP counter or the Triton backend go through the op."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    through_op = []
+    for name in ("_kmeans_op", "_partition_op", "_max_aggregate_op", "_permute_rows_op"):
+        op = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _op=op, _n=name: through_op.append(_n) or _op(*a))
+    torch.manual_seed(0)
+    x = torch.randn(2, 30, 6)
+    labels, centroids, iters = kernels.batched_kmeans(x, 3)
+    expected = reference.kmeans(x, 3)
+    assert all(torch.equal(a, b) for a, b in zip((labels, centroids, iters), expected, strict=True))
+    perm, inverse, _, _ = kernels.partition(labels, 3)
+    rows = x.reshape(60, 6)
+    nbr = torch.randint(0, 60, (60, 4), dtype=torch.int32)
+    torch.testing.assert_close(
+        kernels.max_aggregate(rows, nbr), reference.max_aggregate(rows, nbr)[0]
+    )
+    kernels.permute_rows(rows, perm, inverse)
+    assert through_op == []
+    with pytest.raises(ValueError, match="labels"):
+        kernels.partition(labels + 5, 3)  # the value check runs on the direct path too
+
+    with FlopCounterMode(display=False):
+        kernels.batched_kmeans(x, 3)
+    rows.requires_grad_(True)
+    kernels.max_aggregate(rows, nbr).sum().backward()
+    kernels.permute_rows(rows, perm, inverse)
+    assert through_op == ["_kmeans_op", "_max_aggregate_op", "_permute_rows_op"]
