@@ -330,33 +330,29 @@ def _size_groups(sizes: torch.Tensor) -> tuple[list[tuple[torch.Tensor, int]], f
     """The non-empty partitions of ``sizes (P,)`` split into at most three groups of
     consecutive sizes, the split that pads least (``sum(members * largest^2)``, plus
     ``_GROUP_COST`` per extra group, and ``_ROW_COST`` per padded row). Returns
-    ``[(partition ids, largest size)]`` and that cost."""
+    ``[(partition ids, largest size)]`` and that cost.
+
+    Plain Python over the sorted sizes (a batch of one image has 4 partitions: tensor ops would
+    cost more than the search): every two-group split, and three-group splits at every cut up
+    to 10 partitions, at 9 evenly spaced cuts beyond.
+    """
     order = torch.argsort(sizes, descending=True, stable=True)
-    s = sizes[order]
-    n = int((s > 0).sum())
+    s = sizes[order].tolist()
+    n = sum(1 for size in s if size > 0)
     if n == 0:
         return [], 0.0
-    lead = s[:n].double()
-    cost = lead * (lead + _ROW_COST)  # per member of a group led by each partition
-    ends = torch.arange(1, n + 1, dtype=torch.float64)
-    # A group [i, j) costs (j - i) * cost[i]. Candidates: one group; two, split at i; three,
-    # split at i < j.
-    first = ends * cost[0]  # [0, i)
-    two = first[:-1] + (n - ends[:-1]) * cost[1:] + _GROUP_COST  # [0, i) + [i, n), i = 1..n-1
-    i, j = torch.meshgrid(torch.arange(1, n), torch.arange(1, n), indexing="ij")
-    three = first[i - 1] + (j - i) * cost[i] + (n - j) * cost[j] + 2 * _GROUP_COST
-    three = three.masked_fill_(j <= i, float("inf"))
-    best = [float(first[-1]), float(two.min()) if n > 1 else float("inf")]
-    best.append(float(three.min()) if n > 2 else float("inf"))
-    cuts = {0: [0, n]}
-    if n > 1:
-        cuts[1] = [0, int(two.argmin()) + 1, n]
-    if n > 2:
-        flat = int(three.argmin())
-        cuts[2] = [0, flat // (n - 1) + 1, flat % (n - 1) + 1, n]
-    choice = min(range(3), key=best.__getitem__)
-    groups = [(order[lo:hi], int(s[lo])) for lo, hi in itertools.pairwise(cuts[choice])]
-    return groups, best[choice]
+    lead = [size * (size + _ROW_COST) for size in s[:n]]  # per member of a group it leads
+
+    def price(bounds: tuple[int, ...]) -> float:
+        groups = itertools.pairwise(bounds)
+        return sum((hi - lo) * lead[lo] for lo, hi in groups) + (len(bounds) - 2) * _GROUP_COST
+
+    cuts = range(1, n) if n <= 10 else sorted({round(n * q / 10) for q in range(1, 10)})
+    candidates = [(0, n)] + [(0, i, n) for i in range(1, n)]
+    candidates += [(0, i, j, n) for i in cuts for j in cuts if i < j]
+    best = min(candidates, key=price)  # the first of equal prices: the fewest groups
+    groups = [(order[lo:hi], s[lo]) for lo, hi in itertools.pairwise(best)]
+    return groups, float(price(best))
 
 
 def _knn_dense(xd: torch.Tensor, offsets: torch.Tensor, k: int, out: torch.Tensor) -> None:
