@@ -46,8 +46,8 @@ _INDEX = (INDEX_DTYPE,)
 def _reference_directly(x: Tensor, differentiable: bool = False) -> bool:
     """Whether a call on ``x`` may skip the custom op and run its CPU reference directly.
 
-    The dispatcher costs ~30 us a call, a few percent of a batch-1 CPU forward over five ops a
-    layer. Skipping it changes nothing only when nobody looks: a CPU tensor in eager mode with
+    The dispatcher costs ~20 us a call, a percent or two of a batch-1 CPU forward over five ops
+    a layer. Skipping it changes nothing only when nobody looks: a CPU tensor in eager mode with
     the torch backend, no gradient to record (``differentiable`` ops), and nothing tracing or
     intercepting the call (torch.compile, torch.jit.trace, a dispatch mode such as the FLOP
     counter or fake tensors).

@@ -100,9 +100,10 @@ def kmeans(
 
     An image that has converged is not masked out of later iterations: its labels are a fixed
     point, so recomputing its mean and labels gives them again, bit for bit. Only its iteration
-    count stops. On the CPU the loop ends when every image has converged, and it runs on one
-    thread (a loop of small products, where waking a thread pool costs more than it saves);
-    elsewhere it runs to the cap without asking the device anything.
+    count stops. On the CPU the loop ends when every image has converged, converged images
+    leave the working batch in bulk (:func:`_lloyd_cpu`), and it runs on one thread (a loop of
+    small products, where waking a thread pool costs more than it saves); elsewhere it runs to
+    the cap without asking the device anything.
     """
     with one_cpu_thread(x):
         return _kmeans(x, num_clusters, max_iters)
