@@ -10,6 +10,8 @@ The model calls only the ops re-exported here (see ``kernels/ops.py``):
 
 CUDA tensors run the Triton kernels; CPU tensors run ``kernels/reference.py`` unless
 :func:`use_backend` selects ``"triton"`` under the Triton interpreter (``TRITON_INTERPRET=1``).
+:func:`one_cpu_thread` runs a block of small CPU ops on one thread (the model's DEGC layers use
+it for small batches: with passive OpenMP waiting every parallel op pays a pool wake-up).
 """
 
 from ._common import backend, interpreter_active, one_cpu_thread, use_backend
