@@ -437,15 +437,16 @@ class GroupedLinear(nn.Module):
 
     def _columns(self, g: int, first: int, step: int, count: int) -> Tensor:
         """Columns ``first, first + step, ...`` (``count`` of them) of group g's weight,
-        contiguous. In inference they are cached while the weight is unchanged (same storage,
-        same version): a strided selection is copied by every product that uses it, and on
-        the CPU the copy can cost a third of the product."""
+        contiguous. Without autograd they are cached while the weight is unchanged (same
+        storage, version and dtype, and built in the same inference mode: an inference-mode
+        copy may not be saved for a backward): a strided selection is copied by every product
+        that uses it, and on the CPU the copy can cost a third of the product."""
         columns = self.weight[g, :, first : first + step * (count - 1) + 1 : step]
-        if (torch.is_grad_enabled() and self.weight.requires_grad) or (
-            torch.compiler.is_compiling()
-        ):
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return columns
-        stamp = (self.weight.data_ptr(), self.weight._version, self.weight.dtype)
+        weight = self.weight
+        inference = torch.is_inference_mode_enabled()
+        stamp = (weight.data_ptr(), weight._version, weight.dtype, inference)
         key = (g, first, step, count)
         cached = self._column_cache.get(key)
         if cached is None or cached[0] != stamp:

@@ -87,10 +87,20 @@ def test_grouped_linear_parts_cache_follows_the_weight(groups):
             layer.weight.mul_(-0.5)  # an in-place update: the cached columns are stale
             torch.testing.assert_close(*both())
     layer.load_state_dict({"weight": torch.randn(layer.weight.shape), "bias": layer.bias})
+    with torch.inference_mode():  # the cache refilled with inference-mode copies
+        torch.testing.assert_close(*both())
+    # A frozen layer after inference mode, differentiated w.r.t. its input (saliency maps): the
+    # inference-mode copies must not reach the backward.
+    layer.requires_grad_(False)
+    x.requires_grad_(True)
+    parts, expected = both()
+    torch.testing.assert_close(parts, expected)
+    (grad,) = torch.autograd.grad(parts.sum(), x)
+    assert torch.isfinite(grad).all()
     with torch.no_grad():
         torch.testing.assert_close(*both())
         layer.double()
-        x, agg, z = x.double(), agg.double(), z.double()
+        x, agg, z = x.detach().double(), agg.double(), z.double()
         torch.testing.assert_close(*both())
 
 
