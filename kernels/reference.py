@@ -148,8 +148,15 @@ def _lloyd_cpu(
     onehot = x.new_empty(B, N, z.shape[1])
     iterations = torch.zeros(B, dtype=torch.int32)  # per working-batch row
     active = torch.ones(B, dtype=torch.bool)  # per working-batch row: labels changed last time
-    live = None  # working-batch row -> image, once compacted
-    done: list[torch.Tensor] = []  # labels, centroids, iterations of the whole batch
+    # Once compacted: the whole batch's labels, centroids and iterations, and the image of
+    # every working-batch row.
+    done: list[torch.Tensor] | None = None
+    live = torch.arange(B)
+
+    def store() -> None:
+        for out, value in zip(done, (labels, z, iterations), strict=True):
+            out[live] = value
+
     for _ in range(max_iters):
         z = _segment_mean(x, labels, z, onehot[: x.shape[0]])
         new_labels = _assign(x, z)
@@ -163,10 +170,12 @@ def _lloyd_cpu(
         labels = new_labels
         remaining = int(active.sum())
         if 2 * remaining <= x.shape[0]:
-            if live is None:
-                live, done = torch.arange(B), [labels.clone(), z.clone(), iterations.clone()]
+            if done is None:
+                # The whole batch as it stands; compaction below copies, so these tensors are
+                # never written through the working ones again.
+                done = [labels, z, iterations]
             else:
-                done[0][live], done[1][live], done[2][live] = labels, z, iterations
+                store()
             keep = active.nonzero().flatten()
             live, x, z, labels = live[keep], x[keep], z[keep], labels[keep]
             active, iterations = active[keep], iterations[keep]
@@ -174,9 +183,9 @@ def _lloyd_cpu(
         # Images that hit the cap: their centroids belong to the previous labels; re-average
         # (for converged images still in the working batch this recomputes the same means).
         z = _segment_mean(x, labels, z, onehot[: x.shape[0]])
-    if live is None:
+    if done is None:
         return labels, z, iterations
-    done[0][live], done[1][live], done[2][live] = labels, z, iterations
+    store()
     return done[0], done[1], done[2]
 
 
