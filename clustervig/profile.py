@@ -13,25 +13,26 @@ from torch import nn
 
 from . import __version__
 
+#: The graph ops in the order of a DEGC layer: the module that calls them and the name it
+#: imports them under, their custom op's name (``clustervig::<op>``) and their step.
+_GRAPH_OPS = [
+    ("degc", "batched_kmeans", "kmeans", "k-means"),
+    ("degc", "partition", "partition", "partition"),
+    ("degc", "partition_knn", "partition_knn", "k-NN"),
+    ("degc", "permute_rows", "permute_rows", "permutes"),
+    ("layers", "max_aggregate", "max_aggregate", "aggregation"),
+]
 #: DEGC steps by custom op (their time includes everything they run inside).
-GRAPH_STEPS = {
-    "clustervig::kmeans": "k-means",
-    "clustervig::partition": "partition",
-    "clustervig::partition_knn": "k-NN",
-    "clustervig::permute_rows": "permutes",
-    "clustervig::max_aggregate": "aggregation",
-    "clustervig::max_aggregate_backward": "aggregation",
-}
+GRAPH_STEPS = {f"clustervig::{op}": step for _, _, op, step in _GRAPH_OPS}
+GRAPH_STEPS["clustervig::max_aggregate_backward"] = "aggregation"
+#: The DEGC steps, in the order of a layer.
+GRAPH_ORDER = list(dict.fromkeys(step for _, _, _, step in _GRAPH_OPS))
 #: Other time by the aten op that spent it (self time, outside the custom ops).
 OTHER_STEPS = {
     "convolutions": ("conv", "mkldnn_convolution"),
     "matmuls": ("addmm", "bmm", "aten::mm", "linear", "matmul", "baddbmm"),
     "normalisation": ("batch_norm", "layer_norm"),
 }
-
-
-#: The DEGC steps, in the order of a layer.
-GRAPH_ORDER = ["k-means", "partition", "k-NN", "permutes", "aggregation"]
 
 
 def _step_of(name: str) -> str:
@@ -50,17 +51,6 @@ def _inside_graph_op(event) -> bool:
             return True
         parent = parent.cpu_parent
     return False
-
-
-#: The graph ops, by the module that calls them and the name it imports them under, with
-#: their custom op's name (``clustervig::<op>``) and their step.
-_GRAPH_OPS = [
-    ("degc", "batched_kmeans", "kmeans", "k-means"),
-    ("degc", "partition", "partition", "partition"),
-    ("degc", "partition_knn", "partition_knn", "k-NN"),
-    ("degc", "permute_rows", "permute_rows", "permutes"),
-    ("layers", "max_aggregate", "max_aggregate", "aggregation"),
-]
 
 
 @contextlib.contextmanager
