@@ -29,6 +29,21 @@ def _compile_env() -> dict:
     return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
 
+def _run_script(script: str, timeout: int) -> str:
+    """Run ``script`` in a fresh interpreter without the Triton interpreter (real compiles);
+    assert it succeeded and return its standard output."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=_compile_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 def run_resources(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
     env = _compile_env()
     out = tmp_path / "usage.json"
@@ -101,21 +116,13 @@ for dtype in (torch.float32, torch.bfloat16):
 def test_aggregation_backward_atomics_are_relaxed_without_gpu_barriers():
     """The backward's float atomics are sums: relaxed, with no acquire/release semantics and no
     GPU-wide fence or L1 invalidation around them (what the default acq_rel would add)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _ASSEMBLY],
-        cwd=ROOT,
-        env=_compile_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ptx = "\n".join(part for part in proc.stdout.split("=====PTX")[1:])
+    stdout = _run_script(_ASSEMBLY, timeout=600)
+    ptx = "\n".join(part for part in stdout.split("=====PTX")[1:])
     atomics = re.findall(r"\b(?:atom|red)\.[\w.]+", ptx)
     assert atomics, "no atomic in the compiled backward"
     assert not [a for a in atomics if re.search(r"acq_rel|acquire|release", a)], atomics
     assert not re.search(r"\b(membar|fence)\.", ptx)
-    sass = proc.stdout.split("=====SASS", 1)[1]
+    sass = stdout.split("=====SASS", 1)[1]
     assert "REDG" in sass
     assert "MEMBAR" not in sass and "CCTL.IVALL" not in sass
 
@@ -145,13 +152,5 @@ print(json.dumps(spilled))
 def test_knn_default_configs_compile_without_spills_at_every_model_k():
     """Spills depend on K (the loop over selection passes), erratically: the k-NN defaults are
     compiled at every K the models use (9..18), not only at the space's check K."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _EVERY_K],
-        cwd=ROOT,
-        env=_compile_env(),
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    stdout = _run_script(_EVERY_K, timeout=1200)
+    assert json.loads(stdout.strip().splitlines()[-1]) == []
