@@ -145,7 +145,7 @@ class ConvBN(nn.Sequential):
 #: Up to this many nodes (B*H*W) a CPU layer made of many small ops runs on one thread: with
 #: passive OpenMP waiting every parallel op first pays to wake the pool (kernels.one_cpu_thread).
 #: Measured on 2 threads: CViG-Ti's local updates take 0.65x the time at batch 1, 0.9x at batch
-#: 2 and 1.1x at batch 4 on one thread; its depthwise CPE 0.3x at batch 1.
+#: 2 and 1.1x at batch 4 on one thread; its depthwise CPE about 0.5x at batch 1 (interleaved).
 SMALL_BATCH_ROWS = 512
 
 
@@ -219,8 +219,8 @@ class CViGStem(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # Channels-last activations: the CPU convolutions skip their layout reorders (measured
-        # on 2 threads: 1.7x faster at batch 1, 1.4x at batch 8); the output goes back to the
-        # standard layout the blocks flatten.
+        # interleaved on 2 threads: 1.25x faster at batch 8, about the same at batch 1); the
+        # output goes back to the standard layout the blocks flatten.
         return self.convs(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
