@@ -107,7 +107,7 @@ def check_int(
 # --------------------------------------------------------------------------------------------
 # Backend selection
 # --------------------------------------------------------------------------------------------
-_BACKENDS = ("auto", "torch", "triton", "reference")  # "reference": older name of "torch"
+_BACKENDS = ("auto", "torch", "triton", "native", "reference")  # "reference": old name of "torch"
 _backend_override: str | None = None
 
 
@@ -117,28 +117,35 @@ def interpreter_active() -> bool:
 
 
 def backend() -> str:
-    """The backend the ops use: ``auto`` (default), ``torch`` or ``triton``.
+    """The backend the ops use: ``auto`` (default), ``torch``, ``triton`` or ``native``.
 
     - ``auto``: CUDA tensors run the Triton kernels (except a kernel whose self-check failed on
-      this GPU, see :mod:`kernels.selfcheck`), CPU tensors the PyTorch references.
-    - ``torch``: the PyTorch references on every device (a pure-PyTorch ClusterViG on a GPU).
+      this GPU, see :mod:`kernels.selfcheck`); CPU tensors the compiled CPU kernels of k-means
+      and k-NN (:mod:`kernels.native`, built on first use) where a C compiler can build them,
+      and the PyTorch references for everything else.
+    - ``torch``: the PyTorch references on every device (a pure-PyTorch ClusterViG).
     - ``triton``: the kernels on CUDA, and on CPU tensors under the Triton interpreter.
+    - ``native``: as ``auto``, but an error instead of the references when the compiled CPU
+      kernels cannot be built (tests and benchmarks that must measure them).
+
+    float64 CPU tensors always run the references (the oracles of the tests).
 
     Set with :func:`use_backend` or the environment variable ``CLUSTERVIG_BACKEND``.
     """
     value = (_backend_override or os.environ.get("CLUSTERVIG_BACKEND", "auto")).lower()
     if value not in _BACKENDS:
-        raise ValueError(f"CLUSTERVIG_BACKEND must be one of {_BACKENDS[:3]}, got {value!r}")
+        raise ValueError(f"CLUSTERVIG_BACKEND must be one of {_BACKENDS[:4]}, got {value!r}")
     return "torch" if value == "reference" else value
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Temporarily choose the backend (``auto``, ``torch`` or ``triton``; see :func:`backend`)."""
+    """Temporarily choose the backend (``auto``, ``torch``, ``triton`` or ``native``; see
+    :func:`backend`)."""
     global _backend_override
     if not isinstance(name, str) or name.lower() not in _BACKENDS:
         raise ValueError(
-            f"use_backend: argument 'name' must be one of {_BACKENDS[:3]}, got {name!r}"
+            f"use_backend: argument 'name' must be one of {_BACKENDS[:4]}, got {name!r}"
         )
     previous, _backend_override = _backend_override, name.lower()
     try:
@@ -222,3 +229,18 @@ def package_version() -> str:
 
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def runs_native(t: torch.Tensor) -> bool:
+    """Whether an op on the CPU tensor ``t`` runs its compiled CPU kernel (:mod:`kernels.native`;
+    k-means and k-NN have one) rather than the PyTorch reference. Builds the kernels on the
+    first call; raises RuntimeError under backend ``native`` if they cannot be built."""
+    choice = backend()
+    if t.device.type != "cpu" or choice not in ("auto", "native") or t.dtype == torch.float64:
+        return False
+    from . import native  # lazy: native imports the references, which import this module
+
+    if choice == "native":
+        native.require()
+        return True
+    return native.available()

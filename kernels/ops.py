@@ -1,9 +1,10 @@
 """The DEGC ops as ``torch.library`` custom ops: the only kernel entry points the model calls.
 
 Each op validates its arguments, then runs the Triton kernel on CUDA tensors (and on CPU tensors
-under the Triton interpreter when the backend is ``triton``, see :func:`kernels.use_backend`) or
-the pure-torch reference (``kernels/reference.py``, any device) otherwise: with
-``CLUSTERVIG_BACKEND=torch``, and for a kernel whose self-check failed on this GPU
+under the Triton interpreter when the backend is ``triton``, see :func:`kernels.use_backend`),
+the compiled CPU kernel on CPU tensors where there is one (k-means and k-NN,
+:mod:`kernels.native`), or the pure-torch reference (``kernels/reference.py``, any device)
+otherwise: with ``CLUSTERVIG_BACKEND=torch``, and for a kernel whose self-check failed on this GPU
 (:mod:`kernels.selfcheck`). No op raises on NaN/Inf and none reads values back to the host off the
 CPU: every index output is valid for any input and NaN propagates into the values.
 ``register_fake`` gives ``torch.compile`` their output shapes, so a compiled model sees each op
@@ -35,6 +36,7 @@ from ._common import (
     check_int,
     check_tensor,
     recording_launches,
+    runs_native,
     runs_triton,
 )
 
@@ -43,14 +45,14 @@ __all__ = ["batched_kmeans", "partition", "permute_rows", "partition_knn", "max_
 _INDEX = (INDEX_DTYPE,)
 
 
-def _reference_directly(x: Tensor, differentiable: bool = False) -> bool:
-    """Whether a call on ``x`` may skip the custom op and run its CPU reference directly.
+def _cpu_directly(x: Tensor, differentiable: bool = False) -> bool:
+    """Whether a call on ``x`` may skip the custom op and run its CPU implementation directly.
 
     The dispatcher costs ~20 us a call, a percent or two of a batch-1 CPU forward over five ops
     a layer. Skipping it changes nothing only when nobody looks: a CPU tensor in eager mode with
-    the torch backend, no gradient to record (``differentiable`` ops), and nothing tracing or
-    intercepting the call (torch.compile, torch.jit.trace, a dispatch mode such as the FLOP
-    counter or fake tensors).
+    a backend other than ``triton``, no gradient to record (``differentiable`` ops), and nothing
+    tracing or intercepting the call (torch.compile, torch.jit.trace, a dispatch mode such as
+    the FLOP counter or fake tensors).
     """
     return (
         x.device.type == "cpu"
@@ -84,6 +86,15 @@ def _kmeans_op(x: Tensor, num_clusters: int, max_iters: int) -> tuple[Tensor, Te
         from . import kmeans as kmeans_kernel
 
         return kmeans_kernel.kmeans(x, num_clusters, max_iters)
+    return _kmeans_cpu(x, num_clusters, max_iters)
+
+
+def _kmeans_cpu(x: Tensor, num_clusters: int, max_iters: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The compiled CPU kernel where it runs, else the reference (any device)."""
+    if runs_native(x):
+        from . import native
+
+        return native.kmeans(x, num_clusters, max_iters)
     return reference.kmeans(x, num_clusters, max_iters)
 
 
@@ -109,9 +120,9 @@ def batched_kmeans(
 
     x ``(B, N, C)`` -> labels ``(B, N)`` int32, centroids ``(B, kappa, C)``, iterations ``(B,)``.
     """
-    if _reference_directly(x):
+    if _cpu_directly(x):
         _check_kmeans(x, num_clusters, max_iters)
-        return reference.kmeans(x.detach(), num_clusters, max_iters)
+        return _kmeans_cpu(x.detach(), num_clusters, max_iters)
     return _kmeans_op(x.detach(), num_clusters, max_iters)
 
 
@@ -172,7 +183,7 @@ def partition(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Tensor
 
     See :func:`kernels.reference.partition` for the contract.
     """
-    if _reference_directly(labels):
+    if _cpu_directly(labels):
         _check_partition(labels, num_clusters)
         return _partition_reference(labels, num_clusters)
     return _partition_op(labels, num_clusters)
@@ -233,7 +244,7 @@ def permute_rows(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
     :func:`partition` returns them). Image order -> partition order is
     ``permute_rows(x, perm, inverse)``; back is ``permute_rows(y, inverse, perm)``.
     """
-    if _reference_directly(x, differentiable=True):
+    if _cpu_directly(x, differentiable=True):
         _check_permute(x, index, inverse)
         return reference.permute_rows(x, index)
     return _permute_rows_op(x, index, inverse)
@@ -261,12 +272,17 @@ def _partition_knn_op(x: Tensor, offsets: Tensor, k: int, max_partition_size: in
         from . import knn
 
         return knn.partition_knn(x, offsets, k, max_partition_size)
-    return _knn_reference(x, offsets, k, max_partition_size)
+    return _knn_cpu(x, offsets, k, max_partition_size)
 
 
-def _knn_reference(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> Tensor:
+def _knn_cpu(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> Tensor:
+    """The compiled CPU kernel where it runs, else the reference (any device)."""
     if offsets.device.type == "cpu":  # value checks read the offsets: CPU tensors only
         _check_offsets(x, offsets, max_partition_size)
+    if runs_native(x):
+        from . import native
+
+        return native.partition_knn(x, offsets, k)
     return reference.partition_knn(x, offsets, k, max_partition_size)
 
 
@@ -300,9 +316,9 @@ def partition_knn(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -
     ``max_partition_size`` bounds every partition's size (N, the nodes per image, in the model);
     it sizes the kernel grid without a device sync. See :func:`kernels.reference.partition_knn`.
     """
-    if _reference_directly(x):
+    if _cpu_directly(x):
         _check_knn(x, offsets, k, max_partition_size)
-        return _knn_reference(x.detach(), offsets, k, max_partition_size)
+        return _knn_cpu(x.detach(), offsets, k, max_partition_size)
     return _partition_knn_op(x.detach(), offsets, k, max_partition_size)
 
 
@@ -388,7 +404,7 @@ def max_aggregate(x: Tensor, nbr: Tensor, relative: bool = True) -> Tensor:
 
     Differentiable in ``x``; the argmax slots (uint8) are kept only when ``x`` requires grad.
     """
-    if _reference_directly(x, differentiable=True):
+    if _cpu_directly(x, differentiable=True):
         _check_aggregate(x, nbr)
         return reference.max_aggregate(x, nbr, relative, False)[0]
     with_argslot = x.requires_grad and torch.is_grad_enabled()

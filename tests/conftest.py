@@ -15,6 +15,8 @@ if not HAS_CUDA:
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 # The suite never reads or writes the user's tuning cache (configs and self-check verdicts).
 os.environ["CLUSTERVIG_AUTOTUNE_DIR"] = tempfile.mkdtemp(prefix="clustervig-test-cache-")
+# Nor its compiled CPU kernels: the suite builds its own once (a second or two).
+os.environ["CLUSTERVIG_NATIVE_DIR"] = tempfile.mkdtemp(prefix="clustervig-test-native-")
 
 import pytest  # noqa: E402
 

@@ -1,7 +1,8 @@
 """Non-finite inputs never produce an invalid index, and NaN propagates like in any PyTorch op.
 
 NaN and Inf are placed in one row, in a whole partition and in a whole image; every op runs on
-both backends (the PyTorch reference, and the Triton kernels under the interpreter). Indices must
+every backend (the PyTorch reference, the Triton kernels under the interpreter, and the compiled
+CPU kernels). Indices must
 be in range, ``perm`` a permutation, neighbours inside their own partition, and the images with
 finite values must get exactly what they get alone.
 """
@@ -15,7 +16,7 @@ import kernels
 from clustervig import create_model, degc
 from kernels import reference
 
-BACKENDS = ["torch", "triton"]
+BACKENDS = ["torch", "triton", "native"]
 PLACES = ["row", "partition", "image"]
 VALUES = [float("nan"), float("inf")]
 

@@ -9,7 +9,7 @@ import kernels
 from kernels import ops, reference
 from tests.conftest import HAS_CUDA
 
-BACKENDS = ["reference", "triton"]
+BACKENDS = ["reference", "triton", "native"]
 
 
 def _partitioned(B=2, N=30, C=12, kappa=3, dtype=torch.float32, device="cpu"):
@@ -61,8 +61,9 @@ def test_backends_agree_through_the_ops():
             rows = kernels.permute_rows(x.reshape(-1, 12), p[0], p[1])
             nbr = kernels.partition_knn(rows, p[2], 5, 30)
             results[backend] = (labels, iterations, *p, rows, nbr, kernels.max_aggregate(rows, nbr))
-    for a, b in zip(results["reference"], results["triton"], strict=True):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    for backend in BACKENDS[1:]:
+        for a, b in zip(results["reference"], results[backend], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,8 +241,8 @@ def test_deterministic_mode_takes_the_reference_backward(monkeypatch):
 
 
 def test_eager_cpu_calls_skip_the_dispatcher_only_when_nobody_looks(monkeypatch):
-    """Eager CPU calls without a gradient run the reference directly (same results, same
-    argument checks); a gradient, a FLOP counter or the Triton backend go through the op."""
+    """Eager CPU calls without a gradient run their CPU implementation directly (same results,
+    same argument checks); a gradient, a FLOP counter or the Triton backend go through the op."""
     from torch.utils.flop_counter import FlopCounterMode
 
     through_op = []
@@ -251,7 +252,7 @@ def test_eager_cpu_calls_skip_the_dispatcher_only_when_nobody_looks(monkeypatch)
     torch.manual_seed(0)
     x = torch.randn(2, 30, 6)
     labels, centroids, iters = kernels.batched_kmeans(x, 3)
-    expected = reference.kmeans(x, 3)
+    expected = ops._kmeans_cpu(x, 3, 20)
     assert all(torch.equal(a, b) for a, b in zip((labels, centroids, iters), expected, strict=True))
     perm, inverse, _, _ = kernels.partition(labels, 3)
     rows = x.reshape(60, 6)

@@ -1,0 +1,94 @@
+/* K nearest nodes inside every partition on the CPU: the compiled twin of
+ * kernels.reference.partition_knn.
+ *
+ * The contract is the reference's: squared Euclidean distances |x_i|^2 + |x_j|^2 - 2 x_i.x_j,
+ * ordered by (distance, index); a NaN distance ranks as +inf and one below zero (rounding) as 0;
+ * a node whose partition has s < K members gets them in distance order repeated cyclically
+ * (slot t holds the member of rank t % s). Every index is a member of the node's own partition
+ * for any input.
+ *
+ * Why C: partitions are a few dozen nodes, so the distance block of one is a few hundred thousand
+ * multiply-adds: as PyTorch ops the padding, the selection's int64 keys and the dispatch of each
+ * op cost more than the arithmetic. Here each row keeps its K best in a sorted list.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "dots.h"
+
+/* The k nearest (distance, index) pairs among the s distances d (s,) of one row, sorted: members
+ * arrive in index order, so one enters only if strictly nearer than the last kept one and goes
+ * after every kept member at the same distance. sq_i and sq (s,) are the squared norms, d the
+ * dots. Writes the kept = min(k, s) member indices to arg. */
+static void nearest(float sq_i, const float *sq, const float *d, int64_t s, int32_t kept,
+                    float *best, int32_t *arg)
+{
+    int32_t count = 0;
+    for (int64_t j = 0; j < s; j++) {
+        float value = (sq_i + sq[j]) - 2.0f * d[j];
+        if (!(value >= 0.0f)) value = isnan(value) ? INFINITY : 0.0f;
+        if (count == kept && !(value < best[kept - 1])) continue;
+        int32_t slot = count < kept ? count++ : kept - 1;
+        while (slot > 0 && value < best[slot - 1]) {
+            best[slot] = best[slot - 1];
+            arg[slot] = arg[slot - 1];
+            slot--;
+        }
+        best[slot] = value;
+        arg[slot] = (int32_t)j;
+    }
+}
+
+/* Partitions [first, last).
+ *
+ * x:       (M, C) float32, contiguous: the node features in partition order.
+ * offsets: (P + 1,) int32: partition q holds rows [offsets[q], offsets[q + 1]), rising from 0
+ *          to M (checked by the caller).
+ * out:     (M, K) int32 out: row indices into x, nearest first.
+ * Returns 0, or -1 if scratch memory could not be allocated (outputs then incomplete). */
+int cvig_partition_knn(const float *x, int64_t C, const int32_t *offsets, int64_t first,
+                       int64_t last, int32_t K, int32_t *out)
+{
+    int64_t largest = 1;
+    for (int64_t q = first; q < last; q++) {
+        const int64_t s = (int64_t)offsets[q + 1] - offsets[q];
+        if (s > largest) largest = s;
+    }
+    const int64_t widest = padded_columns(largest);
+    float *xt = malloc(sizeof(float) * (size_t)(C * widest));     /* (C, sp) */
+    float *dist = malloc(sizeof(float) * (size_t)(ROWS * widest)); /* (ROWS, sp) */
+    float *sq = malloc(sizeof(float) * (size_t)largest);
+    float *best = malloc(sizeof(float) * (size_t)K);
+    int32_t *arg = malloc(sizeof(int32_t) * (size_t)K);
+    int status = (xt && dist && sq && best && arg) ? 0 : -1;
+    for (int64_t q = first; q < last && status == 0; q++) {
+        const int64_t start = offsets[q], s = (int64_t)offsets[q + 1] - start;
+        if (s <= 0) continue;
+        const int64_t sp = padded_columns(s);
+        const float *xp = x + start * C;
+        const int32_t kept = s < K ? (int32_t)s : K;
+        transpose_rows(xp, s, C, xt);
+        for (int64_t j = 0; j < s; j++) {
+            float sum = 0.0f;
+            for (int64_t c = 0; c < C; c++) sum += xp[j * C + c] * xp[j * C + c];
+            sq[j] = sum;
+        }
+        for (int64_t i0 = 0; i0 < s; i0 += ROWS) {
+            const float *rows[ROWS]; /* past the partition: row i0 again, its result unused */
+            for (int r = 0; r < ROWS; r++) rows[r] = xp + (i0 + r < s ? i0 + r : i0) * C;
+            dot_rows(rows, xt, C, sp, dist);
+            for (int r = 0; r < ROWS && i0 + r < s; r++) {
+                nearest(sq[i0 + r], sq, dist + r * sp, s, kept, best, arg);
+                int32_t *row = out + (start + i0 + r) * K;
+                for (int32_t t = 0; t < K; t++) row[t] = (int32_t)start + arg[t % kept];
+            }
+        }
+    }
+    free(xt);
+    free(dist);
+    free(sq);
+    free(best);
+    free(arg);
+    return status;
+}

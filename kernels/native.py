@@ -1,0 +1,306 @@
+"""The compiled CPU kernels of the graph ops (``kernels/csrc/*.c``), built on first use.
+
+On the CPU, k-means and the in-partition k-NN are loops over a few hundred nodes: as PyTorch ops
+their dispatch and padding cost more than their arithmetic (they were ~30% of a CViG-Ti forward
+at batch 8). Their C twins run the same contracts as :mod:`kernels.reference` with one call per
+op. Like Triton's launcher stubs, they are compiled by the system's C compiler (``$CC``, else
+``cc``) the first time a process needs them, into ``$XDG_CACHE_HOME/clustervig/native`` (else
+``~/.cache/clustervig/native``; ``CLUSTERVIG_NATIVE_DIR`` overrides it), and loaded with
+:mod:`ctypes`. The file name carries a hash of the sources, the compiler, its flags and the CPU
+(``-march=native``), so a change of any of them builds a new library.
+
+Nothing is lost without a compiler: :func:`available` is False, one warning says why, and the
+ops run the PyTorch references. A cached library that cannot be loaded or reports another
+interface version is reported and rebuilt, never used.
+
+Results: labels, neighbours and iteration counts are those of the references up to rounding
+(sums and dot products are accumulated in another order, so a node almost equidistant from two
+centroids may go the other way); float32 arithmetic, as the references use for every dtype but
+float64.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from ._common import INDEX_DTYPE
+from .reference import kmeans_init_index
+
+__all__ = [
+    "available",
+    "build_error",
+    "cache_dir",
+    "kmeans",
+    "library_path",
+    "partition_knn",
+    "require",
+]
+
+#: Must equal ``cvig_abi_version()`` in ``csrc/abi.c``.
+ABI_VERSION = 1
+ENV_DIR = "CLUSTERVIG_NATIVE_DIR"
+SOURCES = ("abi.c", "kmeans.c", "knn.c")
+HEADERS = ("dots.h",)
+#: Tried in order: the first set the compiler accepts builds the library.
+FLAG_SETS = (
+    ("-O3", "-march=native", "-fopenmp-simd", "-std=gnu11", "-fPIC", "-shared"),
+    ("-O3", "-std=gnu11", "-fPIC", "-shared"),
+)
+#: Work (multiply-adds) below which a call stays on one thread: a thread hand-off costs
+#: tens of microseconds.
+PARALLEL_WORK = 1 << 22
+
+
+class NativeBuildWarning(UserWarning):
+    """The compiled CPU kernels could not be built or loaded; the references run instead."""
+
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "lib", "path", "error": the outcome of the one build attempt
+_pool: ThreadPoolExecutor | None = None
+
+
+def _source_dir() -> Path:
+    return Path(__file__).resolve().parent / "csrc"
+
+
+def cache_dir() -> Path:
+    """Where compiled libraries are kept (see the module docstring)."""
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "clustervig" / "native"
+
+
+def _compiler() -> str | None:
+    name = os.environ.get("CC") or "cc"
+    return shutil.which(name)
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` depends on: the CPU's feature flags where Linux lists them."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build_key(compiler: str) -> str:
+    digest = hashlib.sha256()
+    try:
+        version = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    for part in (str(ABI_VERSION), compiler, version, repr(FLAG_SETS), _cpu_signature()):
+        digest.update(part.encode())
+    for name in SOURCES + HEADERS:
+        digest.update((_source_dir() / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    """Load ``path`` and declare its functions; raises OSError if it is not our library."""
+    lib = ctypes.CDLL(str(path))
+    try:
+        version = lib.cvig_abi_version()
+    except AttributeError as exc:
+        raise OSError("no cvig_abi_version symbol: not a clustervig library") from exc
+    if version != ABI_VERSION:
+        raise OSError(f"interface version {version}, expected {ABI_VERSION}")
+    i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
+    lib.cvig_kmeans.argtypes = [ptr, i64, i64, i32, i32, ptr, i64, i64, ptr, ptr, ptr]
+    lib.cvig_kmeans.restype = ctypes.c_int
+    lib.cvig_partition_knn.argtypes = [ptr, i64, ptr, i64, i64, i32, ptr]
+    lib.cvig_partition_knn.restype = ctypes.c_int
+    return lib
+
+
+def _compile(compiler: str, directory: Path, final: Path) -> ctypes.CDLL:
+    """Build into a private file, load it from there, then move it to ``final`` (atomic, so a
+    process racing this one sees either no file or a whole one). Raises RuntimeError."""
+    sources = [str(_source_dir() / name) for name in SOURCES]
+    errors = []
+    for flags in FLAG_SETS:
+        fd, tmp = tempfile.mkstemp(prefix=final.stem + "-", suffix=".so", dir=directory)
+        os.close(fd)
+        cmd = [compiler, *flags, "-o", tmp, *sources, "-lm"]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as exc:
+            done, message = None, str(exc)
+        if done is not None and done.returncode == 0:
+            lib = _load(Path(tmp))  # loaded from its private name: never a stale handle
+            os.replace(tmp, final)
+            return lib
+        os.unlink(tmp)
+        if done is not None:
+            message = (done.stderr or done.stdout).strip().splitlines()
+            message = " / ".join(message[:3]) or f"exit status {done.returncode}"
+        errors.append(f"{' '.join(flags)}: {message}")
+    raise RuntimeError("; ".join(errors))
+
+
+def _build() -> None:
+    compiler = _compiler()
+    if compiler is None:
+        _state["error"] = f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH"
+        return
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        directory = Path(tempfile.mkdtemp(prefix="clustervig-native-"))
+    final = directory / f"clustervig_cpu-{_build_key(compiler)}.so"
+    if final.exists():
+        try:
+            _state["lib"], _state["path"] = _load(final), final
+            return
+        except OSError as exc:
+            warnings.warn(
+                f"clustervig: the cached CPU kernels {final} are unusable ({exc}); rebuilding",
+                NativeBuildWarning,
+                stacklevel=4,
+            )
+    try:
+        _state["lib"], _state["path"] = _compile(compiler, directory, final), final
+    except (OSError, RuntimeError) as exc:
+        _state["error"] = f"{compiler} failed: {exc}"
+
+
+def _library() -> ctypes.CDLL | None:
+    if "lib" not in _state and "error" not in _state:
+        with _lock:
+            if "lib" not in _state and "error" not in _state:
+                _build()
+                if "error" in _state:
+                    warnings.warn(
+                        "clustervig: the compiled CPU kernels are unavailable "
+                        f"({_state['error']}); the CPU graph ops run on the PyTorch references "
+                        "(slower). CLUSTERVIG_BACKEND=torch chooses them without trying.",
+                        NativeBuildWarning,
+                        stacklevel=4,
+                    )
+    return _state.get("lib")  # type: ignore[return-value]
+
+
+def available() -> bool:
+    """Whether the compiled CPU kernels can run (builds them on the first call)."""
+    return _library() is not None
+
+
+def build_error() -> str | None:
+    """Why :func:`available` is False (None if it is True or nothing was tried yet)."""
+    return _state.get("error")  # type: ignore[return-value]
+
+
+def library_path() -> Path | None:
+    """The loaded library's file (builds it on the first call)."""
+    _library()
+    return _state.get("path")  # type: ignore[return-value]
+
+
+def require() -> ctypes.CDLL:
+    lib = _library()
+    if lib is None:
+        raise RuntimeError(
+            f"backend 'native': the compiled CPU kernels are unavailable ({_state['error']})"
+        )
+    return lib
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _run(function, count: int, work: int, arguments) -> None:
+    """Call ``function(*arguments(lo, hi))`` over ``[0, count)``: in one call, or split into
+    contiguous ranges over torch's CPU threads when the work repays it (ctypes releases the GIL,
+    so the ranges run in parallel)."""
+    global _pool
+    threads = min(torch.get_num_threads(), count, max(1, work // PARALLEL_WORK))
+    if threads <= 1:
+        status = [function(*arguments(0, count))]
+    else:
+        if _pool is None or _pool._max_workers < threads:  # noqa: SLF001 (a size check only)
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clustervig-cpu")
+        bounds = [count * t // threads for t in range(threads + 1)]
+        jobs = [
+            _pool.submit(function, *arguments(lo, hi))
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        status = [job.result() for job in jobs]
+    if any(s != 0 for s in status):
+        raise MemoryError("clustervig CPU kernel: could not allocate its scratch memory")
+
+
+def kmeans(
+    x: torch.Tensor,
+    num_clusters: int,
+    max_iters: int,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`kernels.reference.kmeans` in C. x ``(B, N, C)`` on the CPU (any float dtype but
+    float64; computed in float32) -> labels ``(B, N)`` int32, centroids ``(B, kappa, C)`` in
+    x's dtype, iterations ``(B,)`` int32. ``out``: contiguous ``(labels, iterations)`` to write
+    into (the tests poison them). Arguments are assumed checked (``kernels.ops``)."""
+    lib = require()
+    B, N, C = x.shape
+    xf = x.detach().to(torch.float32).contiguous()
+    if out is None:
+        out = (torch.empty(B, N, dtype=INDEX_DTYPE), torch.empty(B, dtype=INDEX_DTYPE))
+    labels, iterations = out
+    centroids = torch.empty(B, num_clusters, C, dtype=torch.float32)
+    init = kmeans_init_index(N, num_clusters).contiguous()
+    if B:
+        work = B * N * C * num_clusters * 8  # ~8 iterations of assignment and mean
+        _run(
+            lib.cvig_kmeans,
+            B,
+            work,
+            lambda lo, hi: (
+                _ptr(xf), N, C, num_clusters, max_iters, _ptr(init), lo, hi,
+                _ptr(labels), _ptr(centroids), _ptr(iterations),
+            ),
+        )  # fmt: skip
+    return labels, centroids.to(x.dtype), iterations
+
+
+def partition_knn(
+    x: torch.Tensor, offsets: torch.Tensor, k: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`kernels.reference.partition_knn` in C. x ``(M, C)`` on the CPU (computed in
+    float32), offsets ``(P + 1,)`` int32 already checked to rise from 0 to M -> ``(M, K)``
+    int32 row indices (written into ``out`` if given: contiguous, the tests poison it)."""
+    lib = require()
+    M, C = x.shape
+    xf = x.detach().to(torch.float32).contiguous()
+    offs = offsets.to(INDEX_DTYPE).contiguous()
+    out = torch.empty(M, k, dtype=INDEX_DTYPE) if out is None else out
+    P = offs.shape[0] - 1
+    if M and P:
+        work = M * C * (M // P + 1)  # rows x channels x the mean partition size
+        _run(
+            lib.cvig_partition_knn,
+            P,
+            work,
+            lambda lo, hi: (_ptr(xf), C, _ptr(offs), lo, hi, k, _ptr(out)),
+        )
+    return out

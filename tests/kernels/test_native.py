@@ -1,0 +1,296 @@
+"""The compiled CPU kernels (``kernels/native.py``, ``kernels/csrc``) against the references, and
+their build: cache, corrupt or foreign files, no compiler."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import warnings
+
+import pytest
+import torch
+
+import kernels
+from kernels import native, reference
+from tests.helpers import (
+    DTYPES,
+    POISON_INT,
+    integer_features,
+    neighbour_distances,
+    offsets_from_sizes,
+    poisoned,
+    random_partition_sizes,
+)
+from tests.kernels.test_kmeans import CENTROID_TOL, blobs
+from tests.kernels.test_reference import empty_cluster_case
+
+pytestmark = pytest.mark.skipif(
+    not native.available(), reason=f"no compiled CPU kernels: {native.build_error()}"
+)
+
+
+def _kmeans(x, kappa, iters):
+    B, N, _ = x.shape
+    labels = poisoned((B, N), torch.int32, "cpu")
+    iterations = poisoned((B,), torch.int32, "cpu")
+    out = native.kmeans(x, kappa, iters, out=(labels, iterations))
+    assert out[0] is labels and out[2] is iterations
+    assert not (labels == POISON_INT).any() and not (iterations == POISON_INT).any()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# k-means
+# --------------------------------------------------------------------------------------------
+# kappa 1..16 crosses the kernel's blocks of four centroids; N and C not powers of two.
+@pytest.mark.parametrize(
+    "B,N,C,kappa",
+    [(1, 49, 24, 4), (3, 37, 17, 6), (2, 196, 40, 4), (1, 20, 8, 1), (2, 40, 8, 16), (4, 33, 5, 7)],
+)
+def test_kmeans_random_features_match_the_float64_reference(B, N, C, kappa):
+    x = torch.randn(B, N, C)
+    labels, centroids, iterations = _kmeans(x, kappa, 20)
+    e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), kappa, 20)
+    assert torch.equal(labels, e_labels)
+    assert torch.equal(iterations, e_iterations)
+    torch.testing.assert_close(centroids.double(), e_centroids, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,N,C,kappa", [(2, 49, 24, 4), (1, 196, 40, 6), (3, 30, 17, 3)])
+def test_kmeans_separated_clusters_every_dtype(B, N, C, kappa, dtype):
+    x = blobs(B, N, C, kappa, dtype)
+    labels, centroids, iterations = _kmeans(x, kappa, 20)
+    e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), kappa, 20)
+    assert centroids.dtype == dtype
+    assert torch.equal(labels, e_labels) and torch.equal(iterations, e_iterations)
+    tol = CENTROID_TOL[dtype]
+    torch.testing.assert_close(centroids.double(), e_centroids.double(), atol=tol * 8, rtol=tol)
+
+
+def test_kmeans_iteration_cap_and_early_stop():
+    x = torch.randn(3, 80, 10)
+    for cap in (1, 2, 50):
+        labels, centroids, iterations = _kmeans(x, 5, cap)
+        e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), 5, cap)
+        assert torch.equal(labels, e_labels) and torch.equal(iterations, e_iterations)
+        torch.testing.assert_close(centroids.double(), e_centroids, atol=1e-5, rtol=1e-5)
+        assert int(iterations.max()) <= cap
+
+
+def test_kmeans_empty_cluster_keeps_its_centroid():
+    x = empty_cluster_case()
+    labels, centroids, _ = _kmeans(x, 3, 20)
+    assert torch.equal(labels, reference.kmeans(x.double(), 3, 20)[0])
+    assert torch.equal(centroids[0, 1], x[0, 6])
+
+
+def test_kmeans_each_image_as_alone_and_strided_input():
+    x = torch.randn(3, 60, 2, 12)[:, :, 1, :]  # node stride 24
+    x[1] *= 1e-3  # an image that converges at once beside ones that do not
+    labels, centroids, iterations = _kmeans(x, 4, 20)
+    for b in range(3):
+        alone = _kmeans(x[b : b + 1].contiguous(), 4, 20)
+        assert torch.equal(alone[0][0], labels[b]) and torch.equal(alone[2][0], iterations[b])
+        assert torch.equal(alone[1][0], centroids[b])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_kmeans_non_finite_nodes_keep_labels_valid(value):
+    x = torch.randn(3, 40, 6)
+    x[1, 3, 0] = value
+    x[2] = value
+    labels, centroids, _ = _kmeans(x, 4, 20)
+    assert labels.min() >= 0 and labels.max() < 4
+    clean = _kmeans(x[:1].clone(), 4, 20)
+    assert torch.equal(labels[0], clean[0][0]) and torch.equal(centroids[0], clean[1][0])
+    assert not torch.isfinite(centroids[1]).all()
+    if value != value:  # NaN everywhere: no finite distance, every node goes to cluster 0
+        assert (labels[2] == 0).all()
+
+
+# --------------------------------------------------------------------------------------------
+# k-NN
+# --------------------------------------------------------------------------------------------
+def _sizes(B, N, kappa):
+    """Ragged partitions, with a single-node and an empty one where kappa allows."""
+    sizes = random_partition_sizes(B, N, kappa, min_size=1)
+    if kappa > 1:
+        sizes[0, 1], sizes[0, 0] = 1, sizes[0, 0] + sizes[0, 1] - 1
+    if kappa > 2:
+        sizes[-1, 2], sizes[-1, 0] = 0, sizes[-1, 0] + sizes[-1, 2]
+    return sizes
+
+
+def _knn(x, offsets, K):
+    out = poisoned((x.shape[0], K), torch.int32, "cpu")
+    assert native.partition_knn(x, offsets, K, out=out) is out
+    assert not (out == POISON_INT).any(), "unwritten outputs"
+    return out
+
+
+# K from 1 to 32 (beyond some partitions' sizes), N and C not powers of two, partitions
+# crossing the kernel's 16-column and 4-row blocks.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "B,N,C,kappa,K",
+    [(1, 49, 24, 4, 9), (2, 49, 20, 4, 18), (3, 30, 17, 6, 9), (2, 20, 8, 4, 32), (2, 13, 5, 3, 1)],
+)
+def test_knn_integer_features_match_the_reference_exactly(B, N, C, kappa, K, dtype):
+    """Integer features: exact distances in every dtype, so exact ties test the index rule."""
+    offsets = offsets_from_sizes(_sizes(B, N, kappa))
+    x = integer_features(B * N, C, dtype)
+    assert torch.equal(_knn(x, offsets, K), reference.partition_knn(x.double(), offsets, K))
+
+
+@pytest.mark.parametrize("B,N,C,kappa,K", [(2, 49, 24, 4, 9), (1, 196, 40, 4, 18)])
+def test_knn_unit_features_give_the_nearest_neighbours(B, N, C, kappa, K):
+    """Model-like inputs: the same neighbours as the float32 reference, and distances that are
+    the K smallest up to float32 rounding of the float64 oracle's."""
+    offsets = offsets_from_sizes(_sizes(B, N, kappa))
+    x = torch.nn.functional.normalize(torch.randn(B * N, C), dim=-1)
+    out = _knn(x, offsets, K)
+    assert torch.equal(out, reference.partition_knn(x, offsets, K))
+    expected = reference.partition_knn(x.double(), offsets, K)
+    got_d = neighbour_distances(x, out).sort(dim=1).values
+    torch.testing.assert_close(got_d, neighbour_distances(x, expected).sort(dim=1).values)
+
+
+def test_knn_small_partitions_repeat_their_members():
+    offsets = torch.tensor([0, 2, 3, 3, 10], dtype=torch.int32)
+    x = torch.tensor([[0.0], [1.0], [5.0]] + [[float(20 + i * i)] for i in range(7)])
+    out = _knn(x, offsets, 5)
+    assert out[0].tolist() == [0, 1, 0, 1, 0]
+    assert out[1].tolist() == [1, 0, 1, 0, 1]
+    assert out[2].tolist() == [2, 2, 2, 2, 2]
+    assert torch.equal(out, reference.partition_knn(x.double(), offsets, 5))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_knn_non_finite_rows_rank_as_the_reference_ranks_them(value):
+    """A NaN distance ranks as +inf and a negative one as 0, tied by index: the float32
+    reference's rule, so the lists are equal, and every index stays in its partition."""
+    sizes = torch.tensor([[13, 20, 7]])
+    offsets = offsets_from_sizes(sizes)
+    x = integer_features(40, 6, torch.float32)
+    x[3, 1] = value  # one row
+    x[13:33] = value  # a whole partition
+    out = _knn(x, offsets, 9)
+    assert torch.equal(out, reference.partition_knn(x, offsets, 9))
+    part = torch.repeat_interleave(torch.arange(3), sizes.reshape(-1))
+    assert torch.equal(part[out.long()], part.unsqueeze(1).expand(-1, 9))
+
+
+# --------------------------------------------------------------------------------------------
+# threads and dispatch
+# --------------------------------------------------------------------------------------------
+def test_work_split_over_threads_gives_the_same_result(monkeypatch):
+    x = torch.randn(5, 60, 12)
+    offsets = offsets_from_sizes(_sizes(5, 60, 4))
+    rows = x.reshape(300, 12)
+    one = (native.kmeans(x, 4, 20), native.partition_knn(rows, offsets, 9))
+    monkeypatch.setattr(native, "PARALLEL_WORK", 1)  # split even this little work
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        split = (native.kmeans(x, 4, 20), native.partition_knn(rows, offsets, 9))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one[0], split[0], strict=True))
+    assert torch.equal(one[1], split[1])
+
+
+def test_the_auto_and_native_backends_run_the_compiled_kernels(monkeypatch):
+    calls = []
+    for name in ("kmeans", "partition_knn"):
+        function = getattr(native, name)
+        monkeypatch.setattr(
+            native, name, lambda *a, _f=function, _n=name: calls.append(_n) or _f(*a)
+        )
+    x = torch.randn(2, 30, 6)
+    for backend in ("auto", "native", "torch"):
+        with kernels.use_backend(backend):
+            labels, _, _ = kernels.batched_kmeans(x, 3)
+            _, _, offsets, _ = kernels.partition(labels, 3)
+            kernels.partition_knn(x.reshape(60, 6), offsets, 4, 30)
+            kernels.batched_kmeans(x.double(), 3)  # float64: always the reference
+    assert calls == ["kmeans", "partition_knn"] * 2
+
+
+# --------------------------------------------------------------------------------------------
+# building and loading
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """A process that has not built the kernels yet, with its cache in ``tmp_path``."""
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv(native.ENV_DIR, str(tmp_path))
+    return tmp_path
+
+
+def _library_files(directory):
+    return sorted(directory.glob("clustervig_cpu-*.so"))
+
+
+def test_build_is_cached_and_reused(fresh_build, monkeypatch):
+    assert native.available()
+    (path,) = _library_files(fresh_build)
+    assert native.library_path() == path
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_compile", lambda *a: pytest.fail("rebuilt a cached library"))
+    assert native.available() and native.library_path() == path
+
+
+@pytest.mark.parametrize("content", ["truncated", "foreign"])
+def test_a_corrupt_or_foreign_cached_library_is_reported_and_rebuilt(fresh_build, content):
+    assert native.available()
+    (path,) = _library_files(fresh_build)
+    if content == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    else:  # a valid shared library that is not ours
+        source = fresh_build / "foreign.c"
+        source.write_text("int answer(void) { return 42; }\n")
+        compiler = native._compiler()
+        subprocess.run([compiler, "-shared", "-fPIC", "-o", str(path), str(source)], check=True)
+    native._state.clear()
+    with pytest.warns(native.NativeBuildWarning, match="unusable.*rebuilding"):
+        assert native.available()
+    x = torch.randn(2, 30, 6)
+    assert torch.equal(native.kmeans(x, 3, 20)[0], reference.kmeans(x.double(), 3, 20)[0])
+
+
+def test_without_a_compiler_the_references_run_after_one_warning(fresh_build, monkeypatch):
+    monkeypatch.setenv("CC", "clustervig-no-such-compiler")
+    x = torch.randn(2, 30, 6)
+    with pytest.warns(native.NativeBuildWarning, match="no C compiler.*references") as caught:
+        labels, centroids, _ = kernels.batched_kmeans(x, 3)
+        kernels.batched_kmeans(x, 3)
+    assert len(caught) == 1
+    assert not native.available() and "clustervig-no-such-compiler" in native.build_error()
+    assert torch.equal(labels, reference.kmeans(x, 3)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        with kernels.use_backend("native"), pytest.raises(RuntimeError, match="backend 'native'"):
+            kernels.batched_kmeans(x, 3)
+
+
+def test_a_failing_compiler_is_reported_with_its_message(fresh_build, monkeypatch, tmp_path):
+    fake = tmp_path / "fake-cc"
+    fake.write_text("#!/bin/sh\necho 'fake-cc: internal error' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    with pytest.warns(native.NativeBuildWarning, match="internal error"):
+        assert not native.available()
+    assert not _library_files(fresh_build), "a failed build left a file behind"
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs cc")
+def test_the_sources_compile_without_warnings():
+    """The C sources are warning-free under -Wall -Wextra (a warning there is often a bug)."""
+    sources = [str(native._source_dir() / name) for name in native.SOURCES]
+    done = subprocess.run(
+        ["cc", "-O2", "-std=gnu11", "-Wall", "-Wextra", "-fsyntax-only", *sources],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
