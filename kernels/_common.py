@@ -120,9 +120,10 @@ def backend() -> str:
     """The backend the ops use: ``auto`` (default), ``torch``, ``triton`` or ``native``.
 
     - ``auto``: CUDA tensors run the Triton kernels (except a kernel whose self-check failed on
-      this GPU, see :mod:`kernels.selfcheck`); CPU tensors the compiled CPU kernels of k-means
-      and k-NN (:mod:`kernels.native`, built on first use) where a C compiler can build them,
-      and the PyTorch references for everything else.
+      this GPU, see :mod:`kernels.selfcheck`); CPU tensors the compiled CPU kernels of
+      k-means, the partition order, k-NN and the aggregation's forward (:mod:`kernels.native`,
+      built on first use) where a C compiler can build them, and the PyTorch references for
+      everything else.
     - ``torch``: the PyTorch references on every device (a pure-PyTorch ClusterViG).
     - ``triton``: the kernels on CUDA, and on CPU tensors under the Triton interpreter.
     - ``native``: as ``auto``, but an error instead of the references when the compiled CPU
@@ -233,8 +234,9 @@ def next_power_of_2(n: int) -> int:
 
 def runs_native(t: torch.Tensor) -> bool:
     """Whether an op on the CPU tensor ``t`` runs its compiled CPU kernel (:mod:`kernels.native`;
-    k-means and k-NN have one) rather than the PyTorch reference. Builds the kernels on the
-    first call; raises RuntimeError under backend ``native`` if they cannot be built."""
+    all but ``permute_rows`` and the aggregation's backward have one) rather than the PyTorch
+    reference. Builds the kernels on the first call; raises RuntimeError under backend
+    ``native`` if they cannot be built."""
     choice = backend()
     if t.device.type != "cpu" or choice not in ("auto", "native") or t.dtype == torch.float64:
         return False

@@ -1,9 +1,10 @@
 """The compiled CPU kernels of the graph ops (``kernels/csrc/*.c``), built on first use.
 
-On the CPU, k-means and the in-partition k-NN are loops over a few hundred nodes: as PyTorch ops
-their dispatch and padding cost more than their arithmetic (they were ~30% of a CViG-Ti forward
-at batch 8). Their C twins run the same contracts as :mod:`kernels.reference` with one call per
-op. Like Triton's launcher stubs, they are compiled by the system's C compiler (``$CC``, else
+On the CPU, k-means, the partition order and the in-partition k-NN are loops over a few hundred
+nodes: as PyTorch ops their dispatch and padding cost more than their arithmetic (with the
+aggregation they were ~30% of a CViG-Ti forward at batch 8). Their C twins (and the
+aggregation's forward) run the same contracts as :mod:`kernels.reference`, one call per op.
+Like Triton's launcher stubs, they are compiled by the system's C compiler (``$CC``, else
 ``cc``) the first time a process needs them, into ``$XDG_CACHE_HOME/clustervig/native`` (else
 ``~/.cache/clustervig/native``; ``CLUSTERVIG_NATIVE_DIR`` overrides it), and loaded with
 :mod:`ctypes`. The file name carries a hash of the sources, the compiler, its flags and the CPU
@@ -44,6 +45,8 @@ __all__ = [
     "cache_dir",
     "kmeans",
     "library_path",
+    "max_aggregate",
+    "partition",
     "partition_knn",
     "require",
 ]
@@ -51,7 +54,7 @@ __all__ = [
 #: Must equal ``cvig_abi_version()`` in ``csrc/abi.c``.
 ABI_VERSION = 1
 ENV_DIR = "CLUSTERVIG_NATIVE_DIR"
-SOURCES = ("abi.c", "kmeans.c", "knn.c")
+SOURCES = ("abi.c", "kmeans.c", "partition.c", "knn.c", "aggregate.c")
 HEADERS = ("dots.h",)
 #: Tried in order: the first set the compiler accepts builds the library.
 FLAG_SETS = (
@@ -130,6 +133,10 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.cvig_kmeans.restype = ctypes.c_int
     lib.cvig_partition_knn.argtypes = [ptr, i64, ptr, i64, i64, i32, ptr]
     lib.cvig_partition_knn.restype = ctypes.c_int
+    lib.cvig_max_aggregate.argtypes = [ptr, i64, i64, ptr, i32, i32, i64, i64, ptr, ptr]
+    lib.cvig_max_aggregate.restype = None
+    lib.cvig_partition.argtypes = [ptr, i64, i32, i64, i64, ptr, ptr, ptr, ptr, ptr]
+    lib.cvig_partition.restype = None
     return lib
 
 
@@ -247,7 +254,7 @@ def _run(function, count: int, work: int, arguments) -> None:
             for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
         ]
         status = [job.result() for job in jobs]
-    if any(s != 0 for s in status):
+    if any(status):  # an int function's -1; void functions return None
         raise MemoryError("clustervig CPU kernel: could not allocate its scratch memory")
 
 
@@ -283,6 +290,26 @@ def kmeans(
     return labels, centroids.to(x.dtype), iterations
 
 
+def partition(
+    labels: torch.Tensor, num_clusters: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`kernels.reference.partition` in C: labels ``(B, N)`` int32 on the CPU ->
+    ``(perm, inverse, offsets, segment)``, all int32."""
+    lib = require()
+    B, N = labels.shape
+    lab = labels.to(INDEX_DTYPE).contiguous()
+    perm, inverse, segment = (torch.empty(B * N, dtype=INDEX_DTYPE) for _ in range(3))
+    offsets = torch.empty(B * num_clusters + 1, dtype=INDEX_DTYPE)
+    offsets[-1] = B * N
+    counts = torch.empty(num_clusters, dtype=torch.int64)
+    if B:
+        lib.cvig_partition(
+            _ptr(lab), N, num_clusters, 0, B, _ptr(counts),
+            _ptr(perm), _ptr(inverse), _ptr(offsets), _ptr(segment),
+        )  # fmt: skip
+    return perm, inverse, offsets, segment
+
+
 def partition_knn(
     x: torch.Tensor, offsets: torch.Tensor, k: int, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -304,3 +331,32 @@ def partition_knn(
             lambda lo, hi: (_ptr(xf), C, _ptr(offs), lo, hi, k, _ptr(out)),
         )
     return out
+
+
+def max_aggregate(
+    x: torch.Tensor, nbr: torch.Tensor, relative: bool, with_argslot: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`kernels.reference.max_aggregate` in C. x ``(M, C)`` on the CPU (16-bit inputs are
+    widened to float32: their maximum is exact, and ``best - x`` is rounded once, as the
+    reference does), nbr ``(M, K)`` int32 -> out ``(M, C)`` in x's dtype, argslot ``(M, C)``
+    uint8 (empty unless ``with_argslot``)."""
+    lib = require()
+    M, C = x.shape
+    K = nbr.shape[1]
+    xf = x.detach().to(torch.float32).contiguous()
+    index = nbr.to(INDEX_DTYPE).contiguous()
+    out = torch.empty(M, C, dtype=torch.float32)
+    argslot = (
+        torch.empty(M, C, dtype=torch.uint8) if with_argslot else torch.empty(0, dtype=torch.uint8)
+    )
+    if M and C:
+        _run(
+            lib.cvig_max_aggregate,
+            M,
+            M * K * C // 4,  # a gather and a compare are ~4x lighter than a multiply-add pass
+            lambda lo, hi: (
+                _ptr(xf), M, C, _ptr(index), K, int(relative), lo, hi, _ptr(out),
+                _ptr(argslot) if with_argslot else None,
+            ),
+        )  # fmt: skip
+    return out.to(x.dtype), argslot

@@ -2,11 +2,12 @@
 
 Each op validates its arguments, then runs the Triton kernel on CUDA tensors (and on CPU tensors
 under the Triton interpreter when the backend is ``triton``, see :func:`kernels.use_backend`),
-the compiled CPU kernel on CPU tensors where there is one (k-means and k-NN,
-:mod:`kernels.native`), or the pure-torch reference (``kernels/reference.py``, any device)
-otherwise: with ``CLUSTERVIG_BACKEND=torch``, and for a kernel whose self-check failed on this GPU
-(:mod:`kernels.selfcheck`). No op raises on NaN/Inf and none reads values back to the host off the
-CPU: every index output is valid for any input and NaN propagates into the values.
+the compiled CPU kernel on CPU tensors where there is one (k-means, the partition order, k-NN
+and the forward of the aggregation, :mod:`kernels.native`), or the pure-torch reference
+(``kernels/reference.py``, any device) otherwise: with ``CLUSTERVIG_BACKEND=torch``, and for a
+kernel whose self-check failed on this GPU (:mod:`kernels.selfcheck`). No op raises on NaN/Inf
+and none reads values back to the host off the CPU: every index output is valid for any input
+and NaN propagates into the values.
 ``register_fake`` gives ``torch.compile`` their output shapes, so a compiled model sees each op
 as one graph node; ``permute_rows`` and ``max_aggregate`` carry their gradients.
 
@@ -141,12 +142,11 @@ def _partition_op(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Te
         from . import permute
 
         return permute.partition(labels, num_clusters)
-    return _partition_reference(labels, num_clusters)
+    return _partition_cpu(labels, num_clusters)
 
 
-def _partition_reference(
-    labels: Tensor, num_clusters: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _partition_cpu(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The compiled CPU kernel where it runs, else the reference (any device)."""
     # The range check reads values back, so it runs on CPU tensors only; elsewhere out-of-range
     # labels are clamped (kernel and reference alike) and never index out of bounds.
     if (
@@ -158,6 +158,10 @@ def _partition_reference(
             f"partition: argument 'labels' must hold values in [0, {num_clusters}), got "
             f"[{int(labels.min())}, {int(labels.max())}]"
         )
+    if runs_native(labels):
+        from . import native
+
+        return native.partition(labels, num_clusters)
     return reference.partition(labels, num_clusters)
 
 
@@ -185,7 +189,7 @@ def partition(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Tensor
     """
     if _cpu_directly(labels):
         _check_partition(labels, num_clusters)
-        return _partition_reference(labels, num_clusters)
+        return _partition_cpu(labels, num_clusters)
     return _partition_op(labels, num_clusters)
 
 
@@ -345,6 +349,17 @@ def _max_aggregate_op(
         from . import aggregate
 
         return aggregate.max_aggregate(x, nbr, relative, with_argslot)
+    return _max_aggregate_cpu(x, nbr, relative, with_argslot)
+
+
+def _max_aggregate_cpu(
+    x: Tensor, nbr: Tensor, relative: bool, with_argslot: bool
+) -> tuple[Tensor, Tensor]:
+    """The compiled CPU kernel where it runs, else the reference (any device)."""
+    if runs_native(x):
+        from . import native
+
+        return native.max_aggregate(x, nbr, relative, with_argslot)
     return reference.max_aggregate(x, nbr, relative, with_argslot)
 
 
@@ -406,7 +421,7 @@ def max_aggregate(x: Tensor, nbr: Tensor, relative: bool = True) -> Tensor:
     """
     if _cpu_directly(x, differentiable=True):
         _check_aggregate(x, nbr)
-        return reference.max_aggregate(x, nbr, relative, False)[0]
+        return _max_aggregate_cpu(x, nbr, relative, False)[0]
     with_argslot = x.requires_grad and torch.is_grad_enabled()
     return _max_aggregate_op(x, nbr, relative, with_argslot)[0]
 

@@ -17,14 +17,28 @@ enum { LANES = 16, ROWS = 4 }; /* ROWS is 4: dot_rows names its accumulators */
 static inline int64_t padded_columns(int64_t n) { return (n + LANES - 1) / LANES * LANES; }
 
 /* Transpose rows x (n, c) into columns xt (c, np) with np = padded_columns(n); the padding
- * columns are zero. */
+ * columns are zero. Blocks of LANES rows: every store is a whole run of LANES floats, and the
+ * LANES rows being read stay in the L1 cache. */
 static inline void transpose_rows(const float *x, int64_t n, int64_t c, float *xt)
 {
     const int64_t np = padded_columns(n);
+    for (int64_t i0 = 0; i0 < np; i0 += LANES) {
+        const int64_t rows = n - i0 < LANES ? n - i0 : LANES;
+        for (int64_t j = 0; j < c; j++) {
+            float *t = xt + j * np + i0;
+            for (int64_t i = 0; i < rows; i++) t[i] = x[(i0 + i) * c + j];
+            for (int64_t i = rows; i < LANES; i++) t[i] = 0.0f;
+        }
+    }
+}
+
+/* Squared norms sq (np,) of the columns of xt (c, np). */
+static inline void column_square_norms(const float *xt, int64_t c, int64_t np, float *sq)
+{
+    for (int64_t i = 0; i < np; i++) sq[i] = 0.0f;
     for (int64_t j = 0; j < c; j++) {
-        float *t = xt + j * np;
-        for (int64_t i = 0; i < n; i++) t[i] = x[i * c + j];
-        for (int64_t i = n; i < np; i++) t[i] = 0.0f;
+        const float *t = xt + j * np;
+        for (int64_t i = 0; i < np; i++) sq[i] += t[i] * t[i];
     }
 }
 

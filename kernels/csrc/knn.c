@@ -17,17 +17,22 @@
 
 #include "dots.h"
 
-/* The k nearest (distance, index) pairs among the s distances d (s,) of one row, sorted: members
- * arrive in index order, so one enters only if strictly nearer than the last kept one and goes
- * after every kept member at the same distance. sq_i and sq (s,) are the squared norms, d the
- * dots. Writes the kept = min(k, s) member indices to arg. */
-static void nearest(float sq_i, const float *sq, const float *d, int64_t s, int32_t kept,
-                    float *best, int32_t *arg)
+/* The k nearest (distance, index) pairs of one row, sorted, from the s dots d (s,) of the row
+ * with its partition (overwritten with the distances): first every distance at once (a vector
+ * loop), then one pass over them. Members arrive in index order, so one enters only if strictly
+ * nearer than the last kept one and goes after every kept member at the same distance. sq_i
+ * and sq (s,) are the squared norms. Writes the kept = min(k, s) member indices to arg. */
+static void nearest(float sq_i, const float *sq, float *d, int64_t s, int32_t kept, float *best,
+                    int32_t *arg)
 {
+    for (int64_t j = 0; j < s; j++) {
+        const float value = (sq_i + sq[j]) - 2.0f * d[j];
+        /* NaN ranks as +inf, below zero (rounding) as 0 */
+        d[j] = value >= 0.0f ? value : (value != value ? INFINITY : 0.0f);
+    }
     int32_t count = 0;
     for (int64_t j = 0; j < s; j++) {
-        float value = (sq_i + sq[j]) - 2.0f * d[j];
-        if (!(value >= 0.0f)) value = isnan(value) ? INFINITY : 0.0f;
+        const float value = d[j];
         if (count == kept && !(value < best[kept - 1])) continue;
         int32_t slot = count < kept ? count++ : kept - 1;
         while (slot > 0 && value < best[slot - 1]) {
@@ -58,7 +63,7 @@ int cvig_partition_knn(const float *x, int64_t C, const int32_t *offsets, int64_
     const int64_t widest = padded_columns(largest);
     float *xt = malloc(sizeof(float) * (size_t)(C * widest));     /* (C, sp) */
     float *dist = malloc(sizeof(float) * (size_t)(ROWS * widest)); /* (ROWS, sp) */
-    float *sq = malloc(sizeof(float) * (size_t)largest);
+    float *sq = malloc(sizeof(float) * (size_t)widest);
     float *best = malloc(sizeof(float) * (size_t)K);
     int32_t *arg = malloc(sizeof(int32_t) * (size_t)K);
     int status = (xt && dist && sq && best && arg) ? 0 : -1;
@@ -69,11 +74,7 @@ int cvig_partition_knn(const float *x, int64_t C, const int32_t *offsets, int64_
         const float *xp = x + start * C;
         const int32_t kept = s < K ? (int32_t)s : K;
         transpose_rows(xp, s, C, xt);
-        for (int64_t j = 0; j < s; j++) {
-            float sum = 0.0f;
-            for (int64_t c = 0; c < C; c++) sum += xp[j * C + c] * xp[j * C + c];
-            sq[j] = sum;
-        }
+        column_square_norms(xt, C, sp, sq);
         for (int64_t i0 = 0; i0 < s; i0 += ROWS) {
             const float *rows[ROWS]; /* past the partition: row i0 again, its result unused */
             for (int r = 0; r < ROWS; r++) rows[r] = xp + (i0 + r < s ? i0 + r : i0) * C;
@@ -81,7 +82,8 @@ int cvig_partition_knn(const float *x, int64_t C, const int32_t *offsets, int64_
             for (int r = 0; r < ROWS && i0 + r < s; r++) {
                 nearest(sq[i0 + r], sq, dist + r * sp, s, kept, best, arg);
                 int32_t *row = out + (start + i0 + r) * K;
-                for (int32_t t = 0; t < K; t++) row[t] = (int32_t)start + arg[t % kept];
+                for (int32_t t = 0, rank = 0; t < K; t++, rank = rank + 1 == kept ? 0 : rank + 1)
+                    row[t] = (int32_t)start + arg[rank]; /* rank = t % kept */
             }
         }
     }

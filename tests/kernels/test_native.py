@@ -1,5 +1,6 @@
-"""The compiled CPU kernels (``kernels/native.py``, ``kernels/csrc``) against the references, and
-their build: cache, corrupt or foreign files, no compiler."""
+"""The compiled CPU kernels (``kernels/native.py``, ``kernels/csrc``) against the references
+(k-means, partition order, k-NN, max aggregation), and their build: cache, corrupt or foreign
+files, no compiler."""
 
 from __future__ import annotations
 
@@ -182,27 +183,88 @@ def test_knn_non_finite_rows_rank_as_the_reference_ranks_them(value):
 
 
 # --------------------------------------------------------------------------------------------
+# partition order
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("B,N,kappa", [(1, 49, 4), (3, 37, 6), (8, 196, 4), (2, 10, 16), (1, 5, 1)])
+def test_partition_matches_the_reference(B, N, kappa):
+    """Random labels (empty clusters included where kappa is large): the same stable order."""
+    labels = torch.randint(0, kappa, (B, N), dtype=torch.int32)
+    for got, expected in zip(
+        native.partition(labels, kappa), reference.partition(labels, kappa), strict=True
+    ):
+        assert got.dtype == torch.int32 and torch.equal(got, expected)
+
+
+def test_partition_clamps_labels_out_of_range():
+    """The op rejects them; the kernel itself still never writes outside its outputs."""
+    labels = torch.tensor([[0, 7, -3, 1, 2, 2]], dtype=torch.int32)
+    for got, expected in zip(
+        native.partition(labels, 3), reference.partition(labels, 3), strict=True
+    ):
+        assert torch.equal(got, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# max aggregation
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("relative", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,C,K", [(1, 5, 1), (37, 17, 9), (200, 40, 18), (64, 3, 32)])
+def test_max_aggregate_matches_the_reference(M, C, K, dtype, relative):
+    """Distinct values per channel (a permutation), so every maximum and its slot are unique."""
+    x = torch.stack([torch.randperm(M).to(dtype) for _ in range(C)], dim=1)
+    nbr = torch.randint(0, M, (M, K), dtype=torch.int32)
+    nbr[:, -1] = nbr[:, 0]  # a repeated neighbour: the first of two equal slots wins
+    out, slot = native.max_aggregate(x, nbr, relative, True)
+    expected, e_slot = reference.max_aggregate(x.double(), nbr, relative, True)
+    assert out.dtype == dtype and torch.equal(slot, e_slot)
+    torch.testing.assert_close(out.double(), expected, atol=0, rtol=0)
+    plain, empty = native.max_aggregate(x, nbr, relative, False)
+    assert torch.equal(plain, out) and empty.numel() == 0
+
+
+def test_max_aggregate_nan_wins_from_its_first_slot_and_indices_are_clamped():
+    x = torch.randn(10, 4)
+    x[3, 1] = x[5, 1] = float("nan")
+    x[6, 2] = float("inf")
+    nbr = torch.tensor([[0, 3, 5, 6]] * 9 + [[-4, 12, 3, 6]], dtype=torch.int32)
+    out, slot = native.max_aggregate(x, nbr, False, True)
+    expected, e_slot = reference.max_aggregate(x, nbr, False, True)
+    assert torch.equal(slot, e_slot) and slot[0, 1] == 1 and slot[0, 2] == 3
+    torch.testing.assert_close(out, expected, equal_nan=True)
+    assert torch.isnan(out[:, 1]).all()
+
+
+# --------------------------------------------------------------------------------------------
 # threads and dispatch
 # --------------------------------------------------------------------------------------------
 def test_work_split_over_threads_gives_the_same_result(monkeypatch):
     x = torch.randn(5, 60, 12)
     offsets = offsets_from_sizes(_sizes(5, 60, 4))
     rows = x.reshape(300, 12)
-    one = (native.kmeans(x, 4, 20), native.partition_knn(rows, offsets, 9))
+    nbr = torch.randint(0, 300, (300, 9), dtype=torch.int32)
+
+    def run():
+        return (
+            *native.kmeans(x, 4, 20),
+            native.partition_knn(rows, offsets, 9),
+            *native.max_aggregate(rows, nbr, True, True),
+        )
+
+    one = run()
     monkeypatch.setattr(native, "PARALLEL_WORK", 1)  # split even this little work
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        split = (native.kmeans(x, 4, 20), native.partition_knn(rows, offsets, 9))
+        split = run()
     finally:
         torch.set_num_threads(threads)
-    assert all(torch.equal(a, b) for a, b in zip(one[0], split[0], strict=True))
-    assert torch.equal(one[1], split[1])
+    assert all(torch.equal(a, b) for a, b in zip(one, split, strict=True))
 
 
 def test_the_auto_and_native_backends_run_the_compiled_kernels(monkeypatch):
     calls = []
-    for name in ("kmeans", "partition_knn"):
+    for name in ("kmeans", "partition", "partition_knn", "max_aggregate"):
         function = getattr(native, name)
         monkeypatch.setattr(
             native, name, lambda *a, _f=function, _n=name: calls.append(_n) or _f(*a)
@@ -212,9 +274,10 @@ def test_the_auto_and_native_backends_run_the_compiled_kernels(monkeypatch):
         with kernels.use_backend(backend):
             labels, _, _ = kernels.batched_kmeans(x, 3)
             _, _, offsets, _ = kernels.partition(labels, 3)
-            kernels.partition_knn(x.reshape(60, 6), offsets, 4, 30)
+            nbr = kernels.partition_knn(x.reshape(60, 6), offsets, 4, 30)
+            kernels.max_aggregate(x.reshape(60, 6), nbr)
             kernels.batched_kmeans(x.double(), 3)  # float64: always the reference
-    assert calls == ["kmeans", "partition_knn"] * 2
+    assert calls == ["kmeans", "partition", "partition_knn", "max_aggregate"] * 2
 
 
 # --------------------------------------------------------------------------------------------
