@@ -75,6 +75,17 @@ _state: dict[str, object] = {}  # "lib", "path", "error": the outcome of the one
 _pool: ThreadPoolExecutor | None = None
 
 
+def _after_fork_in_child() -> None:
+    """A forked child (a DataLoader worker, a multiprocessing pool) inherits the pool object but
+    not its threads, and maybe a lock held by another thread: work sent there would never run."""
+    global _pool, _lock
+    _pool, _lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _source_dir() -> Path:
     return Path(__file__).resolve().parent / "csrc"
 

@@ -4,6 +4,8 @@ files, no compiler."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import shutil
 import subprocess
 import warnings
@@ -260,6 +262,29 @@ def test_work_split_over_threads_gives_the_same_result(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(one, split, strict=True))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_threads(monkeypatch):
+    """The thread pool of the parent does not exist in a forked child: the child builds its own
+    instead of waiting forever on threads that are gone."""
+    monkeypatch.setattr(native, "PARALLEL_WORK", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(4, 30, 6)
+        expected = native.kmeans(x, 3, 20)[0]  # starts the parent's pool
+        assert native._pool is not None
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            labels = pool.apply_async(_labels_in_child, (x,)).get(timeout=60)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(labels, expected)
+
+
+def _labels_in_child(x):
+    torch.set_num_threads(2)
+    return native.kmeans(x, 3, 20)[0]
 
 
 def test_the_auto_and_native_backends_run_the_compiled_kernels(monkeypatch):
