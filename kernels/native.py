@@ -26,6 +26,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -58,7 +59,7 @@ SOURCES = ("abi.c", "kmeans.c", "partition.c", "knn.c", "aggregate.c")
 HEADERS = ("dots.h",)
 #: Tried in order: the first set the compiler accepts builds the library.
 FLAG_SETS = (
-    ("-O3", "-march=native", "-fopenmp-simd", "-std=gnu11", "-fPIC", "-shared"),
+    ("-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared"),
     ("-O3", "-std=gnu11", "-fPIC", "-shared"),
 )
 #: Work (multiply-adds) below which a call stays on one thread: a thread hand-off costs
@@ -98,9 +99,12 @@ def cache_dir() -> Path:
     return Path(base) / "clustervig" / "native"
 
 
-def _compiler() -> str | None:
-    name = os.environ.get("CC") or "cc"
-    return shutil.which(name)
+def _compiler() -> list[str] | None:
+    """The compiler command: ``$CC`` (which may carry options, e.g. ``gcc -m64``), else ``cc``;
+    None if its program is not on PATH."""
+    command = shlex.split(os.environ.get("CC") or "cc") or ["cc"]
+    program = shutil.which(command[0])
+    return None if program is None else [program, *command[1:]]
 
 
 def _cpu_signature() -> str:
@@ -115,15 +119,15 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build_key(compiler: str) -> str:
+def _build_key(compiler: list[str]) -> str:
     digest = hashlib.sha256()
     try:
         version = subprocess.run(
-            [compiler, "--version"], capture_output=True, text=True, timeout=30
+            [*compiler, "--version"], capture_output=True, text=True, timeout=30
         ).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
-    for part in (str(ABI_VERSION), compiler, version, repr(FLAG_SETS), _cpu_signature()):
+    for part in (str(ABI_VERSION), repr(compiler), version, repr(FLAG_SETS), _cpu_signature()):
         digest.update(part.encode())
     for name in SOURCES + HEADERS:
         digest.update((_source_dir() / name).read_bytes())
@@ -151,7 +155,7 @@ def _load(path: Path) -> ctypes.CDLL:
     return lib
 
 
-def _compile(compiler: str, directory: Path, final: Path) -> ctypes.CDLL:
+def _compile(compiler: list[str], directory: Path, final: Path) -> ctypes.CDLL:
     """Build into a private file, load it from there, then move it to ``final`` (atomic, so a
     process racing this one sees either no file or a whole one). Raises RuntimeError."""
     sources = [str(_source_dir() / name) for name in SOURCES]
@@ -159,21 +163,43 @@ def _compile(compiler: str, directory: Path, final: Path) -> ctypes.CDLL:
     for flags in FLAG_SETS:
         fd, tmp = tempfile.mkstemp(prefix=final.stem + "-", suffix=".so", dir=directory)
         os.close(fd)
-        cmd = [compiler, *flags, "-o", tmp, *sources, "-lm"]
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            done = subprocess.run(
+                [*compiler, *flags, "-o", tmp, *sources, "-lm"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            if done.returncode == 0:
+                lib = _load(Path(tmp))  # loaded from its private name: never a stale handle
+                os.replace(tmp, final)
+                return lib
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            message = " / ".join(lines[:3]) or f"exit status {done.returncode}"
         except (OSError, subprocess.SubprocessError) as exc:
-            done, message = None, str(exc)
-        if done is not None and done.returncode == 0:
-            lib = _load(Path(tmp))  # loaded from its private name: never a stale handle
-            os.replace(tmp, final)
-            return lib
-        os.unlink(tmp)
-        if done is not None:
-            message = (done.stderr or done.stdout).strip().splitlines()
-            message = " / ".join(message[:3]) or f"exit status {done.returncode}"
+            message = str(exc)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         errors.append(f"{' '.join(flags)}: {message}")
     raise RuntimeError("; ".join(errors))
+
+
+def _writable_cache_dir() -> Path:
+    """:func:`cache_dir`, or a fresh temporary directory when that cannot be written (a
+    read-only home): the kernels are then rebuilt by every process, but they still run."""
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if _writable(directory):
+            return directory
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="clustervig-native-"))
+
+
+def _writable(directory: Path) -> bool:
+    return os.access(directory, os.W_OK)
 
 
 def _build() -> None:
@@ -181,11 +207,7 @@ def _build() -> None:
     if compiler is None:
         _state["error"] = f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH"
         return
-    directory = cache_dir()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        directory = Path(tempfile.mkdtemp(prefix="clustervig-native-"))
+    directory = _writable_cache_dir()
     final = directory / f"clustervig_cpu-{_build_key(compiler)}.so"
     if final.exists():
         try:
@@ -200,7 +222,7 @@ def _build() -> None:
     try:
         _state["lib"], _state["path"] = _compile(compiler, directory, final), final
     except (OSError, RuntimeError) as exc:
-        _state["error"] = f"{compiler} failed: {exc}"
+        _state["error"] = f"{shlex.join(compiler)} failed: {exc}"
 
 
 def _library() -> ctypes.CDLL | None:

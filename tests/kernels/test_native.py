@@ -333,13 +333,17 @@ def test_build_is_cached_and_reused(fresh_build, monkeypatch):
 def test_a_corrupt_or_foreign_cached_library_is_reported_and_rebuilt(fresh_build, content):
     assert native.available()
     (path,) = _library_files(fresh_build)
+    # The bad file replaces the cached one under its name (another process's doing): writing
+    # into the file this process has mapped would crash it (SIGBUS) when it next touches it.
+    bad = fresh_build / "bad.so"
     if content == "truncated":
-        path.write_bytes(path.read_bytes()[:200])
+        bad.write_bytes(path.read_bytes()[:200])
     else:  # a valid shared library that is not ours
         source = fresh_build / "foreign.c"
         source.write_text("int answer(void) { return 42; }\n")
         compiler = native._compiler()
-        subprocess.run([compiler, "-shared", "-fPIC", "-o", str(path), str(source)], check=True)
+        subprocess.run([*compiler, "-shared", "-fPIC", "-o", str(bad), str(source)], check=True)
+    os.replace(bad, path)
     native._state.clear()
     with pytest.warns(native.NativeBuildWarning, match="unusable.*rebuilding"):
         assert native.available()
@@ -370,6 +374,21 @@ def test_a_failing_compiler_is_reported_with_its_message(fresh_build, monkeypatc
     with pytest.warns(native.NativeBuildWarning, match="internal error"):
         assert not native.available()
     assert not _library_files(fresh_build), "a failed build left a file behind"
+
+
+def test_a_read_only_cache_directory_still_gets_kernels(fresh_build, monkeypatch):
+    fresh_build.chmod(0o500)
+    monkeypatch.setattr(native, "_writable", lambda path: False)  # also when run as root
+    try:
+        assert native.available()
+        assert native.library_path().parent != fresh_build
+    finally:
+        fresh_build.chmod(0o700)
+
+
+def test_cc_may_carry_options(fresh_build, monkeypatch):
+    monkeypatch.setenv("CC", "cc -DCLUSTERVIG_TEST_OPTION=1")
+    assert native.available()
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs cc")
