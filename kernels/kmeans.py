@@ -1,18 +1,26 @@
-"""Batched k-means: the whole Lloyd loop of one image in one program.
+"""Batched k-means: Lloyd iterations that read the nodes once each.
 
-One program per image runs: initial centroids (nodes spread over the raster order), then
-``assign`` (squared distance to every centroid via ``tl.dot``, argmin, count of changed labels)
-and ``update`` (segmented mean as a one-hot ``tl.dot``; an empty cluster keeps its centroid)
-until no label changes or ``max_iters`` updates ran. Each image stops on its own, the loop
-needs no host sync, and the whole k-means is one launch. Labels lie in ``[0, kappa)`` for every
-input: a NaN distance counts as +inf, so a node of a non-finite image goes to cluster 0 and its
-NaN spreads into that image's centroids (and no other image's), as in any PyTorch op. Labels,
-centroids and the iteration count are the contract of :func:`kernels.reference.kmeans`.
+Every Lloyd iteration is one pass over an image's nodes: a row block is labelled with its
+nearest centroid (squared distance via ``tl.dot``, argmin) and, in the same pass, its one-hot
+``tl.dot`` adds the block's nodes into the next means. Two paths give the same results:
+
+- one program per image (:func:`_kmeans_kernel`) runs the whole loop in one launch, each image
+  stopping on its own; used when there are enough images to fill the GPU;
+- the split path runs several programs per image (a row block each) with one launch pair per
+  iteration: :func:`_kmeans_assign_block` labels and accumulates, :func:`_kmeans_update_image`
+  combines the blocks' sums, one program per (image, channel slice), and decides convergence on
+  the device. No program waits on another: programs only read what an earlier launch wrote.
+
+Labels lie in ``[0, kappa)`` for every input: a NaN distance counts as +inf, so a node of a
+non-finite image goes to cluster 0 and its NaN spreads into that image's centroids (and no other
+image's), as in any PyTorch op. Labels, centroids and the iteration count are the contract of
+:func:`kernels.reference.kmeans`.
 
 Distances skip ``|x|^2`` (the same for every centroid of a node): ``d = |z|^2 - 2 x.z``. float32
 features use IEEE float32 products; fp16/bf16 features multiply the centroids rounded to their
 dtype on the tensor cores (float32 accumulation), so labels can differ from the float64 reference
-for nodes almost equidistant from two centroids.
+for nodes almost equidistant from two centroids. Sums are accumulated in a fixed order (no
+atomics): results are bit-reproducible run to run.
 """
 
 from __future__ import annotations
@@ -27,10 +35,9 @@ from .reference import kmeans_init_index
 
 
 @triton.jit
-def _nearest_centroid(
+def _label_block(
     x_img,
     z_img,
-    z_norm,
     rows,
     row_mask,
     C,
@@ -44,41 +51,73 @@ def _nearest_centroid(
 ):
     """The nearest centroid of the nodes ``rows`` of one image: ``(BLOCK_N,)`` labels.
 
-    ``d = |z|^2 - 2 x.z`` over ``tl.dot`` slices of the channels (``|x|^2`` is the same for
-    every centroid). A NaN distance (non-finite node or centroid) counts as +inf, explicitly:
-    the GPU's min ignores NaN while the interpreter's propagates it. A node with no finite
-    distance then ties every cluster at +inf and goes to cluster 0: labels stay in [0, KAPPA).
+    ``d = |z|^2 - 2 x.z`` over ``BLOCK_C`` channel slices (``z_img``: float32 ``(KAPPA_PAD, C)``,
+    rows past KAPPA ignored), ``|z|^2`` summed from the same slices. A NaN distance (non-finite
+    node or centroid) counts as +inf, explicitly: the GPU's min ignores NaN while the
+    interpreter's propagates it. A node with no finite distance then ties every cluster at +inf
+    and goes to cluster 0: labels stay in [0, KAPPA).
     """
     ks = tl.arange(0, KAPPA_PAD)
-    k_mask = ks < KAPPA
-    dot = tl.zeros([BLOCK_N, KAPPA_PAD], dtype=tl.float32)
+    chans = tl.arange(0, BLOCK_C)
+    dot = tl.zeros([KAPPA_PAD, BLOCK_N], dtype=tl.float32)  # (cluster, node): M = KAPPA_PAD
+    z_norm = tl.zeros([KAPPA_PAD], dtype=tl.float32)
+    x_offsets = rows[:, None].to(tl.int64) * stride_xn + chans[None, :]
+    z_offsets = ks[:, None] * C + chans[None, :]
     for c0 in range(0, C, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        col_mask = cols[None, :] < C
-        xt = tl.load(
-            x_img + rows[:, None].to(tl.int64) * stride_xn + cols[None, :],
-            mask=row_mask[:, None] & col_mask,
-            other=0.0,
-        )
-        zt = tl.load(
-            z_img + ks[:, None] * C + cols[None, :], mask=k_mask[:, None] & col_mask, other=0.0
-        )
+        col_mask = (c0 + chans < C)[None, :]
+        xt = tl.load(x_img + c0 + x_offsets, mask=row_mask[:, None] & col_mask, other=0.0)
+        zt = tl.load(z_img + c0 + z_offsets, mask=col_mask, other=0.0)
+        z_norm += tl.sum(zt * zt, axis=1)
         if UPCAST:
             xt = xt.to(tl.float32)
-        dot += tl.dot(xt, tl.trans(zt.to(xt.dtype)), input_precision=DOT_PRECISION)
-    d = z_norm[None, :] - 2.0 * dot
-    d = tl.where(k_mask[None, :] & (d == d), d, float("inf"))
-    nearest = tl.min(d, axis=1)
-    is_nearest = (d == nearest[:, None]) & k_mask[None, :]
-    return tl.min(tl.where(is_nearest, ks[None, :], KAPPA - 1), axis=1)
+        dot += tl.dot(zt.to(xt.dtype), tl.trans(xt), input_precision=DOT_PRECISION)
+    d = z_norm[:, None] - 2.0 * dot
+    d = tl.where((ks < KAPPA)[:, None] & (d == d), d, float("inf"))
+    nearest = tl.min(d, axis=0)
+    return tl.min(tl.where(d == nearest[None, :], ks[:, None], KAPPA - 1), axis=0)
 
 
 @triton.jit
-def _assign(
+def _accumulate_block(
     x_img,
-    labels_img,
+    sums_img,
+    label,
+    rows,
+    row_mask,
+    C,
+    stride_xn,
+    KAPPA_PAD: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Add the nodes ``rows`` into their clusters' sums (``sums_img``: float32 ``(KAPPA_PAD, C)``,
+    read and written by this program only) as a one-hot ``tl.dot``; return the block's cluster
+    sizes ``(KAPPA_PAD,)``. The x slices are the ones :func:`_label_block` just read: L1/L2 hits,
+    not a second pass over memory."""
+    ks = tl.arange(0, KAPPA_PAD)
+    chans = tl.arange(0, BLOCK_C)
+    onehot = (label[None, :] == ks[:, None]) & row_mask[None, :]  # (KAPPA_PAD, BLOCK_N)
+    x_offsets = rows[:, None].to(tl.int64) * stride_xn + chans[None, :]
+    s_offsets = ks[:, None] * C + chans[None, :]
+    for c0 in range(0, C, BLOCK_C):
+        col_mask = (c0 + chans < C)[None, :]
+        xt = tl.load(x_img + c0 + x_offsets, mask=row_mask[:, None] & col_mask, other=0.0)
+        if UPCAST:
+            xt = xt.to(tl.float32)
+        sums = tl.load(sums_img + c0 + s_offsets, mask=col_mask, other=0.0)
+        sums = tl.dot(onehot.to(xt.dtype), xt, acc=sums, input_precision=DOT_PRECISION)
+        tl.store(sums_img + c0 + s_offsets, sums, mask=col_mask)
+    return tl.sum(onehot.to(tl.float32), axis=1)
+
+
+@triton.jit
+def _lloyd_pass(
+    x_img,
     z_img,
-    norms_img,
+    sums_img,
+    old_labels,
+    new_labels,
     N,
     C,
     stride_xn,
@@ -90,83 +129,74 @@ def _assign(
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """Label every node of one image with its nearest centroid; return how many labels changed."""
-    z_norm = tl.load(norms_img + tl.arange(0, KAPPA_PAD))
+    """One pass over an image's nodes: label them by ``z_img`` into ``new_labels`` and add them
+    into ``sums_img`` (zero on entry). Returns the cluster sizes and how many labels differ from
+    ``old_labels`` (another buffer: no thread overwrites a label another has yet to read)."""
+    counts = tl.zeros([KAPPA_PAD], dtype=tl.float32)
     changed = tl.zeros([], dtype=tl.int32)
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
         row_mask = rows < N
-        label = _nearest_centroid(
-            x_img, z_img, z_norm, rows, row_mask, C, stride_xn,
+        label = _label_block(
+            x_img, z_img, rows, row_mask, C, stride_xn,
             KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
         )  # fmt: skip
         if not FIRST:
-            old = tl.load(labels_img + rows, mask=row_mask, other=0)
+            old = tl.load(old_labels + rows, mask=row_mask, other=0)
             changed += tl.sum(((label != old) & row_mask).to(tl.int32), axis=0)
-            # The store below may use another thread layout than the load: let every thread
-            # read its old labels before any is overwritten.
-            tl.debug_barrier()
-        tl.store(labels_img + rows, label.to(tl.int32), mask=row_mask)
+        tl.store(new_labels + rows, label.to(tl.int32), mask=row_mask)
+        counts += _accumulate_block(
+            x_img, sums_img, label, rows, row_mask, C, stride_xn,
+            KAPPA_PAD, BLOCK_C, DOT_PRECISION, UPCAST,
+        )  # fmt: skip
     if FIRST:
         changed = N
-    return changed
+    return counts, changed
 
 
 @triton.jit
-def _update(
-    x_img,
-    labels_img,
-    z_img,
-    norms_img,
-    N,
-    C,
-    stride_xn,
-    KAPPA: tl.constexpr,
-    KAPPA_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    """Centroid of every cluster = mean of its nodes (kept when empty); refresh |z|^2."""
+def _new_means(z_img, sums_img, counts, C, KAPPA_PAD: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Centroids = sums / counts (an empty cluster keeps its centroid); the sums are zeroed for
+    the next pass."""
     ks = tl.arange(0, KAPPA_PAD)
-    k_mask = ks < KAPPA
-    z_norm = tl.zeros([KAPPA_PAD], dtype=tl.float32)
+    chans = tl.arange(0, BLOCK_C)
+    offsets = ks[:, None] * C + chans[None, :]
     for c0 in range(0, C, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        col_mask = cols[None, :] < C
-        sums = tl.zeros([KAPPA_PAD, BLOCK_C], dtype=tl.float32)
-        counts = tl.zeros([KAPPA_PAD], dtype=tl.float32)
-        for n0 in range(0, N, BLOCK_N):
-            rows = n0 + tl.arange(0, BLOCK_N)
-            row_mask = rows < N
-            label = tl.load(labels_img + rows, mask=row_mask, other=-1)
-            onehot = label[:, None] == ks[None, :]  # (BLOCK_N, KAPPA_PAD)
-            xt = tl.load(
-                x_img + rows[:, None].to(tl.int64) * stride_xn + cols[None, :],
-                mask=row_mask[:, None] & col_mask,
-                other=0.0,
-            )
-            if UPCAST:
-                xt = xt.to(tl.float32)
-            sums += tl.dot(tl.trans(onehot.to(xt.dtype)), xt, input_precision=DOT_PRECISION)
-            counts += tl.sum(onehot.to(tl.float32), axis=0)
-        z_ptrs = z_img + ks[:, None] * C + cols[None, :]
-        z_mask = k_mask[:, None] & col_mask
-        previous = tl.load(z_ptrs, mask=z_mask, other=0.0)
-        z = tl.where(counts[:, None] > 0, sums / tl.maximum(counts, 1.0)[:, None], previous)
-        tl.debug_barrier()  # every thread has read its previous centroids before any store
-        tl.store(z_ptrs, z, mask=z_mask)
-        z_norm += tl.sum(tl.where(z_mask, z * z, 0.0), axis=1)
-    tl.store(norms_img + ks, z_norm)
+        col_mask = (c0 + chans < C)[None, :]
+        sums = tl.load(sums_img + c0 + offsets, mask=col_mask, other=0.0)
+        z = tl.load(z_img + c0 + offsets, mask=col_mask, other=0.0)
+        z = tl.where(counts[:, None] > 0, sums / tl.maximum(counts, 1.0)[:, None], z)
+        tl.store(z_img + c0 + offsets, z, mask=col_mask)
+        tl.store(sums_img + c0 + offsets, tl.zeros_like(sums), mask=col_mask)
+
+
+@triton.jit
+def _seed_centroids(x_img, z_img, sums_img, N, C, stride_xn, KAPPA: tl.constexpr,
+                    KAPPA_PAD: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    """Initial centroid k = node ``((2k + 1) N) // (2 KAPPA)`` (rows past KAPPA zero); sums
+    zeroed."""
+    ks = tl.arange(0, KAPPA_PAD)
+    chans = tl.arange(0, BLOCK_C)
+    seeds = ((2 * ks + 1) * N) // (2 * KAPPA)
+    offsets = ks[:, None] * C + chans[None, :]
+    for c0 in range(0, C, BLOCK_C):
+        col_mask = (c0 + chans < C)[None, :]
+        z = tl.load(
+            x_img + c0 + seeds[:, None].to(tl.int64) * stride_xn + chans[None, :],
+            mask=(ks < KAPPA)[:, None] & col_mask,
+            other=0.0,
+        ).to(tl.float32)
+        tl.store(z_img + c0 + offsets, z, mask=col_mask)
+        tl.store(sums_img + c0 + offsets, tl.zeros_like(z), mask=col_mask)
 
 
 @triton.jit
 def _kmeans_kernel(
     x_ptr,  # *T (B, N, C): features, strides (stride_xb, stride_xn, 1)
     labels_ptr,  # *i32 (B, N): out, cluster of every node
+    scratch_labels_ptr,  # *i32 (B, N): scratch, the other label buffer
     centroids_ptr,  # *f32 (B, KAPPA_PAD, C): out (rows >= KAPPA unused)
-    norms_ptr,  # *f32 (B, KAPPA_PAD): scratch, |z|^2 of every centroid
+    sums_ptr,  # *f32 (B, KAPPA_PAD, C): scratch, the next means' sums
     iterations_ptr,  # *i32 (B,): out, centroid updates run
     N,
     C,
@@ -180,51 +210,50 @@ def _kmeans_kernel(
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
+    """One image's whole Lloyd loop, one pass over its nodes per iteration.
+
+    Pass t labels the nodes with centroids z_t and accumulates the means z_{t+1} of those labels
+    in the same pass. If no label changed, z_t were already the means of the final labels; at the
+    cap, z_{t+1} are. Labels alternate between two buffers, so a pass compares against the last
+    one without a barrier inside it; when the loop stops on convergence both hold the same labels,
+    at the cap an odd last pass leaves them in the scratch buffer and they are copied back."""
     b = tl.program_id(0).to(tl.int64)
     x_img = x_ptr + b * stride_xb
-    labels_img = labels_ptr + b * N
+    labels_a = labels_ptr + b * N
+    labels_b = scratch_labels_ptr + b * N
     z_img = centroids_ptr + b * KAPPA_PAD * C
-    norms_img = norms_ptr + b * KAPPA_PAD
+    sums_img = sums_ptr + b * KAPPA_PAD * C
 
-    # Initial centroid k: node ((2k + 1) N) // (2 KAPPA).
-    ks = tl.arange(0, KAPPA_PAD)
-    k_mask = ks < KAPPA
-    seeds = ((2 * ks + 1) * N) // (2 * KAPPA)
-    z_norm = tl.zeros([KAPPA_PAD], dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        mask = k_mask[:, None] & (cols[None, :] < C)
-        z = tl.load(
-            x_img + seeds[:, None].to(tl.int64) * stride_xn + cols[None, :], mask=mask, other=0.0
-        ).to(tl.float32)
-        tl.store(z_img + ks[:, None] * C + cols[None, :], z, mask=mask)
-        z_norm += tl.sum(z * z, axis=1)
-    tl.store(norms_img + ks, z_norm)
+    _seed_centroids(x_img, z_img, sums_img, N, C, stride_xn, KAPPA, KAPPA_PAD, BLOCK_C)
     tl.debug_barrier()  # centroids are read by other threads of this program below
-
-    changed = _assign(
-        x_img, labels_img, z_img, norms_img, N, C, stride_xn, True,
+    counts, changed = _lloyd_pass(
+        x_img, z_img, sums_img, labels_b, labels_a, N, C, stride_xn, True,
         KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
     )  # fmt: skip
     iterations = tl.zeros([], dtype=tl.int32)
     while (changed > 0) & (iterations < max_iters):
-        tl.debug_barrier()
-        _update(
-            x_img, labels_img, z_img, norms_img, N, C, stride_xn,
-            KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
-        )  # fmt: skip
-        tl.debug_barrier()
-        changed = _assign(
-            x_img, labels_img, z_img, norms_img, N, C, stride_xn, False,
-            KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
-        )  # fmt: skip
+        tl.debug_barrier()  # the pass's sums and labels are complete
+        _new_means(z_img, sums_img, counts, C, KAPPA_PAD, BLOCK_C)
+        tl.debug_barrier()  # the new centroids are visible to every thread
+        if iterations % 2 == 0:
+            counts, changed = _lloyd_pass(
+                x_img, z_img, sums_img, labels_a, labels_b, N, C, stride_xn, False,
+                KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
+            )  # fmt: skip
+        else:
+            counts, changed = _lloyd_pass(
+                x_img, z_img, sums_img, labels_b, labels_a, N, C, stride_xn, False,
+                KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
+            )  # fmt: skip
         iterations += 1
-    if changed > 0:  # hit the cap: centroids belong to the previous labels, re-average
+    if changed > 0:  # hit the cap: the centroids become the means of the last labels
         tl.debug_barrier()
-        _update(
-            x_img, labels_img, z_img, norms_img, N, C, stride_xn,
-            KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
-        )  # fmt: skip
+        _new_means(z_img, sums_img, counts, C, KAPPA_PAD, BLOCK_C)
+        if iterations % 2 == 1:  # the last pass wrote the scratch buffer
+            for n0 in range(0, N, BLOCK_N):
+                rows = n0 + tl.arange(0, BLOCK_N)
+                last = tl.load(labels_b + rows, mask=rows < N, other=0)
+                tl.store(labels_a + rows, last, mask=rows < N)
     tl.store(iterations_ptr + b, iterations)
 
 
@@ -236,7 +265,6 @@ def _kmeans_assign_block(
     x_ptr,  # *T (B, N, C): features, strides (stride_xb, stride_xn, 1)
     labels_ptr,  # *i32 (B, N): in/out, cluster of every node
     centroids_ptr,  # *f32 (B, KAPPA_PAD, C): the current centroids (rows >= KAPPA zero)
-    norms_ptr,  # *f32 (B, KAPPA_PAD): |z|^2 of every centroid
     active_ptr,  # *i32 (B,): 0 once an image has converged (its programs exit at once)
     partial_sums_ptr,  # *f32 (B, num_blocks, KAPPA_PAD, C): out, this block's one-hot^T x
     partial_counts_ptr,  # *f32 (B, num_blocks, KAPPA_PAD): out, this block's cluster sizes
@@ -263,12 +291,10 @@ def _kmeans_assign_block(
         x_img = x_ptr + b * stride_xb
         labels_img = labels_ptr + b * N
         z_img = centroids_ptr + b * KAPPA_PAD * C
-        ks = tl.arange(0, KAPPA_PAD)
         rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = rows < N
-        z_norm = tl.load(norms_ptr + b * KAPPA_PAD + ks)
-        label = _nearest_centroid(
-            x_img, z_img, z_norm, rows, row_mask, C, stride_xn,
+        label = _label_block(
+            x_img, z_img, rows, row_mask, C, stride_xn,
             KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
         )  # fmt: skip
         if FIRST:
@@ -278,34 +304,22 @@ def _kmeans_assign_block(
             changed = tl.sum(((label != old) & row_mask).to(tl.int32), axis=0)
             tl.debug_barrier()  # every thread has read its old labels before any is replaced
         tl.store(labels_img + rows, label.to(tl.int32), mask=row_mask)
-
-        onehot = (label[:, None] == ks[None, :]) & row_mask[:, None]  # (BLOCK_N, KAPPA_PAD)
         block = b * num_blocks + blk
-        tl.store(partial_counts_ptr + block * KAPPA_PAD + ks, tl.sum(onehot.to(tl.float32), axis=0))
-        tl.store(changed_ptr + block, changed)
         sums_block = partial_sums_ptr + block * KAPPA_PAD * C
-        for c0 in range(0, C, BLOCK_C):
-            cols = c0 + tl.arange(0, BLOCK_C)
-            col_mask = cols[None, :] < C
-            # The tile this program read above: from L1/L2, not a second pass over memory.
-            xt = tl.load(
-                x_img + rows[:, None].to(tl.int64) * stride_xn + cols[None, :],
-                mask=row_mask[:, None] & col_mask,
-                other=0.0,
-            )
-            if UPCAST:
-                xt = xt.to(tl.float32)
-            sums = tl.dot(tl.trans(onehot.to(xt.dtype)), xt, input_precision=DOT_PRECISION)
-            tl.store(sums_block + ks[:, None] * C + cols[None, :], sums, mask=col_mask)
+        counts = _accumulate_block(
+            x_img, sums_block, label, rows, row_mask, C, stride_xn,
+            KAPPA_PAD, BLOCK_C, DOT_PRECISION, UPCAST,
+        )  # fmt: skip
+        tl.store(partial_counts_ptr + block * KAPPA_PAD + tl.arange(0, KAPPA_PAD), counts)
+        tl.store(changed_ptr + block, changed)
 
 
 @triton.jit
 def _kmeans_update_image(
     centroids_ptr,  # *f32 (B, KAPPA_PAD, C): in/out
-    norms_ptr,  # *f32 (B, KAPPA_PAD): out, |z|^2
-    active_ptr,  # *i32 (B,): in/out
+    active_ptr,  # *i32 (B,): out, 0 once the image has converged
     iterations_ptr,  # *i32 (B,): in/out, centroid updates run
-    partial_sums_ptr,  # *f32 (B, num_blocks, KAPPA_PAD, C)
+    partial_sums_ptr,  # *f32 (B, num_blocks, KAPPA_PAD, C): in, zeroed for the next launch
     partial_counts_ptr,  # *f32 (B, num_blocks, KAPPA_PAD)
     changed_ptr,  # *i32 (B, num_blocks)
     C,
@@ -314,65 +328,57 @@ def _kmeans_update_image(
     KAPPA_PAD: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """One image: if its last assignment changed nothing it has converged (inactive from now
-    on, centroids already the means of its labels); else the centroids become the means of the
-    blocks' sums, in a fixed block order (deterministic), an empty cluster keeping its own."""
+    """One channel slice of one image's centroids. If the image's last assignment changed no
+    label it has converged (inactive from now on, centroids already the means of its labels);
+    else the slice becomes the mean of the blocks' sums, in a fixed block order (deterministic),
+    an empty cluster keeping its own. Programs of one image read only what the assign launch
+    wrote (never ``active``, which they write), so they need not run in any order."""
     b = tl.program_id(0).to(tl.int64)
-    if tl.load(active_ptr + b) != 0:
-        changed = tl.zeros([], dtype=tl.int32)
+    c0 = tl.program_id(1) * BLOCK_C
+    changed = tl.zeros([], dtype=tl.int32)
+    for blk in range(num_blocks):
+        changed += tl.load(changed_ptr + b * num_blocks + blk)
+    if changed == 0:
+        tl.store(active_ptr + b, 0)  # every slice's program stores the same 0
+    else:
+        ks = tl.arange(0, KAPPA_PAD)
+        chans = c0 + tl.arange(0, BLOCK_C)
+        col_mask = (chans < C)[None, :]
+        offsets = ks[:, None] * C + chans[None, :]
+        counts = tl.zeros([KAPPA_PAD], dtype=tl.float32)
+        sums = tl.zeros([KAPPA_PAD, BLOCK_C], dtype=tl.float32)
         for blk in range(num_blocks):
-            changed += tl.load(changed_ptr + b * num_blocks + blk)
-        if changed == 0:
-            tl.store(active_ptr + b, 0)
-        else:
-            ks = tl.arange(0, KAPPA_PAD)
-            counts = tl.zeros([KAPPA_PAD], dtype=tl.float32)
-            for blk in range(num_blocks):
-                counts += tl.load(partial_counts_ptr + (b * num_blocks + blk) * KAPPA_PAD + ks)
-            z_img = centroids_ptr + b * KAPPA_PAD * C
-            z_norm = tl.zeros([KAPPA_PAD], dtype=tl.float32)
-            for c0 in range(0, C, BLOCK_C):
-                cols = c0 + tl.arange(0, BLOCK_C)
-                col_mask = cols[None, :] < C
-                offsets = ks[:, None] * C + cols[None, :]
-                sums = tl.zeros([KAPPA_PAD, BLOCK_C], dtype=tl.float32)
-                for blk in range(num_blocks):
-                    block_sums = partial_sums_ptr + (b * num_blocks + blk) * KAPPA_PAD * C
-                    sums += tl.load(block_sums + offsets, mask=col_mask, other=0.0)
-                previous = tl.load(z_img + offsets, mask=col_mask, other=0.0)
-                z = tl.where(counts[:, None] > 0, sums / tl.maximum(counts, 1.0)[:, None], previous)
-                tl.debug_barrier()  # every thread has read its previous centroids before any store
-                tl.store(z_img + offsets, z, mask=col_mask)
-                z_norm += tl.sum(tl.where(col_mask, z * z, 0.0), axis=1)
-            tl.store(norms_ptr + b * KAPPA_PAD + ks, z_norm)
-            if COUNT:
-                tl.store(iterations_ptr + b, tl.load(iterations_ptr + b) + 1)
+            block = b * num_blocks + blk
+            counts += tl.load(partial_counts_ptr + block * KAPPA_PAD + ks)
+            block_sums = partial_sums_ptr + block * KAPPA_PAD * C + offsets
+            sums += tl.load(block_sums, mask=col_mask, other=0.0)
+            tl.store(block_sums, tl.zeros_like(sums), mask=col_mask)
+        z_img = centroids_ptr + b * KAPPA_PAD * C
+        previous = tl.load(z_img + offsets, mask=col_mask, other=0.0)
+        z = tl.where(counts[:, None] > 0, sums / tl.maximum(counts, 1.0)[:, None], previous)
+        tl.store(z_img + offsets, z, mask=col_mask)
+        if COUNT and tl.program_id(1) == 0:
+            tl.store(iterations_ptr + b, tl.load(iterations_ptr + b) + 1)
 
 
 # Every config compiles without register spills for sm_80 and sm_90 under both the oldest
 # supported Triton (3.6) and torch 2.14's (3.8) (tests/kernels/test_aot_compile.py, run by CI in
-# both; 3.9 agreed when last checked); float32 (FMA products) keeps thinner tiles.
+# both); float32 (FMA products) keeps thinner tiles.
 _SPACE_16BIT = configs(
     ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
     [
-        (32, 64, 8, 2),
-        (64, 32, 8, 2),
-        (64, 64, 8, 2),
-        (64, 128, 8, 2),
-        (128, 32, 8, 2),
-        (128, 128, 8, 2),
-        (64, 32, 4, 1),
         (64, 64, 4, 1),
+        (128, 64, 4, 1),
+        (128, 64, 8, 1),
+        (256, 64, 8, 1),
         (128, 32, 4, 1),
-        (128, 128, 4, 1),
+        (256, 32, 8, 1),
     ],
 )
 _SPACE_32BIT = configs(
     ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
-    [
-        (64, 16, 8, 2),
-        (128, 64, 8, 1),
-    ],
+    # (32, 16, 4, 1), (64, 16, 4, 1) and any 8-warp config spill under Triton 3.6
+    [(32, 32, 4, 1), (64, 32, 4, 1)],
 )
 
 _INTERPRET_SPACE = [
@@ -387,11 +393,18 @@ def _bucket(B: int, N: int, C: int, kappa: int) -> str:
 
 KMEANS = Tunable(
     name="kmeans",
-    kernels=[_kmeans_kernel, _assign, _update, _nearest_centroid],
+    kernels=[
+        _kmeans_kernel,
+        _lloyd_pass,
+        _label_block,
+        _accumulate_block,
+        _new_means,
+        _seed_centroids,
+    ],
     space={"e2": _SPACE_16BIT, "e4": _SPACE_32BIT},
     default={
-        "e2": {"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 8, "num_stages": 2},
-        "e4": {"BLOCK_N": 64, "BLOCK_C": 16, "num_warps": 8, "num_stages": 2},
+        "e2": {"BLOCK_N": 128, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
+        "e4": {"BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
     },
     interpret_space=_INTERPRET_SPACE,
     bucket_fn=_bucket,
@@ -399,8 +412,9 @@ KMEANS = Tunable(
         {
             "x_ptr": f"*{TRITON_TYPES[dtype]}",
             "labels_ptr": "*i32",
+            "scratch_labels_ptr": "*i32",
             "centroids_ptr": "*fp32",
-            "norms_ptr": "*fp32",
+            "sums_ptr": "*fp32",
             "iterations_ptr": "*i32",
             "N": "i32",
             "C": "i32",
@@ -415,7 +429,7 @@ KMEANS = Tunable(
             "UPCAST": "constexpr",
         },
         {
-            "KAPPA": 16,
+            "KAPPA": 4,
             "KAPPA_PAD": 16,
             "BLOCK_N": config["BLOCK_N"],
             "BLOCK_C": config["BLOCK_C"],
@@ -432,7 +446,6 @@ def _split_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
             "x_ptr": f"*{TRITON_TYPES[dtype]}",
             "labels_ptr": "*i32",
             "centroids_ptr": "*fp32",
-            "norms_ptr": "*fp32",
             "active_ptr": "*i32",
             "partial_sums_ptr": "*fp32",
             "partial_counts_ptr": "*fp32",
@@ -452,7 +465,7 @@ def _split_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
         },
         {
             "FIRST": False,
-            "KAPPA": 16,
+            "KAPPA": 6,
             "KAPPA_PAD": 16,
             "BLOCK_N": config["BLOCK_N"],
             "BLOCK_C": config["BLOCK_C"],
@@ -464,16 +477,16 @@ def _split_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
 
 KMEANS_SPLIT = Tunable(
     name="kmeans_split",
-    kernels=[_kmeans_assign_block, _kmeans_update_image, _nearest_centroid],
+    kernels=[_kmeans_assign_block, _kmeans_update_image, _label_block, _accumulate_block],
     space={
         "e2": configs(
             ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
-            [(32, 64, 4, 1), (64, 64, 4, 1), (64, 128, 4, 1), (128, 64, 8, 1), (64, 64, 8, 2)],
+            [(32, 64, 4, 1), (64, 64, 4, 1), (64, 128, 4, 1), (128, 64, 8, 1), (64, 64, 8, 1)],
         ),
         "e4": configs(
             ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
-            # (64, 64, 4, 1) and (128, 32, 8, 1) spill under Triton 3.6
-            [(32, 32, 4, 1), (64, 32, 4, 1), (64, 32, 8, 2)],
+            # (64, 32, 8, 1) spills under Triton 3.6
+            [(32, 32, 4, 1), (64, 32, 4, 1)],
         ),
     },
     default={
@@ -487,9 +500,12 @@ KMEANS_SPLIT = Tunable(
 
 #: The split path pays one launch pair per Lloyd iteration (2 * max_iters + 2 launches) to use
 #: several SMs per image; one program per image runs the whole loop in one launch but on one SM.
-#: Estimated (no GPU timing yet): the split wins when few images carry much work each.
+#: Estimated (no GPU timing yet, ``python -m reports.static``, H100 bf16, k-means per forward):
+#: the split wins when few images carry much work each: CViG-B† 1.7 vs 4.1 ms at batch 1 and
+#: 2.6 vs 4.1 ms at batch 16, but 4.5 vs 4.1 ms at batch 32; CViG-B (196 x 640 per image) 1.7 vs
+#: 1.0 ms at batch 1.
 SPLIT_MAX_IMAGES = 16
-SPLIT_MIN_WORK = 256 * 256  # N * C per image
+SPLIT_MIN_WORK = 256 * 1024  # N * C per image
 
 
 def use_split(B: int, N: int, C: int) -> bool:
@@ -525,20 +541,22 @@ def kmeans(
     centroids = torch.empty(B, kappa_pad, C, dtype=torch.float32, device=x.device)
     if B == 0 or N == 0:
         return labels, centroids[:, :num_clusters].to(x.dtype).contiguous(), iterations
-    norms = torch.empty(B, kappa_pad, dtype=torch.float32, device=x.device)
     if use_split(B, N, C) if split is None else split:
-        _kmeans_split(x, num_clusters, max_iters, labels, iterations, centroids, norms, config)
+        _kmeans_split(x, num_clusters, max_iters, labels, iterations, centroids, config)
         return labels, centroids[:, :num_clusters].to(x.dtype).contiguous(), iterations
     config = config or KMEANS.config(
         x.device, KMEANS.bucket(x.dtype, B=B, N=N, C=C, kappa=num_clusters)
     )
     meta, opts = split_launch_options(config)
     precision, upcast = dot_precision(x.dtype)
+    sums = torch.empty(B, kappa_pad, C, dtype=torch.float32, device=x.device)
+    scratch_labels = torch.empty(B, N, dtype=INDEX_DTYPE, device=x.device)
     _kmeans_kernel[(B,)](
         x,
         labels,
+        scratch_labels,
         centroids,
-        norms,
+        sums,
         iterations,
         N,
         C,
@@ -562,7 +580,6 @@ def _kmeans_split(
     labels: torch.Tensor,
     iterations: torch.Tensor,
     centroids: torch.Tensor,
-    norms: torch.Tensor,
     config: dict | None,
 ) -> None:
     """The split path: ``max_iters`` launch pairs (update, then assign + accumulate), decided per
@@ -577,10 +594,9 @@ def _kmeans_split(
     seeds = kmeans_init_index(N, num_clusters).to(x.device)
     centroids.zero_()
     centroids[:, :num_clusters] = x[:, seeds].float()
-    torch.sum(centroids * centroids, dim=-1, out=norms)
     active = torch.ones(B, dtype=torch.int32, device=x.device)
     iterations.zero_()
-    partial_sums = torch.empty(B, num_blocks, kappa_pad, C, dtype=torch.float32, device=x.device)
+    partial_sums = torch.zeros(B, num_blocks, kappa_pad, C, dtype=torch.float32, device=x.device)
     partial_counts = torch.empty(B, num_blocks, kappa_pad, dtype=torch.float32, device=x.device)
     changed = torch.empty(B, num_blocks, dtype=torch.int32, device=x.device)
     precision, upcast = dot_precision(x.dtype)
@@ -588,15 +604,15 @@ def _kmeans_split(
 
     def assign(first: bool) -> None:
         _kmeans_assign_block[(B, num_blocks)](
-            x, labels, centroids, norms, active, *partials,
+            x, labels, centroids, active, *partials,
             N, C, x.stride(0), x.stride(1), num_blocks,
             FIRST=first, KAPPA=num_clusters, KAPPA_PAD=kappa_pad,
             DOT_PRECISION=precision, UPCAST=upcast, **meta, **opts,
         )  # fmt: skip
 
     def update(count: bool) -> None:
-        _kmeans_update_image[(B,)](
-            centroids, norms, active, iterations, *partials, C, num_blocks,
+        _kmeans_update_image[(B, triton.cdiv(C, meta["BLOCK_C"]))](
+            centroids, active, iterations, *partials, C, num_blocks,
             COUNT=count, KAPPA_PAD=kappa_pad, BLOCK_C=meta["BLOCK_C"], **opts,
         )  # fmt: skip
 

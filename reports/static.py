@@ -146,13 +146,14 @@ def _kmeans_kernel(launch, shape, iters) -> Work:
     B, N, C = x.shape
     bn, bc = launch.constexprs["BLOCK_N"], launch.constexprs["BLOCK_C"]
     kpad = launch.constexprs["KAPPA_PAD"]
-    passes = 2 * iters + 2  # assign + update per iteration, first assign, final mean
-    tiles = math.ceil(N / bn) * math.ceil(C / bc)
+    passes = iters + 1  # the first assignment, then one pass per iteration (assign + accumulate)
+    # Each pass reads x once from memory (its accumulate step re-reads the slices the label step
+    # just read: L1 hits) and the labels twice; the sums (kpad x C floats) stay in L1/L2.
     return Work(
-        bytes=passes * B * N * C * x.dtype.itemsize + (iters + 1) * B * N * 4,
-        flops=passes * B * 2 * N * kpad * C,
-        tc_flops=passes * B * 2 * N * kpad * C,
-        hot_trips=passes * tiles,
+        bytes=passes * (B * N * C * x.dtype.itemsize + 2 * B * N * 4),
+        flops=passes * B * 4 * N * kpad * C,
+        tc_flops=passes * B * 4 * N * kpad * C,
+        hot_trips=passes * math.ceil(N / bn) * 2 * math.ceil(C / bc),
         active_programs=B,
     )
 
@@ -166,20 +167,25 @@ def _kmeans_assign_block(launch, shape, iters) -> Work:
     # Every launch of the loop is counted once per forward by the caller; programs of an image
     # that has converged exit at once: a launch does work with probability iters / max_iters.
     return Work(
-        bytes=B * N * C * x.dtype.itemsize + B * N * 4 + B * blocks * kpad * (C + 1) * 4,
+        bytes=B * N * C * x.dtype.itemsize + 2 * B * N * 4 + 2 * B * blocks * kpad * (C + 1) * 4,
         flops=B * 4 * N * kpad * C,
         tc_flops=B * 4 * N * kpad * C,
-        hot_trips=math.ceil(C / bc),
+        hot_trips=2 * math.ceil(C / bc),
         active_programs=B * blocks,
     )
 
 
 def _kmeans_update_image(launch, shape, iters) -> Work:
-    sums = launch.args["partial_sums_ptr"] if "partial_sums_ptr" in launch.args else None
-    B = launch.grid[0]
-    nbytes = sums.nbytes if sums is not None else 0
-    blocks = launch.args.get("num_blocks", 1)
-    return Work(bytes=nbytes, flops=0, tc_flops=0, hot_trips=3 * blocks, active_programs=B)
+    sums = launch.args["partial_sums_ptr"]
+    B, blocks, kpad, C = sums.shape
+    # Each (image, channel slice) program reads its slice of every block's sums and zeroes it.
+    return Work(
+        bytes=2 * sums.nbytes + B * blocks * (kpad + 1) * 4 * launch.grid[1],
+        flops=0,
+        tc_flops=0,
+        hot_trips=blocks,
+        active_programs=launch.programs,
+    )
 
 
 def _partition_kernel(launch, shape, iters) -> Work:
