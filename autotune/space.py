@@ -43,11 +43,9 @@ def layer_launches(
         ("kmeans", dtype, {"B": B, "N": N, "C": C, "kappa": kappa}),
         ("kmeans_split", dtype, {"B": B, "N": N, "C": C, "kappa": kappa}),
         ("partition", torch.int32, {"N": N, "kappa": kappa}),
-        ("permute_rows", dtype, {"M": M, "C": C}),  # image -> partition order
         ("partition_knn", dtype, {"M": M, "C": C, "K": K, "S": N}),
         ("max_aggregate", dtype, {"M": M, "C": C, "K": K}),
         ("max_aggregate_backward", dtype, {"M": M, "C": C, "K": K}),
-        ("permute_rows", dtype, {"M": M, "C": 2 * C}),  # the 2C-channel output, back
     ]
     return [(op, dt, shape) for op, dt, shape in out if op in tunables]
 

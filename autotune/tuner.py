@@ -63,8 +63,10 @@ def make_call(launch: Launch, device: torch.device) -> Callable[[dict], object]:
         B = max(1, s["M"] // N)
         kappa = max(1, round(N / 49)) if N <= 196 else 6  # the variants' partition sizes
         x, _, perm, offsets = _partitioned(B, N, s["C"], min(kappa, N), dtype, device)
-        x_ua = x.reshape(B * N, -1)[perm.long()].contiguous()
-        return lambda cfg: knn.partition_knn(x_ua, offsets, s["K"], N, config=cfg)
+        rows = x.reshape(B * N, -1)  # the model's launch: image order, gathered and normalised
+        return lambda cfg: knn.partition_knn(
+            rows, offsets, s["K"], N, perm=perm, normalize=True, config=cfg
+        )
     if launch.op in ("max_aggregate", "max_aggregate_backward"):
         x = torch.randn(s["M"], s["C"], device=device).to(dtype)
         nbr = torch.randint(0, s["M"], (s["M"], s["K"]), dtype=torch.int32, device=device)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels import batched_kmeans, one_cpu_thread, partition, partition_knn, permute_rows
+from kernels import batched_kmeans, one_cpu_thread, partition, partition_knn
 from kernels._common import MAX_CLUSTERS, MAX_NEIGHBORS, SINGLE_THREAD_ROWS
 
 from .layers import LOCAL_UPDATES, SMALL_BATCH_ROWS, GATv2GlobalUpdate
@@ -116,15 +115,14 @@ class DEGC(nn.Module):
         B, N, C = tokens.shape
         # (1) Partition: batched k-means, then the partition order of the nodes (X_ua).
         labels, centroids, _ = batched_kmeans(tokens, self.num_clusters, self.kmeans_iters)
-        perm, inverse, offsets, _ = partition(labels, self.num_clusters)
+        perm, _, offsets, _ = partition(labels, self.num_clusters)
 
-        # (2) Graph: K nearest neighbours inside each partition, on the L2-normalised features
-        # in partition order (no gradient flows through the choice of neighbours), then turned
-        # into image-order rows so the local update reads the nodes where they are.
-        unit = F.normalize(tokens.reshape(B * N, C).detach(), dim=-1)
-        unit_ua = permute_rows(unit, perm, inverse)
-        nbr_ua = partition_knn(unit_ua, offsets, self.k, N)  # (B*N, K) partition positions
-        nbr = perm[nbr_ua.index_select(0, inverse.long()).long()]  # (B*N, K) image-order rows
+        # (2) Graph: K nearest neighbours inside each partition by the distance of the
+        # L2-normalised features (no gradient flows through the choice of neighbours). The op
+        # visits the nodes in partition order through ``perm`` and returns image-order rows, so
+        # the local update reads the nodes where they are: no permuted copy of the features.
+        nodes = tokens.reshape(B * N, C).detach()
+        nbr = partition_knn(nodes, offsets, self.k, N, perm=perm, normalize=True)  # (B*N, K)
 
         first = torch.arange(0, B * self.num_clusters, self.num_clusters, device=tokens.device)
         segment = (labels.long() + first.unsqueeze(1)).reshape(-1)  # partition of every row

@@ -71,11 +71,29 @@ def _partition(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Tenso
     return perm.int(), inverse.int(), offsets.int(), segment.int()
 
 
-def _permute_rows(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
-    return x.index_select(0, index.long())
+def _partition_knn(
+    x: Tensor,
+    offsets: Tensor,
+    k: int,
+    max_partition_size: int,
+    perm: Tensor | None = None,
+    normalize: bool = False,
+) -> Tensor:
+    """:func:`kernels.partition_knn`: rows gathered into partition order through ``perm`` (if
+    given), optionally L2-normalised, ranked by :func:`_partition_ordered_knn`, and the lists
+    scattered back to the rows of x as rows of x."""
+    if normalize:
+        x = F.normalize(x, dim=-1, eps=1e-12)
+    if perm is None:
+        return _partition_ordered_knn(x, offsets, k, max_partition_size)
+    index = perm.long()
+    nbr = _partition_ordered_knn(x.index_select(0, index), offsets, k, max_partition_size)
+    ids = index[nbr.long()]  # (M, K) rows of x
+    out = torch.zeros_like(ids).scatter(0, index.unsqueeze(1).expand(-1, k), ids)
+    return out.int()
 
 
-def _partition_knn(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> Tensor:
+def _partition_ordered_knn(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> Tensor:
     """Rows in partition order, image-major (as :func:`kernels.partition` lays them out): each
     image's ``N x N`` distances with other partitions' rows excluded."""
     M, C = x.shape
@@ -110,7 +128,6 @@ def onnx_ops(model: nn.Module) -> Iterator[None]:
     swaps = [
         (degc, "batched_kmeans", _kmeans),
         (degc, "partition", _partition),
-        (degc, "permute_rows", _permute_rows),
         (degc, "partition_knn", _partition_knn),
         (layers, "max_aggregate", _max_aggregate),
     ]

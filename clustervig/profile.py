@@ -19,7 +19,6 @@ _GRAPH_OPS = [
     ("degc", "batched_kmeans", "kmeans", "k-means"),
     ("degc", "partition", "partition", "partition"),
     ("degc", "partition_knn", "partition_knn", "k-NN"),
-    ("degc", "permute_rows", "permute_rows", "permutes"),
     ("layers", "max_aggregate", "max_aggregate", "aggregation"),
 ]
 #: DEGC steps by custom op (their time includes everything they run inside).
@@ -172,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m clustervig.profile",
         description="Where one eval forward's time goes on the CPU: each DEGC step (k-means, "
-        "partition, k-NN, permutes, aggregation), convolutions, matmuls, normalisation, "
+        "partition, k-NN, aggregation), convolutions, matmuls, normalisation, "
         "other ops and Python glue, in ms and as a share of the forward.",
     )
     parser.add_argument("--model", default="cvig_ti", help="model name (default cvig_ti)")

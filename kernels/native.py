@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Must equal ``cvig_abi_version()`` in ``csrc/abi.c``.
-ABI_VERSION = 1
+ABI_VERSION = 2
 ENV_DIR = "CLUSTERVIG_NATIVE_DIR"
 SOURCES = ("abi.c", "kmeans.c", "partition.c", "knn.c", "aggregate.c")
 HEADERS = ("dots.h",)
@@ -146,7 +146,7 @@ def _load(path: Path) -> ctypes.CDLL:
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
     lib.cvig_kmeans.argtypes = [ptr, i64, i64, i32, i32, ptr, i64, i64, ptr, ptr, ptr]
     lib.cvig_kmeans.restype = ctypes.c_int
-    lib.cvig_partition_knn.argtypes = [ptr, i64, ptr, i64, i64, i32, ptr]
+    lib.cvig_partition_knn.argtypes = [ptr, i64, i64, ptr, ptr, i32, i64, i64, i32, ptr]
     lib.cvig_partition_knn.restype = ctypes.c_int
     lib.cvig_max_aggregate.argtypes = [ptr, i64, i64, ptr, i32, i32, i64, i64, ptr, ptr]
     lib.cvig_max_aggregate.restype = None
@@ -344,15 +344,23 @@ def partition(
 
 
 def partition_knn(
-    x: torch.Tensor, offsets: torch.Tensor, k: int, out: torch.Tensor | None = None
+    x: torch.Tensor,
+    offsets: torch.Tensor,
+    k: int,
+    out: torch.Tensor | None = None,
+    *,
+    perm: torch.Tensor | None = None,
+    normalize: bool = False,
 ) -> torch.Tensor:
     """:func:`kernels.reference.partition_knn` in C. x ``(M, C)`` on the CPU (computed in
-    float32), offsets ``(P + 1,)`` int32 already checked to rise from 0 to M -> ``(M, K)``
-    int32 row indices (written into ``out`` if given: contiguous, the tests poison it)."""
+    float32), offsets ``(P + 1,)`` int32 already checked to rise from 0 to M, ``perm`` (M,)
+    int32 or None, ``normalize`` -> ``(M, K)`` int32 row indices (written into ``out`` if
+    given: contiguous, the tests poison it)."""
     lib = require()
     M, C = x.shape
     xf = x.detach().to(torch.float32).contiguous()
     offs = offsets.to(INDEX_DTYPE).contiguous()
+    rows = None if perm is None else perm.to(INDEX_DTYPE).contiguous()
     out = torch.empty(M, k, dtype=INDEX_DTYPE) if out is None else out
     P = offs.shape[0] - 1
     if M and P:
@@ -361,8 +369,11 @@ def partition_knn(
             lib.cvig_partition_knn,
             P,
             work,
-            lambda lo, hi: (_ptr(xf), C, _ptr(offs), lo, hi, k, _ptr(out)),
-        )
+            lambda lo, hi: (
+                _ptr(xf), M, C, _ptr(offs), None if rows is None else _ptr(rows),
+                int(normalize), lo, hi, k, _ptr(out),
+            ),
+        )  # fmt: skip
     return out
 
 

@@ -16,7 +16,8 @@ as one graph node; ``permute_rows`` and ``max_aggregate`` carry their gradients.
 - ``partition``: labels (B, N) i32, kappa -> perm (M,), inverse (M,), offsets (B*kappa+1,),
   segment (M,), all i32
 - ``permute_rows``: x (M, C), index (M,) i32, inverse (M,) i32 -> x[index] (M, C)
-- ``partition_knn``: x (M, C) float, offsets i32, K, max_partition_size -> nbr (M, K) i32
+- ``partition_knn``: x (M, C) float, offsets i32, K, max_partition_size, perm i32 or None,
+  normalize -> nbr (M, K) i32
 - ``max_aggregate``: x (M, C) float, nbr (M, K) i32, relative -> out (M, C), argslot (M, C) u8
 """
 
@@ -257,7 +258,9 @@ def permute_rows(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # partition_knn
 # --------------------------------------------------------------------------------------------
-def _check_knn(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> None:
+def _check_knn(
+    x: Tensor, offsets: Tensor, k: int, max_partition_size: int, perm: Tensor | None
+) -> None:
     check_tensor("partition_knn", "x", x, ndim=2, dtypes=OP_DTYPES)
     check_tensor("partition_knn", "offsets", offsets, ndim=1, dtypes=_INDEX, device=x.device)
     if offsets.shape[0] < 1:
@@ -267,30 +270,55 @@ def _check_knn(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> N
         )
     check_int("partition_knn", "k", k, low=1, high=MAX_NEIGHBORS)
     check_int("partition_knn", "max_partition_size", max_partition_size, low=1)
+    if perm is not None:
+        check_tensor("partition_knn", "perm", perm, ndim=1, dtypes=_INDEX, device=x.device)
+        if perm.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"partition_knn: argument 'perm' must have x.shape[0] = {x.shape[0]} entries, "
+                f"got {perm.shape[0]}"
+            )
 
 
 @torch.library.custom_op("clustervig::partition_knn", mutates_args=())
-def _partition_knn_op(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> Tensor:
-    _check_knn(x, offsets, k, max_partition_size)
+def _partition_knn_op(
+    x: Tensor,
+    offsets: Tensor,
+    k: int,
+    max_partition_size: int,
+    perm: Tensor | None = None,
+    normalize: bool = False,
+) -> Tensor:
+    _check_knn(x, offsets, k, max_partition_size, perm)
     if runs_triton(x, "partition_knn"):
         from . import knn
 
-        return knn.partition_knn(x, offsets, k, max_partition_size)
-    return _knn_cpu(x, offsets, k, max_partition_size)
+        return knn.partition_knn(x, offsets, k, max_partition_size, perm=perm, normalize=normalize)
+    return _knn_cpu(x, offsets, k, max_partition_size, perm, normalize)
 
 
-def _knn_cpu(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> Tensor:
+def _knn_cpu(
+    x: Tensor,
+    offsets: Tensor,
+    k: int,
+    max_partition_size: int,
+    perm: Tensor | None,
+    normalize: bool,
+) -> Tensor:
     """The compiled CPU kernel where it runs, else the reference (any device)."""
     if offsets.device.type == "cpu":  # value checks read the offsets: CPU tensors only
-        _check_offsets(x, offsets, max_partition_size)
+        _check_offsets(x, offsets, max_partition_size, perm)
     if runs_native(x):
         from . import native
 
-        return native.partition_knn(x, offsets, k)
-    return reference.partition_knn(x, offsets, k, max_partition_size)
+        return native.partition_knn(x, offsets, k, perm=perm, normalize=normalize)
+    return reference.partition_knn(
+        x, offsets, k, max_partition_size, perm=perm, normalize=normalize
+    )
 
 
-def _check_offsets(x: Tensor, offsets: Tensor, max_partition_size: int) -> None:
+def _check_offsets(
+    x: Tensor, offsets: Tensor, max_partition_size: int, perm: Tensor | None
+) -> None:
     sizes = offsets[1:] - offsets[:-1]
     if int(offsets[0]) != 0 or int(offsets[-1]) != x.shape[0] or bool((sizes < 0).any()):
         raise ValueError(
@@ -302,28 +330,51 @@ def _check_offsets(x: Tensor, offsets: Tensor, max_partition_size: int) -> None:
             f"partition_knn: a partition has {int(sizes.max())} nodes, more than "
             f"'max_partition_size' = {max_partition_size}"
         )
+    if perm is not None and perm.numel():
+        if int(perm.min()) < 0 or int(perm.max()) >= x.shape[0]:
+            raise ValueError(
+                f"partition_knn: argument 'perm' must hold rows of x in [0, {x.shape[0]}), got "
+                f"[{int(perm.min())} .. {int(perm.max())}]"
+            )
 
 
 @_partition_knn_op.register_fake
-def _(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> Tensor:
-    _check_knn(x, offsets, k, max_partition_size)
+def _(
+    x: Tensor,
+    offsets: Tensor,
+    k: int,
+    max_partition_size: int,
+    perm: Tensor | None = None,
+    normalize: bool = False,
+) -> Tensor:
+    _check_knn(x, offsets, k, max_partition_size, perm)
     if recording_launches(x, "partition_knn"):
         from . import knn
 
-        return knn.partition_knn(x, offsets, k, max_partition_size)
+        return knn.partition_knn(x, offsets, k, max_partition_size, perm=perm, normalize=normalize)
     return x.new_empty(x.shape[0], k, dtype=INDEX_DTYPE)
 
 
-def partition_knn(x: Tensor, offsets: Tensor, k: int, max_partition_size: int) -> Tensor:
+def partition_knn(
+    x: Tensor,
+    offsets: Tensor,
+    k: int,
+    max_partition_size: int,
+    *,
+    perm: Tensor | None = None,
+    normalize: bool = False,
+) -> Tensor:
     """K nearest neighbours of every row inside its partition: ``(M, K)`` int32 (no gradient).
 
     ``max_partition_size`` bounds every partition's size (N, the nodes per image, in the model);
-    it sizes the kernel grid without a device sync. See :func:`kernels.reference.partition_knn`.
+    it sizes the kernel grid without a device sync. With ``perm`` (:func:`partition`'s) the rows
+    of x are in image order and so are the output's rows and neighbour ids; ``normalize`` ranks
+    the rows scaled to unit length. See :func:`kernels.reference.partition_knn`.
     """
     if _cpu_directly(x):
-        _check_knn(x, offsets, k, max_partition_size)
-        return _knn_cpu(x.detach(), offsets, k, max_partition_size)
-    return _partition_knn_op(x.detach(), offsets, k, max_partition_size)
+        _check_knn(x, offsets, k, max_partition_size, perm)
+        return _knn_cpu(x.detach(), offsets, k, max_partition_size, perm, normalize)
+    return _partition_knn_op(x.detach(), offsets, k, max_partition_size, perm, normalize)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 
 import torch
+import torch.nn.functional as F
 
 from ._common import INDEX_DTYPE, SINGLE_THREAD_ROWS, one_cpu_thread
 
@@ -267,16 +268,27 @@ def _nearest_first(
 
 
 def partition_knn(
-    x: torch.Tensor, offsets: torch.Tensor, k: int, max_partition_size: int | None = None
+    x: torch.Tensor,
+    offsets: torch.Tensor,
+    k: int,
+    max_partition_size: int | None = None,
+    *,
+    perm: torch.Tensor | None = None,
+    normalize: bool = False,
 ) -> torch.Tensor:
     """K nearest nodes of every node inside its own partition (itself included).
 
     Args:
-        x: ``(M, C)`` float features in partition order (the model passes L2-normalised ones).
+        x: ``(M, C)`` float features: in partition order, or in any order with ``perm``.
         offsets: ``(P + 1,)`` int partition boundaries (see :func:`partition`).
         k: K >= 1.
         max_partition_size: a bound on every partition's size. Off the CPU it sizes the work
             without asking the device (default: M); on the CPU the true largest size is used.
+        perm: ``(M,)`` int, the row of x at every partition position (:func:`partition`'s
+            ``perm``: each partition's rows in increasing order). The neighbours of row
+            ``perm[i]`` are then written to that row, as rows of x (the model's image order).
+        normalize: distances between the rows scaled to unit length (``F.normalize``: divided
+            by ``max(|x|, 1e-12)``), i.e. ``2 - 2 cos`` for nonzero rows.
 
     Returns:
         ``(M, K)`` int32 row indices into ``x``, nearest first by squared Euclidean distance,
@@ -288,6 +300,21 @@ def partition_knn(
 
     No step reads a value back to the host off the CPU, so it runs on any device without a sync.
     """
+    if normalize:
+        x = F.normalize(x.detach().to(compute_dtype(x)), dim=-1, eps=1e-12)
+    if perm is None:
+        return _partition_knn(x, offsets, k, max_partition_size)
+    index = perm.long()
+    nbr = _partition_knn(x.index_select(0, index), offsets, k, max_partition_size)
+    out = torch.empty_like(nbr)
+    out[index] = perm.to(INDEX_DTYPE)[nbr.long()]  # rows and ids back in x's order
+    return out
+
+
+def _partition_knn(
+    x: torch.Tensor, offsets: torch.Tensor, k: int, max_partition_size: int | None
+) -> torch.Tensor:
+    """:func:`partition_knn` of rows in partition order."""
     M, C = x.shape
     P = offsets.shape[0] - 1
     if M == 0 or P == 0:

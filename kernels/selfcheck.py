@@ -319,6 +319,44 @@ def _check_partition_knn(res, dtype, device, shapes: list[Shapes], seed: int) ->
                 res.fail(case, "a neighbour outside its node's partition")
                 continue
             _compare_exact(res, case, "neighbours", got, reference.partition_knn(rows, offsets, K))
+        _check_gathered_knn(res, dtype, device, B, N, K, sizes, offsets, x, seed + i)
+
+
+def _check_gathered_knn(res, dtype, device, B, N, K, sizes, offsets, x, seed) -> None:
+    """The model's mode: the same partitions with the rows in a shuffled image order, gathered
+    through ``perm``; exact without ``normalize`` (integer features), and with it every list
+    inside its node's partition."""
+    from . import knn, reference
+
+    kappa = sizes.shape[1]
+    gen = _generator(seed + 90)
+    labels = torch.stack(
+        [
+            torch.repeat_interleave(torch.arange(kappa), sizes[b])[torch.randperm(N, generator=gen)]
+            for b in range(B)
+        ]
+    ).to(torch.int32)
+    perm, _, _, _ = reference.partition(labels, kappa)
+    rows = torch.empty_like(x)
+    rows[perm.long()] = x  # partition position i holds the features x[i], as above
+    rows = rows.to(dtype)
+    label = labels.reshape(-1).long() + torch.arange(B).repeat_interleave(N) * kappa
+    for normalize in (False, True):
+        case = f"gathered{' normalised' if normalize else ''} B={B} N={N} K={K}"
+        res.cases.append(case)
+        out = torch.full((B * N, K), POISON_INT, dtype=torch.int32, device=device)
+        got = knn.partition_knn(
+            rows.to(device), offsets.to(device), K, N, perm=perm.to(device),
+            normalize=normalize, out=out,
+        ).cpu()  # fmt: skip
+        inside = (got >= 0) & (got < B * N)
+        if not inside.all() or not torch.equal(
+            label[got.long().clamp(0, B * N - 1)], label.unsqueeze(1).expand(-1, K)
+        ):
+            res.fail(case, "a neighbour outside its node's partition")
+        elif not normalize:  # normalised integer rows can be parallel: membership only
+            expected = reference.partition_knn(rows, offsets, K, perm=perm)
+            _compare_exact(res, case, "neighbours", got, expected)
 
 
 def _check_max_aggregate(res, dtype, device, shapes: list[Shapes], seed: int) -> None:

@@ -54,9 +54,9 @@ class DEGCGraph(nn.Module):
         tokens = x.flatten(2).transpose(1, 2)
         tokens = (tokens - tokens.mean(1, keepdim=True)).contiguous()
         labels, _, _ = kernels.batched_kmeans(tokens, self.num_clusters)
-        perm, inverse, offsets, _ = kernels.partition(labels, self.num_clusters)
-        x_ua = kernels.permute_rows(tokens.reshape(B * H * W, C), perm, inverse)
-        return kernels.partition_knn(F.normalize(x_ua, dim=-1), offsets, self.k, H * W)
+        perm, _, offsets, _ = kernels.partition(labels, self.num_clusters)
+        rows = tokens.reshape(B * H * W, C)
+        return kernels.partition_knn(rows, offsets, self.k, H * W, perm=perm, normalize=True)
 
 
 class DenseGraph(nn.Module):

@@ -31,8 +31,8 @@ import json
 import math
 import re
 import sys
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -82,6 +82,7 @@ class Sass:
     instructions: int
     barriers: int
     loops: list[tuple[int, int, int]]  # innermost loops: (instructions, barriers, shuffles)
+    loop_opcodes: list[dict[str, int]] = field(default_factory=list)  # per loop, same order
 
     @property
     def hot_loop(self) -> tuple[int, int, int]:
@@ -110,7 +111,7 @@ def parse_sass(text: str) -> Sass:
         for lo, hi in back
         if not any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in back)
     ]
-    loops = []
+    loops, opcodes = [], []
     for lo, hi in innermost:
         body = [op for _, op, _ in ops[lo : hi + 1]]
         loops.append(
@@ -120,8 +121,40 @@ def parse_sass(text: str) -> Sass:
                 sum(op.startswith("SHFL") for op in body),
             )
         )
+        opcodes.append(dict(Counter(body)))
     real = [op for _, op, _ in ops if op not in ("NOP",)]
-    return Sass(len(real), sum(op.startswith("BAR") for op in real), loops)
+    return Sass(len(real), sum(op.startswith("BAR") for op in real), loops, opcodes)
+
+
+def _has(opcodes: dict[str, int], *prefixes: str) -> bool:
+    return any(op.startswith(prefixes) for op in opcodes)
+
+
+#: Innermost loops a work model counts separately, recognised by what they execute: per kernel,
+#: role -> predicate over the loop's opcodes (the largest matching loop stands for the role).
+LOOP_ROLES = {
+    "_partition_knn_kernel": {
+        # a selection pass over one tile: 32-bit minima, no memory access
+        "selection": lambda o: _has(o, "VIMNMX", "IMNMX") and not _has(o, "LDG", "STG"),
+        # a merge pass of tile and running top-K: 64-bit key compares (the ``.EX`` half)
+        "merge": lambda o: any(".EX" in op for op in o) and not _has(o, "LDG", "STG", "IABS"),
+        # channel slices: squared norms (FMA) and products (tensor cores or FMA)
+        "norms": lambda o: _has(o, "LDG") and not _has(o, "HMMA", "HGMMA", "LDGSTS"),
+        "dot": lambda o: _has(o, "HMMA", "HGMMA", "LDGSTS"),
+    },
+}
+
+
+def loop_roles(kernel: str, sass: Sass) -> dict[str, tuple[int, int, int]]:
+    """``role -> (instructions, barriers, shuffles)`` of the kernel's recognised loops."""
+    found: dict[str, tuple[int, int, int]] = {}
+    for role, matches in LOOP_ROLES.get(kernel, {}).items():
+        hits = [
+            loop for loop, ops in zip(sass.loops, sass.loop_opcodes, strict=True) if matches(ops)
+        ]
+        if hits:
+            found[role] = max(hits)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +167,8 @@ class Work:
     tc_flops: float
     hot_trips: float  # hot-loop iterations per active program
     active_programs: int
+    # trips per active program of the loops named in LOOP_ROLES (replaces the hot-loop count)
+    loop_trips: dict[str, float] = field(default_factory=dict)
 
 
 def _partition_sizes(n: int, kappa: int) -> list[int]:
@@ -220,16 +255,28 @@ def _partition_knn_kernel(launch, shape, iters) -> Work:
     bm, bn, bc, k = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_C"], c["K"]
     B, N, kappa = shape["B"], shape["N"], shape["kappa"]
     sizes = _partition_sizes(N, kappa) * B
-    active = sum(math.ceil(s / bm) for s in sizes)
+    blocks = sum(math.ceil(s / bm) for s in sizes)
     tile_pairs = sum(math.ceil(s / bm) * math.ceil(s / bn) for s in sizes)
-    col_tiles_per_block = sum(math.ceil(s / bm) * math.ceil(s / bn) for s in sizes) / max(active, 1)
+    chunks = math.ceil(C / bc)
+    # Per block: the rows' norms; then per column tile the candidates' norms and the products;
+    # then K selection passes over the one tile, or K merge passes per tile (larger partitions).
+    trips = {"norms": 0.0, "dot": 0.0, "selection": 0.0, "merge": 0.0}
+    for s in sizes:
+        n_blocks, tiles = math.ceil(s / bm), math.ceil(s / bn)
+        trips["norms"] += n_blocks * chunks * (1 + tiles)
+        trips["dot"] += n_blocks * tiles * chunks
+        if tiles == 1:
+            trips["selection"] += n_blocks * min(k, s)
+        else:
+            trips["merge"] += n_blocks * tiles * k
+    programs = launch.programs
     return Work(
         bytes=sum(math.ceil(s / bm) * (bm + s) for s in sizes) * C * x.dtype.itemsize + M * k * 4,
         flops=tile_pairs * 2 * bm * bn * C,
         tc_flops=tile_pairs * 2 * bm * bn * C,
-        # per column tile: the channel loop (C / BLOCK_C) then up to K selection passes
-        hot_trips=col_tiles_per_block * (math.ceil(C / bc) + k),
-        active_programs=active,
+        hot_trips=0,
+        active_programs=min(programs, blocks),
+        loop_trips={role: t / max(1, min(programs, blocks)) for role, t in trips.items()},
     )
 
 
@@ -278,6 +325,7 @@ def compiled_facts(launch, arch: int) -> dict:
     sass = disassemble(compiled)
     parsed = parse_sass(sass)
     loop_instr, loop_bars, loop_shfl = parsed.hot_loop
+    roles = loop_roles(launch.kernel, parsed)
     facts = {
         "registers": int(fields.get("REG", 0)),
         "shared_bytes": int(compiled.metadata.shared),
@@ -287,6 +335,10 @@ def compiled_facts(launch, arch: int) -> dict:
         "hot_loop_instructions": loop_instr,
         "hot_loop_barriers": loop_bars,
         "hot_loop_shuffles": loop_shfl,
+        "loops": {
+            role: dict(zip(("instructions", "barriers", "shuffles"), v, strict=True))
+            for role, v in roles.items()
+        },
     }
     _COMPILED[key] = facts
     return facts
@@ -308,10 +360,20 @@ def estimate_us(gpu: GPU, work: Work, facts: dict, warps: int, dtype: torch.dtyp
     memory = work.bytes / bandwidth * 1e6
     peak = gpu.tc_bf16_tflops if dtype in (torch.bfloat16, torch.float16) else gpu.fp32_tflops
     tensor = work.tc_flops / (peak * 1e12) * 1e6
-    # Warp instructions: the hot loop times its trips plus the rest once, for every warp.
-    per_warp = facts["sass_instructions"] + facts["hot_loop_instructions"] * max(
-        0.0, work.hot_trips - 1
-    )
+    # Warp instructions: the hot loop times its trips plus the rest once, for every warp; or,
+    # where the work model names its loops, each named loop times its trips.
+    if work.loop_trips:
+        loops = facts.get("loops", {})
+        missing = [r for r, t in work.loop_trips.items() if t and r not in loops]
+        if missing:
+            raise SystemExit(f"reports.static: loops {missing} not found in the compiled kernel")
+        per_warp = facts["sass_instructions"] + sum(
+            loops[r]["instructions"] * max(0.0, t - 1) for r, t in work.loop_trips.items() if t
+        )
+    else:
+        per_warp = facts["sass_instructions"] + facts["hot_loop_instructions"] * max(
+            0.0, work.hot_trips - 1
+        )
     warps_per_sm = min(gpu.max_warps_per_sm, warps * min(per_sm, math.ceil(active / busy_sms)))
     issue_rate = busy_sms * min(4, warps_per_sm) * gpu.clock_ghz * 1e9  # warp instr / s
     issue = active * warps * per_warp / issue_rate * 1e6

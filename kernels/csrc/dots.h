@@ -32,6 +32,20 @@ static inline void transpose_rows(const float *x, int64_t n, int64_t c, float *x
     }
 }
 
+/* transpose_rows for rows scattered in memory: row i is rows[i] (c floats). */
+static inline void transpose_row_list(const float *const *rows, int64_t n, int64_t c, float *xt)
+{
+    const int64_t np = padded_columns(n);
+    for (int64_t i0 = 0; i0 < np; i0 += LANES) {
+        const int64_t count = n - i0 < LANES ? n - i0 : LANES;
+        for (int64_t j = 0; j < c; j++) {
+            float *t = xt + j * np + i0;
+            for (int64_t i = 0; i < count; i++) t[i] = rows[i0 + i][j];
+            for (int64_t i = count; i < LANES; i++) t[i] = 0.0f;
+        }
+    }
+}
+
 /* Squared norms sq (np,) of the columns of xt (c, np). */
 static inline void column_square_norms(const float *xt, int64_t c, int64_t np, float *sq)
 {

@@ -18,7 +18,7 @@ from kernels import tuning_cache as cache
 from kernels._tuning import LAUNCHES, tunables
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST_OPS = ["permute_rows", "partition", "max_aggregate", "max_aggregate_backward"]
+FAST_OPS = ["partition", "max_aggregate", "max_aggregate_backward"]
 
 
 @pytest.fixture
@@ -49,14 +49,13 @@ def test_interpret_flow_writes_a_cache_that_the_second_run_and_the_kernels_use(c
 
     # The kernels launch with the cached config.
     cache.reset()
-    x = torch.randn(196, 384)  # CViG-Ti, batch 1: the 2C-channel permutation back
-    index = torch.randperm(196, dtype=torch.int32)
+    labels = torch.randint(0, 4, (1, 196), dtype=torch.int32)  # CViG-Ti, batch 1
     from kernels import permute
 
-    permute.permute_rows(x, index)
-    bucket, config, source = LAUNCHES["permute_rows"]
+    permute.partition(labels, 4)
+    bucket, config, source = LAUNCHES["partition"]
     assert source == "cache"
-    assert config == data["entries"]["permute_rows"][bucket]["config"]
+    assert config == data["entries"]["partition"][bucket]["config"]
 
 
 def test_force_retunes(cache_dir, capsys):
@@ -99,7 +98,7 @@ def test_buckets_come_from_the_models():
     launches, notes = model_launches(tunables(), ["cvig_s", "pvig_s"], [1, 512], [torch.bfloat16])
     assert any("pvig_s" in n for n in notes)
     ops = {launch.op for launch in launches}
-    assert ops == set(tunables())
+    assert ops == set(tunables()) - {"permute_rows"}  # the model no longer permutes rows
     knn_buckets = {launch.bucket for launch in launches if launch.op == "partition_knn"}
     # CViG-S: C=320, N=196, K from 9 to 18 -> K padded to 16 and 32, batch 1 and 512.
     assert knn_buckets == {f"e2/C320/K{k}/S256/M{m}" for k in (16, 32) for m in (256, 262144)}
@@ -144,15 +143,15 @@ def test_tune_rejects_nothing_and_picks_a_space_config_for_kmeans_and_knn():
 
 
 def test_tuning_starts_with_the_selfcheck_and_records_its_verdicts(cache_dir, capsys):
-    assert main(["--interpret", "--ops", "permute_rows"]) == 0
+    assert main(["--interpret", "--ops", "max_aggregate"]) == 0
     out = capsys.readouterr().out
     assert "self-check" in out and "interpreter timing, not a speedup" in out
     identity = cache.device_identity(torch.device("cpu"))
     verdicts = json.loads(cache.cache_path(identity).read_text())["verdicts"]
     assert {k for k in verdicts} == {
-        "permute_rows/float32",
-        "permute_rows/float16",
-        "permute_rows/bfloat16",
+        "max_aggregate/float32",
+        "max_aggregate/float16",
+        "max_aggregate/bfloat16",
     }
     assert all(v["ok"] for v in verdicts.values())
 

@@ -106,21 +106,92 @@ def test_small_partition_repeats_members(device):
     assert torch.equal(out.cpu(), reference.partition_knn(x.cpu(), offsets.cpu(), 5))
 
 
-def test_grid_covers_every_row_block_with_few_spare_programs():
-    """The launch bound ``(M + P (BLOCK_M - 1)) // BLOCK_M`` is never below the row blocks that
-    exist (any sizes), and for the models' partitions (about N / kappa nodes each) at most 20%
-    of the programs idle."""
+def test_no_program_idles_and_every_block_is_visited():
+    """``ceil(M / BLOCK_M)`` programs striding over the row blocks: never more programs than
+    blocks (any sizes, empty partitions included), so none idles; and a launch whose programs
+    each take several blocks gives the same lists (the block loop is exercised)."""
     torch.manual_seed(0)
     for block_m in (16, 32, 64):
         for _ in range(200):
             P = int(torch.randint(1, 40, ()))
             sizes = torch.randint(0, 300, (P,))
-            real = int(((sizes + block_m - 1) // block_m).sum())
-            assert real <= (int(sizes.sum()) + P * (block_m - 1)) // block_m
-    # CViG-Ti / B-dagger at batch 256, default 16-bit config: balanced partitions
-    block_m = knn.PARTITION_KNN.default["e2"]["BLOCK_M"]
-    for N, kappa in ((196, 4), (784, 6)):
-        sizes = torch.full((256 * kappa,), N // kappa)
-        launched = (256 * N + sizes.numel() * (block_m - 1)) // block_m
-        real = int(((sizes + block_m - 1) // block_m).sum())
-        assert (launched - real) / launched <= 0.2
+            blocks = int(((sizes + block_m - 1) // block_m).sum())
+            assert -(-int(sizes.sum()) // block_m) <= blocks
+
+
+def test_programs_that_take_several_blocks_give_the_same_lists(device):
+    B, N, C, kappa, K = 2, 60, 12, 6, 5
+    offsets = offsets_from_sizes(_sizes(B, N, kappa)).to(device)
+    x = integer_features(B * N, C, torch.float32).to(device)
+    config = dict(_configs()[0])  # 16-row blocks: ragged sizes give more blocks than programs
+    out = knn.partition_knn(x, offsets, K, N, config=config)
+    assert torch.equal(out.cpu(), reference.partition_knn(x.cpu(), offsets.cpu(), K))
+
+
+# --------------------------------------------------------------------------------------------
+# The model's mode: image-order rows gathered through the partition order, optionally normalised
+# --------------------------------------------------------------------------------------------
+def image_order_partition(B, N, kappa, *, generator=None):
+    """Random labels with ragged clusters (a single-node and an empty one where kappa allows)
+    and :func:`kernels.reference.partition`'s ``(perm, offsets)`` of them."""
+    labels = torch.randint(0, kappa, (B, N), generator=generator)
+    if kappa > 2:
+        labels[-1][labels[-1] == 2] = 0  # an empty cluster
+    if kappa > 1:
+        labels[0][labels[0] == 1] = 0
+        labels[0, N // 2] = 1  # a single-node cluster
+    perm, _, offsets, _ = reference.partition(labels.int(), kappa)
+    return perm, offsets
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "B,N,C,kappa,K", [(1, 49, 24, 4, 9), (2, 30, 17, 3, 18), (2, 20, 8, 4, 32)]
+)
+def test_gathered_rows_give_image_order_lists(device, B, N, C, kappa, K, dtype):
+    """With ``perm`` the lists are written to the nodes' own rows and name image-order rows:
+    the partition-ordered result translated, exactly (integer features: unique answer)."""
+    perm, offsets = image_order_partition(B, N, kappa)
+    x = integer_features(B * N, C, dtype)
+    ordered = reference.partition_knn(x[perm.long()], offsets, K)
+    expected = torch.empty_like(ordered)
+    expected[perm.long()] = perm[ordered.long()]
+    assert torch.equal(reference.partition_knn(x, offsets, K, perm=perm), expected)
+    out = poisoned((B * N, K), torch.int32, device)
+    config = _configs()[-1] if device.type == "cpu" else None
+    knn.partition_knn(
+        x.to(device), offsets.to(device), K, N, perm=perm.to(device), out=out, config=config
+    )
+    assert not (out == POISON_INT).any(), "unwritten outputs"
+    assert torch.equal(out.cpu(), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,N,C,kappa,K", [(2, 49, 24, 4, 9), (1, 100, 40, 2, 18)])
+def test_normalised_distances_rank_directions(device, B, N, C, kappa, K, dtype):
+    """``normalize``: rows of very different lengths (one zero row) ranked by the distance of
+    their unit vectors: the lists lie in the node's partition, their distances are the K
+    smallest up to the dtype's rounding, and a node is its own nearest. The 100-node partitions
+    exceed a column tile: the running top-K path."""
+    perm, offsets = image_order_partition(B, N, kappa)
+    x = torch.randn(B * N, C) * torch.rand(B * N, 1).mul(50).add(0.01)
+    x[3] = 0.0
+    x = x.to(dtype)
+    out = poisoned((B * N, K), torch.int32, device)
+    config = _configs()[0] if device.type == "cpu" else None
+    knn.partition_knn(
+        x.to(device), offsets.to(device), K, N, perm=perm.to(device), normalize=True, out=out,
+        config=config,
+    )  # fmt: skip
+    out = out.cpu()
+    expected = reference.partition_knn(x, offsets, K, perm=perm, normalize=True)
+    label = torch.empty(B * N, dtype=torch.int64)
+    sizes = (offsets[1:] - offsets[:-1]).long()
+    label[perm.long()] = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+    assert torch.equal(label[out.long()], label.unsqueeze(1).expand(-1, K))
+    unit = torch.nn.functional.normalize(x.double(), dim=-1)
+    got_d = neighbour_distances(unit, out).sort(dim=1).values
+    exp_d = neighbour_distances(unit, expected).sort(dim=1).values
+    torch.testing.assert_close(got_d, exp_d, atol=4 * DIST_TOL[dtype], rtol=0)
+    own = out[:, 0] == torch.arange(B * N)
+    assert own[torch.arange(B * N) != 3].float().mean() > 0.95

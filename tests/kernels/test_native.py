@@ -25,6 +25,7 @@ from tests.helpers import (
     random_partition_sizes,
 )
 from tests.kernels.test_kmeans import CENTROID_TOL, blobs
+from tests.kernels.test_knn import image_order_partition
 from tests.kernels.test_reference import empty_cluster_case
 
 pytestmark = pytest.mark.skipif(
@@ -237,6 +238,22 @@ def test_max_aggregate_nan_wins_from_its_first_slot_and_indices_are_clamped():
     assert torch.isnan(out[:, 1]).all()
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+def test_knn_gathered_and_normalised_matches_reference(normalize):
+    perm, offsets = image_order_partition(3, 50, 4)
+    x = torch.randn(150, 20) * torch.rand(150, 1).mul(20)
+    x[7] = 0.0
+    out = poisoned((150, 11), torch.int32, "cpu")
+    native.partition_knn(x, offsets, 11, out=out, perm=perm, normalize=normalize)
+    assert not (out == POISON_INT).any(), "unwritten outputs"
+    expected = reference.partition_knn(x, offsets, 11, perm=perm, normalize=normalize)
+    if not normalize:
+        assert torch.equal(out, expected)
+    unit = torch.nn.functional.normalize(x.double(), dim=-1) if normalize else x.double()
+    got = neighbour_distances(unit, out)
+    torch.testing.assert_close(got, neighbour_distances(unit, expected), atol=1e-5, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------
 # threads and dispatch
 # --------------------------------------------------------------------------------------------
@@ -292,7 +309,7 @@ def test_the_auto_and_native_backends_run_the_compiled_kernels(monkeypatch):
     for name in ("kmeans", "partition", "partition_knn", "max_aggregate"):
         function = getattr(native, name)
         monkeypatch.setattr(
-            native, name, lambda *a, _f=function, _n=name: calls.append(_n) or _f(*a)
+            native, name, lambda *a, _f=function, _n=name, **k: calls.append(_n) or _f(*a, **k)
         )
     x = torch.randn(2, 30, 6)
     for backend in ("auto", "native", "torch"):

@@ -137,8 +137,8 @@ def test_cvig_ti_forward_through_the_triton_backend(monkeypatch, cvig_ti_small, 
     for name in ("batched_kmeans", "partition", "partition_knn"):
         original = getattr(degc, name)
 
-        def spy(*args, _original=original, _name=name):
-            out = _original(*args)
+        def spy(*args, _original=original, _name=name, **kwargs):
+            out = _original(*args, **kwargs)
             seen.append((_name, out if isinstance(out, tuple) else (out,)))
             return out
 
@@ -160,11 +160,14 @@ def test_cvig_ti_forward_through_the_triton_backend(monkeypatch, cvig_ti_small, 
             assert out[0].min() >= 0 and out[0].max() < kappa
         elif name == "partition":
             assert _is_permutation(out[0]) and _is_permutation(out[1])
-            offsets = out[2]
+            perm, offsets = out[0], out[2]
             assert int(offsets[0]) == 0 and int(offsets[-1]) == 3 * nodes
-        else:  # the neighbours of the layer whose partition was seen just before
+        else:  # the neighbours (image-order rows) of the layer whose partition was seen last
             nbr = out[0]
-            part = torch.repeat_interleave(torch.arange(3 * kappa), offsets.diff().long())
+            part = torch.empty(3 * nodes, dtype=torch.int64)  # partition of every image row
+            part[perm.long()] = torch.repeat_interleave(
+                torch.arange(3 * kappa), offsets.diff().long()
+            )
             assert ((nbr >= 0) & (nbr < 3 * nodes)).all()
             assert torch.equal(part[nbr.long()], part.unsqueeze(1).expand_as(nbr))
     assert {name for name, _ in seen} == {"batched_kmeans", "partition", "partition_knn"}

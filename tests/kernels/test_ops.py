@@ -28,13 +28,22 @@ def _op_args(device="cpu"):
         "partition": (ops._partition_op, (labels, 3)),
         "permute_rows": (ops._permute_rows_op, (rows.clone().requires_grad_(), perm, inverse)),
         "partition_knn": (ops._partition_knn_op, (rows, offsets, 5, 30)),
+        "partition_knn_gathered": (ops._partition_knn_op, (rows, offsets, 5, 30, perm, True)),
         "max_aggregate": (ops._max_aggregate_op, (rows.clone().requires_grad_(), nbr, True, True)),
     }
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
-    "name", ["kmeans", "partition", "permute_rows", "partition_knn", "max_aggregate"]
+    "name",
+    [
+        "kmeans",
+        "partition",
+        "permute_rows",
+        "partition_knn",
+        "partition_knn_gathered",
+        "max_aggregate",
+    ],
 )
 def test_opcheck(name, backend):
     op, args = _op_args()[name]
@@ -162,6 +171,26 @@ def test_backward_without_saved_slots_raises_clearly():
         (
             lambda: kernels.partition_knn(torch.randn(6, 2), torch.tensor([0, 6]), 2, 6),
             "'offsets' must have dtype",
+        ),
+        (
+            lambda: kernels.partition_knn(
+                torch.randn(6, 2),
+                torch.tensor([0, 6], dtype=torch.int32),
+                2,
+                6,
+                perm=torch.arange(5, dtype=torch.int32),
+            ),
+            "'perm' must have x.shape\\[0\\] = 6",
+        ),
+        (
+            lambda: kernels.partition_knn(
+                torch.randn(6, 2),
+                torch.tensor([0, 6], dtype=torch.int32),
+                2,
+                6,
+                perm=torch.arange(1, 7, dtype=torch.int32),
+            ),
+            "'perm' must hold rows of x in \\[0, 6\\)",
         ),
         (
             lambda: kernels.max_aggregate(torch.randn(6, 2), torch.zeros(5, 2, dtype=torch.int32)),
