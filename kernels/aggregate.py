@@ -47,18 +47,28 @@ def _max_aggregate_kernel(
     row_mask = rows < M
     mask = row_mask[:, None] & (cols[None, :] < C)
     rows64 = rows.to(tl.int64)
-    best = tl.full([BLOCK_M, BLOCK_C], float("-inf"), dtype=tl.float32)
-    best_slot = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.int32)
-    for k in range(K):
-        source = _valid_rows(tl.load(nbr_ptr + rows64 * K + k, mask=row_mask, other=0), M)
-        values = tl.load(
-            x_ptr + source[:, None] * stride_xm + cols[None, :], mask=mask, other=float("-inf")
-        ).to(tl.float32)
-        # Strict: the first slot keeps a tie. A NaN wins over a number and then stays, so NaN
-        # propagates as in torch.amax (written out: GPU and interpreter differ on NaN in max).
-        better = (values > best) | ((values != values) & (best == best))
-        best = tl.where(better, values, best)
-        best_slot = tl.where(better, k, best_slot)
+    if SAVE_SLOT:
+        best = tl.full([BLOCK_M, BLOCK_C], float("-inf"), dtype=tl.float32)
+        best_slot = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.int32)
+        for k in range(K):
+            source = _valid_rows(tl.load(nbr_ptr + rows64 * K + k, mask=row_mask, other=0), M)
+            values = tl.load(
+                x_ptr + source[:, None] * stride_xm + cols[None, :], mask=mask, other=float("-inf")
+            ).to(tl.float32)
+            # Strict: the first slot keeps a tie. A NaN wins over a number and then stays, so
+            # NaN propagates as in torch.amax (written out: GPU and interpreter differ on NaN).
+            better = (values > best) | ((values != values) & (best == best))
+            best = tl.where(better, values, best)
+            best_slot = tl.where(better, k, best_slot)
+    else:
+        # Only the maximum (inference): one NaN-propagating max per value, as torch.amax.
+        source = _valid_rows(tl.load(nbr_ptr + rows64 * K, mask=row_mask, other=0), M)
+        best = tl.load(x_ptr + source[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+        best = best.to(tl.float32)
+        for k in range(1, K):
+            source = _valid_rows(tl.load(nbr_ptr + rows64 * K + k, mask=row_mask, other=0), M)
+            values = tl.load(x_ptr + source[:, None] * stride_xm + cols[None, :], mask=mask)
+            best = tl.maximum(best, values.to(tl.float32), propagate_nan=tl.PropagateNan.ALL)
     if RELATIVE:
         best -= tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask).to(
             tl.float32
@@ -182,7 +192,9 @@ MAX_AGGREGATE = Tunable(
     name="max_aggregate",
     kernels=[_max_aggregate_kernel, _valid_rows],
     space=per_width(_FORWARD_SPACE),
-    default=per_width({"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 2}),
+    # 64-channel slices: the models' C (192, 320, 640) are multiples, so no lane idles (128
+    # left a quarter of them idle at C = 192).
+    default=per_width({"BLOCK_M": 16, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2}),
     interpret_space=_INTERPRET_SPACE,
     bucket_fn=lambda M, C, K: f"C{C}/K{next_power_of_2(K)}/M{rows_bucket(M)}",
     signature_fn=_forward_signature,

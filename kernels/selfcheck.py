@@ -380,6 +380,11 @@ def _check_max_aggregate(res, dtype, device, shapes: list[Shapes], seed: int) ->
             expected, e_slot = reference.max_aggregate(x, nbr, relative, True)
             _compare_float(res, case, got, expected, dtype)
             _compare_exact(res, case, "argslot", slot.to(torch.int32), e_slot.to(torch.int32))
+            # inference: the maximum alone, taken in x's dtype
+            case = f"{case} no argslot"
+            res.cases.append(case)
+            got, _ = aggregate.max_aggregate(x.to(device), nbr.to(device), relative, False)
+            _compare_float(res, case, got, expected, dtype)
 
 
 def _check_max_aggregate_backward(res, dtype, device, shapes: list[Shapes], seed: int) -> None:

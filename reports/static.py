@@ -55,16 +55,26 @@ class GPU:
     tc_tf32_tflops: float
     fp32_tflops: float  # CUDA cores (FMA)
     max_warps_per_sm: int
+    l2_mib: int  # L2 cache
+    l2_bandwidth_tbs: float  # L2 hits, approximate (public microbenchmarks), conservative
     regs_per_sm: int = 65536
     smem_per_sm_kib: int = 228
     max_programs_per_sm: int = 32
 
 
 GPUS = {
-    "h100": GPU("H100 SXM", 90, 132, 1.98, 3.35, 989.0, 494.0, 67.0, 64, smem_per_sm_kib=228),
-    "a100": GPU("A100 SXM 80GB", 80, 108, 1.41, 2.04, 312.0, 156.0, 19.5, 64, smem_per_sm_kib=164),
-    "rtx4090": GPU("RTX 4090", 89, 128, 2.52, 1.01, 165.2, 82.6, 82.6, 48, smem_per_sm_kib=100),
+    "h100": GPU(
+        "H100 SXM", 90, 132, 1.98, 3.35, 989.0, 494.0, 67.0, 64, 50, 5.5, smem_per_sm_kib=228
+    ),
+    "a100": GPU(
+        "A100 SXM 80GB", 80, 108, 1.41, 2.04, 312.0, 156.0, 19.5, 64, 40, 4.0, smem_per_sm_kib=164
+    ),
+    "rtx4090": GPU(
+        "RTX 4090", 89, 128, 2.52, 1.01, 165.2, 82.6, 82.6, 48, 72, 3.0, smem_per_sm_kib=100
+    ),
 }
+#: Re-reads count as L2 hits when the data a launch reads fits in this share of the L2.
+L2_RESIDENT_SHARE = 0.5
 #: A launch costs at least this on the device (eager launch latency); printed as an assumption.
 LAUNCH_FLOOR_US = 2.5
 #: The fraction of DRAM bandwidth one busy SM can draw (so few programs cannot saturate HBM).
@@ -169,6 +179,10 @@ class Work:
     active_programs: int
     # trips per active program of the loops named in LOOP_ROLES (replaces the hot-loop count)
     loop_trips: dict[str, float] = field(default_factory=dict)
+    # bytes that read again what the launch already read (``bytes`` excludes them), and the
+    # distinct bytes read: re-reads are L2 hits when those fit in the L2, else DRAM traffic
+    reread_bytes: float = 0.0
+    distinct_bytes: float = 0.0
 
 
 def _partition_sizes(n: int, kappa: int) -> list[int]:
@@ -182,14 +196,18 @@ def _kmeans_kernel(launch, shape, iters) -> Work:
     bn, bc = launch.constexprs["BLOCK_N"], launch.constexprs["BLOCK_C"]
     kpad = launch.constexprs["KAPPA_PAD"]
     passes = iters + 1  # the first assignment, then one pass per iteration (assign + accumulate)
-    # Each pass reads x once from memory (its accumulate step re-reads the slices the label step
-    # just read: L1 hits) and the labels twice; the sums (kpad x C floats) stay in L1/L2.
+    # Each pass reads x once (its accumulate step re-reads the slices the label step just read:
+    # L1 hits) and the labels twice; the sums (kpad x C floats) stay in L1/L2. Passes after the
+    # first read x again: L2 hits if x fits there (CViG-Ti: 19 MB at batch 256).
+    x_bytes = B * N * C * x.dtype.itemsize
     return Work(
-        bytes=passes * (B * N * C * x.dtype.itemsize + 2 * B * N * 4),
+        bytes=x_bytes + passes * 2 * B * N * 4,
         flops=passes * B * 4 * N * kpad * C,
         tc_flops=passes * B * 4 * N * kpad * C,
         hot_trips=passes * math.ceil(N / bn) * 2 * math.ceil(C / bc),
         active_programs=B,
+        reread_bytes=(passes - 1) * x_bytes,
+        distinct_bytes=x_bytes,
     )
 
 
@@ -356,8 +374,14 @@ def estimate_us(gpu: GPU, work: Work, facts: dict, warps: int, dtype: torch.dtyp
     active = max(1, work.active_programs)
     per_sm = programs_per_sm(gpu, warps, facts["registers"], facts["shared_bytes"])
     busy_sms = min(gpu.sms, active)
-    bandwidth = gpu.bandwidth_tbs * 1e12 * min(1.0, SM_BANDWIDTH_SHARE * busy_sms / gpu.sms)
+    share = min(1.0, SM_BANDWIDTH_SHARE * busy_sms / gpu.sms)
+    bandwidth = gpu.bandwidth_tbs * 1e12 * share
     memory = work.bytes / bandwidth * 1e6
+    if work.reread_bytes:
+        if work.distinct_bytes <= L2_RESIDENT_SHARE * gpu.l2_mib * 2**20:
+            memory += work.reread_bytes / (gpu.l2_bandwidth_tbs * 1e12 * share) * 1e6
+        else:
+            memory += work.reread_bytes / bandwidth * 1e6
     peak = gpu.tc_bf16_tflops if dtype in (torch.bfloat16, torch.float16) else gpu.fp32_tflops
     tensor = work.tc_flops / (peak * 1e12) * 1e6
     # Warp instructions: the hot loop times its trips plus the rest once, for every warp; or,
@@ -585,7 +609,10 @@ def report(
             f"every image runs {iters} Lloyd iterations (observed 4-20 in the models)",
             "partitions of equal size (N / kappa nodes)",
             f"launch floor {LAUNCH_FLOOR_US} us; one busy SM draws at most "
-            f"{SM_BANDWIDTH_SHARE:g}/{gpu.sms} of DRAM bandwidth",
+            f"{SM_BANDWIDTH_SHARE:g}/{gpu.sms} of DRAM (and L2) bandwidth",
+            f"a launch's re-reads of data it already read are L2 hits at "
+            f"{gpu.l2_bandwidth_tbs:g} TB/s (approximate) when that data fits in "
+            f"{L2_RESIDENT_SHARE:g} of the {gpu.l2_mib} MiB L2, DRAM traffic otherwise",
             "issue bound: 4 warp instructions per SM per cycle at boost clock",
             "matmuls at dense tensor-core peak or the launch floor per call, whichever is "
             "larger; glue ops at DRAM bandwidth or the launch floor",

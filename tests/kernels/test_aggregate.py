@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kernels import aggregate, reference
-from tests.helpers import DTYPES, assert_close, poisoned
+from tests.helpers import DTYPES, TOLERANCE, assert_close, poisoned
 
 
 def _inputs(M, C, K, dtype, device):
@@ -33,11 +33,24 @@ def test_forward_matches_reference(device, M, C, K, dtype, relative):
     assert_close(out.cpu(), expected)
 
 
-def test_forward_without_argslot_writes_no_slots(device):
-    x, nbr = _inputs(30, 16, 4, torch.float32, device)
-    out, slot = aggregate.max_aggregate(x, nbr, True, False)
-    assert slot.numel() == 0
-    assert torch.equal(out.cpu(), reference.max_aggregate(x.cpu(), nbr.cpu(), True)[0])
+@pytest.mark.parametrize("relative", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,C,K", [(1, 8, 1), (49, 24, 9), (77, 130, 32)])
+def test_forward_without_argslot_takes_the_max_in_the_input_dtype(device, M, C, K, dtype, relative):
+    """The inference path (no slots): the maximum in x's own dtype, NaN winning over numbers
+    (one NaN row, a row of -inf and a row of +inf among the inputs)."""
+    x, nbr = _inputs(M, C, K, dtype, device)
+    x[M // 2, : C // 2] = float("nan")
+    x[M // 3] = float("-inf")
+    x[M // 4, 0] = float("inf")
+    out = poisoned((M, C), dtype, device, value=7.0)
+    no_slots = torch.empty(0, dtype=torch.uint8, device=device)
+    aggregate.max_aggregate(x, nbr, relative, False, out=(out, no_slots))
+    expected, _ = reference.max_aggregate(x.cpu(), nbr.cpu(), relative)
+    # The maximum is exact; a relative value is a float32 difference rounded to x's dtype once
+    # more than the reference's (one ulp of bf16/fp16).
+    atol, rtol = TOLERANCE[dtype] if relative else (0, 0)
+    torch.testing.assert_close(out.cpu(), expected, equal_nan=True, atol=atol, rtol=rtol)
 
 
 def test_ties_go_to_the_first_slot(device):
