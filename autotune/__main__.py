@@ -63,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
         "--ops",
         nargs="+",
         metavar="OP",
-        help="ops to tune (default: all): kmeans kmeans_split partition permute_rows "
-        "partition_knn max_aggregate max_aggregate_backward",
+        help="ops to tune (default: all the model launches): center_tokens kmeans kmeans_split "
+        "partition partition_knn max_aggregate max_aggregate_backward segment_norm_gelu",
     )
     parser.add_argument(
         "--models",

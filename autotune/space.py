@@ -40,12 +40,14 @@ def layer_launches(
     """(op, dtype, shape) of every kernel launch of one DEGC layer's forward and backward."""
     M = B * N
     out = [
+        ("center_tokens", dtype, {"B": B, "N": N, "C": C}),
         ("kmeans", dtype, {"B": B, "N": N, "C": C, "kappa": kappa}),
         ("kmeans_split", dtype, {"B": B, "N": N, "C": C, "kappa": kappa}),
         ("partition", torch.int32, {"N": N, "kappa": kappa}),
         ("partition_knn", dtype, {"M": M, "C": C, "K": K, "S": N}),
         ("max_aggregate", dtype, {"M": M, "C": C, "K": K}),
         ("max_aggregate_backward", dtype, {"M": M, "C": C, "K": K}),
+        ("segment_norm_gelu", dtype, {"M": M, "C": 2 * C}),  # the local update's epilogue
     ]
     return [(op, dt, shape) for op, dt, shape in out if op in tunables]
 

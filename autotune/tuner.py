@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels import aggregate, kmeans, knn, permute, reference
+from kernels import aggregate, center, epilogue, kmeans, knn, permute, reference
 from kernels._tuning import Tunable
 
 from .space import Launch
@@ -76,6 +76,19 @@ def make_call(launch: Launch, device: torch.device) -> Callable[[dict], object]:
         slot = slot.to(device)
         grad = torch.randn(s["M"], s["C"], device=device).to(dtype)
         return lambda cfg: aggregate.max_aggregate_backward(grad, nbr, slot, True, config=cfg)
+    if launch.op == "center_tokens":
+        side = int(s["N"] ** 0.5)
+        x = torch.randn(s["B"], s["C"], side, s["N"] // side, device=device).to(dtype)
+        return lambda cfg: center.center_tokens(x, config=cfg)
+    if launch.op == "segment_norm_gelu":
+        M, C = s["M"], s["C"]
+        acc = torch.randn(M, C, device=device).to(dtype)
+        table = torch.randn(max(1, M // 49), C, device=device).to(dtype)
+        segment = torch.randint(0, table.shape[0], (M,), dtype=torch.int32, device=device)
+        vectors = [torch.rand(C, device=device).to(dtype) + 0.5 for _ in range(5)]
+        return lambda cfg: epilogue.segment_norm_gelu(
+            acc, table, segment, *vectors, 1e-5, config=cfg
+        )
     raise KeyError(f"no input recipe for op {launch.op!r}")
 
 

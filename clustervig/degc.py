@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from kernels import batched_kmeans, one_cpu_thread, partition, partition_knn
+from kernels import batched_kmeans, center_tokens, one_cpu_thread, partition, partition_knn
 from kernels._common import MAX_CLUSTERS, MAX_NEIGHBORS, SINGLE_THREAD_ROWS
 
 from .layers import LOCAL_UPDATES, SMALL_BATCH_ROWS, GATv2GlobalUpdate
@@ -25,8 +25,8 @@ class PartitionGraph(NamedTuple):
     labels: Tensor  # (B, N) int32: the cluster of every node
     centroids: Tensor  # (B, kappa, C): the cluster means
     neighbours: Tensor  # (B*N, K) int32: K nearest nodes in the node's partition, image-order rows
-    segment: Tensor  # (B*N,) int64: the partition (b * kappa + label) of every node
-    degree: Tensor  # (B*N,): distinct neighbours, min(K, partition size)
+    segment: Tensor  # (B*N,) int32: the partition (b * kappa + label) of every node
+    degree: Tensor | None  # (B*N,): distinct neighbours, min(K, partition size), if needed
 
 
 class DEGC(nn.Module):
@@ -107,15 +107,14 @@ class DEGC(nn.Module):
     def tokens(x: Tensor) -> Tensor:
         """``(B, C, H, W)`` -> nodes ``(B, N, C)`` (node n = h * W + w), mean-centred per image
         and channel (every later step uses the centred features, as the authors' code does)."""
-        tokens = x.flatten(2).transpose(1, 2)
-        return (tokens - tokens.mean(dim=1, keepdim=True)).contiguous()
+        return center_tokens(x)
 
     def build_graph(self, tokens: Tensor) -> PartitionGraph:
         """Steps (1) and (2) of the layer on nodes ``(B, N, C)``: the partition and the graph."""
         B, N, C = tokens.shape
         # (1) Partition: batched k-means, then the partition order of the nodes (X_ua).
         labels, centroids, _ = batched_kmeans(tokens, self.num_clusters, self.kmeans_iters)
-        perm, _, offsets, _ = partition(labels, self.num_clusters)
+        perm, _, offsets, segment = partition(labels, self.num_clusters)
 
         # (2) Graph: K nearest neighbours inside each partition by the distance of the
         # L2-normalised features (no gradient flows through the choice of neighbours). The op
@@ -124,9 +123,9 @@ class DEGC(nn.Module):
         nodes = tokens.reshape(B * N, C).detach()
         nbr = partition_knn(nodes, offsets, self.k, N, perm=perm, normalize=True)  # (B*N, K)
 
-        first = torch.arange(0, B * self.num_clusters, self.num_clusters, device=tokens.device)
-        segment = (labels.long() + first.unsqueeze(1)).reshape(-1)  # partition of every row
-        degree = torch.clamp((offsets[1:] - offsets[:-1])[segment], max=self.k)
+        degree = None
+        if self.local_update.needs_degree:  # a sum over neighbours counts distinct ones only
+            degree = torch.clamp((offsets[1:] - offsets[:-1])[segment.long()], max=self.k)
         return PartitionGraph(labels, centroids, nbr, segment, degree)
 
     def extra_repr(self) -> str:

@@ -67,7 +67,7 @@ def _partition(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Tenso
     inverse = torch.argsort(perm)
     counts = F.one_hot(lab, num_clusters).sum(1).reshape(-1)  # (B * kappa,)
     offsets = torch.cat([torch.zeros(1, dtype=counts.dtype), torch.cumsum(counts, 0)])
-    segment = (lab + torch.arange(B).unsqueeze(1) * num_clusters).reshape(-1)[perm]
+    segment = (lab + torch.arange(B).unsqueeze(1) * num_clusters).reshape(-1)
     return perm.int(), inverse.int(), offsets.int(), segment.int()
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels import max_aggregate, one_cpu_thread
+from kernels import max_aggregate, one_cpu_thread, segment_norm_gelu
 
 __all__ = [
     "ConvBN",
@@ -401,21 +401,30 @@ class GroupedLinear(nn.Module):
         gather), and a centroid part once per centroid. Returns ``(M, out)``, plus the bias
         unless ``bias=False``; input channels no part covers count as zeros.
         """
+        out, centroids = self.project_parts(node_parts, centroid_parts)
+        if out is None:
+            out = self.weight.new_zeros(segment.shape[0], self.out_features)
+        if bias:
+            out = out + self.bias
+        if centroids is not None:
+            out = out + centroids[segment]
+        return out
+
+    def project_parts(
+        self,
+        node_parts: list[tuple[int, int, Tensor]],
+        centroid_parts: list[tuple[int, int, Tensor]],
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The products of :meth:`forward_parts` before they are combined: ``(M, out)`` of the
+        node parts and ``(P, out)`` of the centroid parts (None where there are no parts), no
+        bias."""
         fan_in, fan_out = self.in_features // self.groups, self.out_features // self.groups
         node_out, centroid_out = [], []
         for g in range(self.groups):
             lo, hi = g * fan_in, (g + 1) * fan_in
             node_out.append(self._project(g, lo, hi, node_parts))
             centroid_out.append(self._project(g, lo, hi, centroid_parts))
-        out = _assemble(node_out, fan_out)
-        if out is None:
-            out = self.weight.new_zeros(segment.shape[0], self.out_features)
-        if bias:
-            out = out + self.bias
-        centroids = _assemble(centroid_out, fan_out)
-        if centroids is not None:
-            out = out + centroids[segment]
-        return out
+        return _assemble(node_out, fan_out), _assemble(centroid_out, fan_out)
 
     def _project(self, g: int, lo: int, hi: int, parts) -> Tensor | None:
         """Sum over ``parts`` of ``t[:, i0:i1] @ W_g[:, columns]^T`` for the input channels that
@@ -479,15 +488,38 @@ class _NodeMLP(nn.Sequential):
         )
 
     def forward_parts(self, node_parts, centroid_parts, segment: Tensor) -> Tensor:
-        """The MLP on an input described by parts (see :meth:`GroupedLinear.forward_parts`)."""
+        """The MLP on an input described by parts (see :meth:`GroupedLinear.forward_parts`).
+
+        In inference (eval mode, no gradient) the bias, the centroid term, the batch norm and the
+        GELU run as one op over the products (:func:`kernels.segment_norm_gelu`): one pass over
+        the ``(M, out)`` activations instead of five."""
         linear, norm, act = self
+        if self._fused_epilogue():
+            nodes, table = linear.project_parts(node_parts, centroid_parts)
+            if nodes is not None and table is not None:
+                return segment_norm_gelu(
+                    nodes, table, segment, linear.bias, norm.weight, norm.bias,
+                    norm.running_mean, norm.running_var, norm.eps,
+                )  # fmt: skip
         return act(norm(linear.forward_parts(node_parts, centroid_parts, segment)))
+
+    def _fused_epilogue(self) -> bool:
+        _, norm, act = self
+        return (
+            not self.training
+            and not torch.is_grad_enabled()
+            and norm.affine
+            and norm.running_mean is not None
+            and act.approximate == "none"
+        )
 
 
 class GMRGCN(nn.Module):
     """G-MRGCN: ``x'_v = MLP([x_v | max_u (x_u - x_v) | z'_p(v)])``; x and the max interleaved
     channel by channel (the authors' order), so x_c meets MLP input column 2c and the
     aggregate's channel c column 2c + 1."""
+
+    needs_degree = False
 
     def __init__(self, channels: int, out_channels: int, groups: int = 1):
         super().__init__()
@@ -506,6 +538,8 @@ class GEdgeConv(nn.Module):
     ``(W_x - W_d) x_v + W_d x_u + W_z z``, so the products run once per node (and per centroid),
     not once per edge; only BatchNorm, GELU and the max see the ``(M, K, C_out)`` edges.
     """
+
+    needs_degree = False
 
     def __init__(self, channels: int, out_channels: int, groups: int = 1):
         super().__init__()
@@ -526,6 +560,8 @@ class GEdgeConv(nn.Module):
 class GGraphSAGE(nn.Module):
     """G-GraphSAGE: ``x'_v = MLP_psi([x_v | max_u MLP_phi(x_u) | z'_p(v)])``."""
 
+    needs_degree = False
+
     def __init__(self, channels: int, out_channels: int, groups: int = 1):
         super().__init__()
         self.phi = _NodeMLP(channels, channels)
@@ -543,6 +579,8 @@ class GGIN(nn.Module):
     The sum runs over distinct neighbours: in a partition smaller than K the neighbour list
     repeats members, and only its first ``degree`` slots are counted.
     """
+
+    needs_degree = True
 
     def __init__(self, channels: int, out_channels: int, groups: int = 1):
         super().__init__()

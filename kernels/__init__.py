@@ -7,6 +7,8 @@ The model calls only the ops re-exported here (see ``kernels/ops.py``):
 - :func:`permute_rows`: image order <-> partition order (``kernels/permute.py``)
 - :func:`partition_knn`: K nearest neighbours inside each partition (``kernels/knn.py``)
 - :func:`max_aggregate`: fused gather + max(-relative) aggregation (``kernels/aggregate.py``)
+- :func:`segment_norm_gelu`: the local update's inference epilogue (``kernels/epilogue.py``)
+- :func:`center_tokens`: a layer's nodes, mean-centred (``kernels/center.py``)
 
 CUDA tensors run the Triton kernels; CPU tensors run ``kernels/reference.py`` unless
 :func:`use_backend` selects ``"triton"`` under the Triton interpreter (``TRITON_INTERPRET=1``).
@@ -15,16 +17,26 @@ it for small batches: with passive OpenMP waiting every parallel op pays a pool 
 """
 
 from ._common import backend, interpreter_active, one_cpu_thread, use_backend
-from .ops import batched_kmeans, max_aggregate, partition, partition_knn, permute_rows
+from .ops import (
+    batched_kmeans,
+    center_tokens,
+    max_aggregate,
+    partition,
+    partition_knn,
+    permute_rows,
+    segment_norm_gelu,
+)
 
 __all__ = [
     "backend",
     "batched_kmeans",
+    "center_tokens",
     "interpreter_active",
     "max_aggregate",
     "one_cpu_thread",
     "partition",
     "partition_knn",
     "permute_rows",
+    "segment_norm_gelu",
     "use_backend",
 ]

@@ -19,6 +19,9 @@ as one graph node; ``permute_rows`` and ``max_aggregate`` carry their gradients.
 - ``partition_knn``: x (M, C) float, offsets i32, K, max_partition_size, perm i32 or None,
   normalize -> nbr (M, K) i32
 - ``max_aggregate``: x (M, C) float, nbr (M, K) i32, relative -> out (M, C), argslot (M, C) u8
+- ``segment_norm_gelu``: acc (M, O), table (P, O), segment (M,) i32, five (O,) vectors, eps
+  -> (M, O): the local update's inference epilogue
+- ``center_tokens``: x (B, C, H, W) -> (B, N, C): the nodes, mean-centred per image and channel
 """
 
 from __future__ import annotations
@@ -42,7 +45,15 @@ from ._common import (
     runs_triton,
 )
 
-__all__ = ["batched_kmeans", "partition", "permute_rows", "partition_knn", "max_aggregate"]
+__all__ = [
+    "batched_kmeans",
+    "partition",
+    "permute_rows",
+    "partition_knn",
+    "max_aggregate",
+    "segment_norm_gelu",
+    "center_tokens",
+]
 
 _INDEX = (INDEX_DTYPE,)
 
@@ -475,6 +486,143 @@ def max_aggregate(x: Tensor, nbr: Tensor, relative: bool = True) -> Tensor:
         return _max_aggregate_cpu(x, nbr, relative, False)[0]
     with_argslot = x.requires_grad and torch.is_grad_enabled()
     return _max_aggregate_op(x, nbr, relative, with_argslot)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# center_tokens
+# --------------------------------------------------------------------------------------------
+def _check_center(x: Tensor) -> None:
+    check_tensor("center_tokens", "x", x, ndim=4, dtypes=OP_DTYPES)
+
+
+@torch.library.custom_op("clustervig::center_tokens", mutates_args=())
+def _center_tokens_op(x: Tensor) -> Tensor:
+    _check_center(x)
+    if runs_triton(x, "center_tokens"):
+        from . import center
+
+        return center.center_tokens(x)
+    return reference.center_tokens(x)
+
+
+@_center_tokens_op.register_fake
+def _(x: Tensor) -> Tensor:
+    _check_center(x)
+    if recording_launches(x, "center_tokens"):
+        from . import center
+
+        return center.center_tokens(x)
+    B, C, H, W = x.shape
+    return x.new_empty(B, H * W, C)
+
+
+def _center_setup(ctx, inputs, output) -> None:
+    ctx.shape = inputs[0].shape
+
+
+def _center_backward(ctx, grad: Tensor) -> Tensor:
+    # Centring is linear: the gradient is the output gradient centred, transposed back.
+    B, C, H, W = ctx.shape
+    g = grad - grad.mean(dim=1, keepdim=True)
+    return g.transpose(1, 2).reshape(B, C, H, W)
+
+
+_center_tokens_op.register_autograd(_center_backward, setup_context=_center_setup)
+
+
+def center_tokens(x: Tensor) -> Tensor:
+    """A feature map's nodes, mean-centred per image and channel: ``(B, C, H, W) -> (B, N, C)``,
+    differentiable. See :func:`kernels.reference.center_tokens`."""
+    if _cpu_directly(x, differentiable=True):
+        _check_center(x)
+        return reference.center_tokens(x)
+    return _center_tokens_op(x)
+
+
+# --------------------------------------------------------------------------------------------
+# segment_norm_gelu (the local update's inference epilogue)
+# --------------------------------------------------------------------------------------------
+def _check_epilogue(acc: Tensor, table: Tensor, segment: Tensor, vectors: list[Tensor]) -> None:
+    name = "segment_norm_gelu"
+    check_tensor(name, "acc", acc, ndim=2, dtypes=OP_DTYPES)
+    check_tensor(name, "table", table, ndim=2, dtypes=OP_DTYPES, device=acc.device)
+    check_tensor(name, "segment", segment, ndim=1, dtypes=_INDEX, device=acc.device)
+    if table.shape[1] != acc.shape[1] or segment.shape[0] != acc.shape[0]:
+        raise ValueError(
+            f"{name}: arguments 'table' (P, O) and 'segment' (M,) must match acc (M, O) = "
+            f"{tuple(acc.shape)}, got {tuple(table.shape)} and {tuple(segment.shape)}"
+        )
+    names = ("bias", "weight", "shift", "running_mean", "running_var")
+    for vector_name, t in zip(names, vectors, strict=True):
+        check_tensor(name, vector_name, t, ndim=1, dtypes=OP_DTYPES, device=acc.device)
+        if t.shape[0] != acc.shape[1]:
+            raise ValueError(
+                f"{name}: argument '{vector_name}' must have O = {acc.shape[1]} entries, "
+                f"got {t.shape[0]}"
+            )
+
+
+@torch.library.custom_op("clustervig::segment_norm_gelu", mutates_args=())
+def _segment_norm_gelu_op(
+    acc: Tensor,
+    table: Tensor,
+    segment: Tensor,
+    bias: Tensor,
+    weight: Tensor,
+    shift: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+) -> Tensor:
+    vectors = [bias, weight, shift, running_mean, running_var]
+    _check_epilogue(acc, table, segment, vectors)
+    if runs_triton(acc, "segment_norm_gelu"):
+        from . import epilogue
+
+        return epilogue.segment_norm_gelu(acc, table, segment, *vectors, eps)
+    return reference.segment_norm_gelu(acc, table, segment, *vectors, eps)
+
+
+@_segment_norm_gelu_op.register_fake
+def _(
+    acc: Tensor,
+    table: Tensor,
+    segment: Tensor,
+    bias: Tensor,
+    weight: Tensor,
+    shift: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+) -> Tensor:
+    vectors = [bias, weight, shift, running_mean, running_var]
+    _check_epilogue(acc, table, segment, vectors)
+    if recording_launches(acc, "segment_norm_gelu"):
+        from . import epilogue
+
+        return epilogue.segment_norm_gelu(acc, table, segment, *vectors, eps)
+    return acc.new_empty(acc.shape)
+
+
+def segment_norm_gelu(
+    acc: Tensor,
+    table: Tensor,
+    segment: Tensor,
+    bias: Tensor,
+    weight: Tensor,
+    shift: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+) -> Tensor:
+    """``GELU(BN(acc + bias + table[segment]))``, the batch norm with its running statistics
+    (inference): ``(M, O)``. No gradient: the model calls it only when none is needed. See
+    :func:`kernels.reference.segment_norm_gelu`."""
+    args = (acc, table, segment, bias, weight, shift, running_mean, running_var)
+    if _cpu_directly(acc):
+        _check_epilogue(acc, table, segment, list(args[3:]))
+        return reference.segment_norm_gelu(*args, eps)
+    return _segment_norm_gelu_op(*args, eps)
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def _partition_kernel(
     perm_ptr,  # *i32 (B*N,): out, image-order index of the node at each partition position
     inverse_ptr,  # *i32 (B*N,): out, partition position of each image-order node
     offsets_ptr,  # *i32 (B*KAPPA + 1,): out, partition boundaries
-    segment_ptr,  # *i32 (B*N,): out, partition id b*KAPPA + label of each position
+    segment_ptr,  # *i32 (B*N,): out, partition id b*KAPPA + label of each image-order node
     N,  # nodes per image
     num_images,  # B
     stride_lb,  # row stride of labels
@@ -66,7 +66,7 @@ def _partition_kernel(
         position = base + tl.sum((rank + running[None, :]) * onehot, axis=1)
         tl.store(perm_ptr + position, (base + n).to(tl.int32), mask=mask)
         tl.store(inverse_ptr + base + n, position.to(tl.int32), mask=mask)
-        tl.store(segment_ptr + position, (b * KAPPA + lab).to(tl.int32), mask=mask)
+        tl.store(segment_ptr + base + n, (b * KAPPA + lab).to(tl.int32), mask=mask)
         running += tl.sum(onehot, axis=0)
 
 

@@ -28,6 +28,8 @@ __all__ = [
     "partition_knn",
     "max_aggregate",
     "max_aggregate_backward",
+    "segment_norm_gelu",
+    "center_tokens",
 ]
 
 
@@ -208,7 +210,8 @@ def partition(
         inverse ``(M,)``: ``inverse[b*N + n]`` = partition position of node n of image b.
         offsets ``(P + 1,)``: partition ``q = b*kappa + k`` holds positions
         ``[offsets[q], offsets[q+1])``; ``offsets[P] = M``. Empty partitions have equal offsets.
-        segment ``(M,)``: partition id ``b*kappa + label`` of every position.
+        segment ``(M,)``: partition id ``b*kappa + label`` of every node, in image order
+        (``segment[b*N + n]``: what the local update adds each node's centroid term by).
     """
     B, N = labels.shape
     device = labels.device
@@ -222,7 +225,7 @@ def partition(
     counts.scatter_add_(1, lab, torch.ones_like(lab))
     offsets = torch.zeros(B * num_clusters + 1, dtype=torch.int64, device=device)
     offsets[1:] = counts.reshape(-1).cumsum(0)
-    segment = (lab + base * num_clusters).reshape(-1)[perm]
+    segment = (lab + base * num_clusters).reshape(-1)
     return (
         perm.to(INDEX_DTYPE),
         inverse.to(INDEX_DTYPE),
@@ -515,3 +518,47 @@ def max_aggregate_backward(
     if relative:
         grad_x -= g
     return grad_x.to(grad.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# The local update's inference epilogue
+# --------------------------------------------------------------------------------------------
+def segment_norm_gelu(
+    acc: torch.Tensor,
+    table: torch.Tensor,
+    segment: torch.Tensor,
+    bias: torch.Tensor,
+    weight: torch.Tensor,
+    shift: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """``GELU(BN(acc + bias + table[segment]))`` with the batch norm's running statistics.
+
+    Args:
+        acc: ``(M, O)`` float node products; table: ``(P, O)``, one row per partition;
+            segment: ``(M,)`` int, the partition of every row (clamped into ``[0, P)``, as the
+            kernel does); bias, weight, shift, running_mean, running_var: ``(O,)``; eps > 0.
+
+    Returns:
+        ``(M, O)`` in acc's dtype, computed in float32 (float64 for float64 inputs) with the
+        exact (erf) GELU, rounded once.
+    """
+    dtype = compute_dtype(acc)
+    rows = segment.long().clamp(0, max(0, table.shape[0] - 1))
+    v = acc.to(dtype) + bias.to(dtype) + table.to(dtype).index_select(0, rows)
+    scale = weight.to(dtype) / torch.sqrt(running_var.to(dtype) + eps)
+    v = (v - running_mean.to(dtype)) * scale + shift.to(dtype)
+    return torch.nn.functional.gelu(v).to(acc.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Centred nodes
+# --------------------------------------------------------------------------------------------
+def center_tokens(x: torch.Tensor) -> torch.Tensor:
+    """A feature map's nodes, mean-centred per image and channel: ``(B, C, H, W) -> (B, N, C)``
+    (node ``n = h * W + w``), contiguous, in x's dtype; the mean and the difference in float32
+    (float64 for float64 inputs), rounded once."""
+    t = x.flatten(2).transpose(1, 2).to(compute_dtype(x))
+    return (t - t.mean(dim=1, keepdim=True)).to(x.dtype).contiguous()

@@ -52,12 +52,14 @@ __all__ = [
 ENV_SELFCHECK = "CLUSTERVIG_SELFCHECK"
 #: Kernel names as the tuning cache knows them, in the order a DEGC layer runs them.
 KERNELS = (
+    "center_tokens",
     "kmeans",
     "partition",
     "permute_rows",
     "partition_knn",
     "max_aggregate",
     "max_aggregate_backward",
+    "segment_norm_gelu",
 )
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: (atol, rtol) of float outputs against the reference, per dtype.
@@ -410,6 +412,49 @@ def _check_max_aggregate_backward(res, dtype, device, shapes: list[Shapes], seed
             _compare_float(res, case, got, expected, dtype)
 
 
+def _check_segment_norm_gelu(res, dtype, device, shapes: list[Shapes], seed: int) -> None:
+    from . import epilogue, reference
+
+    for i, s in enumerate(shapes):
+        B, N, C, kappa, K = s.graph
+        gen = _generator(seed + 80 + i)
+        M, P, width = B * N, B * kappa, 2 * C
+        acc = torch.randn(M, width, generator=gen)
+        acc[M // 2, 0] = float("nan")
+        table = torch.randn(P, width, generator=gen)
+        segment = torch.randint(0, P, (M,), generator=gen, dtype=torch.int32)
+        vectors = [torch.randn(width, generator=gen) for _ in range(4)]
+        vectors.append(torch.rand(width, generator=gen) + 0.1)  # running variance
+        acc, table = acc.to(dtype), table.to(dtype)
+        vectors = [v.to(dtype) for v in vectors]
+        case = f"M={M} C={width} P={P}"
+        res.cases.append(case)
+        got = epilogue.segment_norm_gelu(
+            acc.to(device), table.to(device), segment.to(device),
+            *[v.to(device) for v in vectors], 1e-5,
+        )  # fmt: skip
+        expected = reference.segment_norm_gelu(
+            acc.double(), table.double(), segment, *[v.double() for v in vectors], 1e-5
+        )
+        _compare_float(res, case, got, expected, dtype)
+
+
+def _check_center_tokens(res, dtype, device, shapes: list[Shapes], seed: int) -> None:
+    from . import center, reference
+
+    for i, s in enumerate(shapes):
+        B, N, C, kappa, K = s.graph
+        gen = _generator(seed + 85 + i)
+        side = int(N**0.5)
+        x = torch.randn(B, C, side, N // side, generator=gen) * 3 + 5
+        x[B - 1, 0, 0, 0] = float("nan")
+        x = x.to(dtype)
+        case = f"B={B} C={C} H,W={side},{N // side}"
+        res.cases.append(case)
+        got = center.center_tokens(x.to(device))
+        _compare_float(res, case, got, reference.center_tokens(x.double()), dtype)
+
+
 _CHECKS: dict[str, tuple[Callable, tuple[torch.dtype, ...]]] = {
     "kmeans": (_check_kmeans, FLOAT_DTYPES),
     "partition": (_check_partition, (torch.int32,)),
@@ -417,6 +462,8 @@ _CHECKS: dict[str, tuple[Callable, tuple[torch.dtype, ...]]] = {
     "partition_knn": (_check_partition_knn, FLOAT_DTYPES),
     "max_aggregate": (_check_max_aggregate, FLOAT_DTYPES),
     "max_aggregate_backward": (_check_max_aggregate_backward, FLOAT_DTYPES),
+    "segment_norm_gelu": (_check_segment_norm_gelu, FLOAT_DTYPES),
+    "center_tokens": (_check_center_tokens, FLOAT_DTYPES),
 }
 
 

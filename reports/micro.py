@@ -49,7 +49,13 @@ def _inputs(B: int, N: int, C: int, kappa: int, K: int, dtype: torch.dtype, devi
     x_ua = kernels.permute_rows(x.reshape(B * N, C), perm, inverse)
     nbr = kernels.partition_knn(x_ua, offsets, K, N)
     _, argslot = reference.max_aggregate(x_ua.cpu(), nbr.cpu(), True)
+    side = int(N**0.5)
     return {
+        "feature_map": torch.randn(B, C, side, N // side, device=device).to(dtype),
+        "segment": segment,
+        "acc": torch.randn(B * N, 2 * C, device=device).to(dtype),
+        "table": torch.randn(B * kappa, 2 * C, device=device).to(dtype),
+        "vectors": [torch.rand(2 * C, device=device).to(dtype) + 0.5 for _ in range(5)],
         "x": x,
         "labels": labels,
         "iterations": iterations,
@@ -83,6 +89,10 @@ def _work(
         return 2 * M * C * esize + M * C + M * K * 4, 0.0
     if op == "max_aggregate_backward":
         return M * C * esize + M * C + M * K * 4 + M * C * 4, 0.0
+    if op == "center_tokens":
+        return 2 * M * C * esize, 2.0 * M * C
+    if op == "segment_norm_gelu":
+        return 2 * M * 2 * C * esize + M * 4, 8.0 * M * 2 * C
     raise KeyError(op)
 
 
@@ -103,9 +113,15 @@ def _candidates(
         "max_aggregate_backward": {
             "reference": lambda: reference.max_aggregate_backward(t["grad"], nbr, argslot, True)
         },
+        "center_tokens": {"reference": lambda: reference.center_tokens(t["feature_map"])},
+        "segment_norm_gelu": {
+            "reference": lambda: reference.segment_norm_gelu(
+                t["acc"], t["table"], t["segment"], *t["vectors"], 1e-5
+            )
+        },
     }
     if on_gpu:
-        from kernels import aggregate, kmeans, knn, permute
+        from kernels import aggregate, center, epilogue, kmeans, knn, permute
 
         impls["kmeans"]["triton"] = lambda: kmeans.kmeans(x, kappa, 20)
         impls["partition"]["triton"] = lambda: permute.partition(t["labels"], kappa)
@@ -114,6 +130,10 @@ def _candidates(
         impls["max_aggregate"]["triton"] = lambda: aggregate.max_aggregate(x_ua, nbr, True, True)
         impls["max_aggregate_backward"]["triton"] = lambda: aggregate.max_aggregate_backward(
             t["grad"], nbr, argslot, True
+        )
+        impls["center_tokens"]["triton"] = lambda: center.center_tokens(t["feature_map"])
+        impls["segment_norm_gelu"]["triton"] = lambda: epilogue.segment_norm_gelu(
+            t["acc"], t["table"], t["segment"], *t["vectors"], 1e-5
         )
     return impls
 

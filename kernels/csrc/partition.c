@@ -17,7 +17,7 @@
  * offsets: (B*kappa + 1,) int32 out: partition b*kappa + k holds positions
  *          [offsets[b*kappa + k], offsets[b*kappa + k + 1]); the last entry, B*N, is written by
  *          the caller.
- * segment: (B*N,) int32 out: partition id of every position. */
+ * segment: (B*N,) int32 out: partition id of every image-order node. */
 void cvig_partition(const int32_t *labels, int64_t N, int32_t kappa, int64_t first, int64_t last,
                     int64_t *counts, int32_t *perm, int32_t *inverse, int32_t *offsets,
                     int32_t *segment)
@@ -41,7 +41,7 @@ void cvig_partition(const int32_t *labels, int64_t N, int32_t kappa, int64_t fir
             const int64_t position = counts[k]++;
             perm[position] = (int32_t)(b * N + n);
             inverse[b * N + n] = (int32_t)position;
-            segment[position] = (int32_t)(b * kappa + k);
+            segment[b * N + n] = (int32_t)(b * kappa + k);
         }
     }
 }

@@ -30,6 +30,16 @@ def _op_args(device="cpu"):
         "partition_knn": (ops._partition_knn_op, (rows, offsets, 5, 30)),
         "partition_knn_gathered": (ops._partition_knn_op, (rows, offsets, 5, 30, perm, True)),
         "max_aggregate": (ops._max_aggregate_op, (rows.clone().requires_grad_(), nbr, True, True)),
+        "segment_norm_gelu": (
+            ops._segment_norm_gelu_op,
+            (
+                rows,
+                torch.randn(6, 12, device=device),
+                perm % 6,
+                *torch.rand(5, 12, device=device),
+                1e-5,
+            ),
+        ),
     }
 
 
@@ -43,6 +53,7 @@ def _op_args(device="cpu"):
         "partition_knn",
         "partition_knn_gathered",
         "max_aggregate",
+        "segment_norm_gelu",
     ],
 )
 def test_opcheck(name, backend):

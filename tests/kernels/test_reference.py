@@ -147,13 +147,14 @@ def test_partition_matches_brute_force(B, N, kappa):
     labels = torch.randint(0, kappa, (B, N), dtype=torch.int32)
     labels[0, :] = labels[0, :].clamp(max=kappa - 2) if kappa > 1 else 0  # an empty cluster
     perm, inverse, offsets, segment = reference.partition(labels, kappa)
-    expected_perm, expected_offsets, expected_segment = [], [0], []
+    expected_perm, expected_offsets = [], [0]
     for b in range(B):
         for k in range(kappa):
             members = [b * N + n for n in range(N) if int(labels[b, n]) == k]
             expected_perm += members
-            expected_segment += [b * kappa + k] * len(members)
             expected_offsets.append(expected_offsets[-1] + len(members))
+    # image order: node n of image b is in partition b * kappa + its label
+    expected_segment = [b * kappa + int(labels[b, n]) for b in range(B) for n in range(N)]
     assert perm.tolist() == expected_perm
     assert offsets.tolist() == expected_offsets
     assert segment.tolist() == expected_segment
