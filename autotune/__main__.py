@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="OP",
         help="ops to tune (default: all the model launches): center_tokens kmeans kmeans_split "
-        "partition partition_knn max_aggregate max_aggregate_backward segment_norm_gelu",
+        "partition partition_knn gatv2_attention max_aggregate max_aggregate_backward "
+        "segment_norm_gelu",
     )
     parser.add_argument(
         "--models",

@@ -45,6 +45,7 @@ def layer_launches(
         ("kmeans_split", dtype, {"B": B, "N": N, "C": C, "kappa": kappa}),
         ("partition", torch.int32, {"N": N, "kappa": kappa}),
         ("partition_knn", dtype, {"M": M, "C": C, "K": K, "S": N}),
+        ("gatv2_attention", dtype, {"B": B, "kappa": kappa, "C": C}),
         ("max_aggregate", dtype, {"M": M, "C": C, "K": K}),
         ("max_aggregate_backward", dtype, {"M": M, "C": C, "K": K}),
         ("segment_norm_gelu", dtype, {"M": M, "C": 2 * C}),  # the local update's epilogue

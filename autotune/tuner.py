@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels import aggregate, center, epilogue, kmeans, knn, permute, reference
+from kernels import aggregate, center, epilogue, gatv2, kmeans, knn, permute, reference
 from kernels._tuning import Tunable
 
 from .space import Launch
@@ -76,6 +76,11 @@ def make_call(launch: Launch, device: torch.device) -> Callable[[dict], object]:
         slot = slot.to(device)
         grad = torch.randn(s["M"], s["C"], device=device).to(dtype)
         return lambda cfg: aggregate.max_aggregate_backward(grad, nbr, slot, True, config=cfg)
+    if launch.op == "gatv2_attention":
+        shape = (s["B"], s["kappa"], s["C"])
+        source, target = (torch.randn(shape, device=device).to(dtype) for _ in range(2))
+        att, bias = (torch.randn(s["C"], device=device).to(dtype) for _ in range(2))
+        return lambda cfg: gatv2.gatv2_attention(source, target, att, bias, 0.2, config=cfg)
     if launch.op == "center_tokens":
         side = int(s["N"] ** 0.5)
         x = torch.randn(s["B"], s["C"], side, s["N"] // side, device=device).to(dtype)

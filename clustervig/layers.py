@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels import max_aggregate, one_cpu_thread, segment_norm_gelu
+from kernels import gatv2_attention, max_aggregate, one_cpu_thread, segment_norm_gelu
 
 __all__ = [
     "ConvBN",
@@ -341,6 +341,8 @@ class GATv2GlobalUpdate(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         source = self.lin_l(z)  # (B, kappa, C'): messages W_l z_j + b_l
         target = self.lin_r(z)  # (B, kappa, C'): W_r z_i + b_r
+        if not torch.is_grad_enabled():  # inference: the attention as one op
+            return gatv2_attention(source, target, self.att, self.bias, self.negative_slope)
         pair = F.leaky_relu(target.unsqueeze(2) + source.unsqueeze(1), self.negative_slope)
         score = pair @ self.att  # (B, kappa_i, kappa_j)
         alpha = torch.softmax(score, dim=-1)

@@ -9,6 +9,7 @@ The model calls only the ops re-exported here (see ``kernels/ops.py``):
 - :func:`max_aggregate`: fused gather + max(-relative) aggregation (``kernels/aggregate.py``)
 - :func:`segment_norm_gelu`: the local update's inference epilogue (``kernels/epilogue.py``)
 - :func:`center_tokens`: a layer's nodes, mean-centred (``kernels/center.py``)
+- :func:`gatv2_attention`: the centroid graph's attention (``kernels/gatv2.py``)
 
 CUDA tensors run the Triton kernels; CPU tensors run ``kernels/reference.py`` unless
 :func:`use_backend` selects ``"triton"`` under the Triton interpreter (``TRITON_INTERPRET=1``).
@@ -20,6 +21,7 @@ from ._common import backend, interpreter_active, one_cpu_thread, use_backend
 from .ops import (
     batched_kmeans,
     center_tokens,
+    gatv2_attention,
     max_aggregate,
     partition,
     partition_knn,
@@ -31,6 +33,7 @@ __all__ = [
     "backend",
     "batched_kmeans",
     "center_tokens",
+    "gatv2_attention",
     "interpreter_active",
     "max_aggregate",
     "one_cpu_thread",

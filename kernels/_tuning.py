@@ -39,7 +39,7 @@ LAUNCHES: dict[str, tuple[str, dict, str]] = {}
 
 def tunables() -> dict[str, Tunable]:
     """Every tunable kernel by op name (imports the kernel modules, and so Triton)."""
-    from . import aggregate, center, epilogue, kmeans, knn, permute  # noqa: F401  (registers)
+    from . import aggregate, center, epilogue, gatv2, kmeans, knn, permute  # noqa: F401
 
     return dict(sorted(REGISTRY.items()))
 

@@ -22,6 +22,7 @@ as one graph node; ``permute_rows`` and ``max_aggregate`` carry their gradients.
 - ``segment_norm_gelu``: acc (M, O), table (P, O), segment (M,) i32, five (O,) vectors, eps
   -> (M, O): the local update's inference epilogue
 - ``center_tokens``: x (B, C, H, W) -> (B, N, C): the nodes, mean-centred per image and channel
+- ``gatv2_attention``: source, target (B, kappa, C), att, bias (C,), slope -> (B, kappa, C)
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
     "max_aggregate",
     "segment_norm_gelu",
     "center_tokens",
+    "gatv2_attention",
 ]
 
 _INDEX = (INDEX_DTYPE,)
@@ -486,6 +488,58 @@ def max_aggregate(x: Tensor, nbr: Tensor, relative: bool = True) -> Tensor:
         return _max_aggregate_cpu(x, nbr, relative, False)[0]
     with_argslot = x.requires_grad and torch.is_grad_enabled()
     return _max_aggregate_op(x, nbr, relative, with_argslot)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# gatv2_attention
+# --------------------------------------------------------------------------------------------
+def _check_gatv2(source: Tensor, target: Tensor, att: Tensor, bias: Tensor) -> None:
+    name = "gatv2_attention"
+    check_tensor(name, "source", source, ndim=3, dtypes=OP_DTYPES)
+    check_tensor(name, "target", target, ndim=3, dtypes=OP_DTYPES, device=source.device)
+    check_tensor(name, "att", att, ndim=1, dtypes=OP_DTYPES, device=source.device)
+    check_tensor(name, "bias", bias, ndim=1, dtypes=OP_DTYPES, device=source.device)
+    if target.shape != source.shape or att.shape[0] != source.shape[2] != bias.shape[0]:
+        raise ValueError(
+            f"{name}: arguments 'target' (B, kappa, C), 'att' and 'bias' (C,) must match "
+            f"'source' {tuple(source.shape)}, got {tuple(target.shape)}, {tuple(att.shape)} "
+            f"and {tuple(bias.shape)}"
+        )
+    check_int(name, "kappa", source.shape[1], low=1, high=MAX_CLUSTERS)
+
+
+@torch.library.custom_op("clustervig::gatv2_attention", mutates_args=())
+def _gatv2_attention_op(
+    source: Tensor, target: Tensor, att: Tensor, bias: Tensor, negative_slope: float
+) -> Tensor:
+    _check_gatv2(source, target, att, bias)
+    if runs_triton(source, "gatv2_attention"):
+        from . import gatv2
+
+        return gatv2.gatv2_attention(source, target, att, bias, negative_slope)
+    return reference.gatv2_attention(source, target, att, bias, negative_slope)
+
+
+@_gatv2_attention_op.register_fake
+def _(source: Tensor, target: Tensor, att: Tensor, bias: Tensor, negative_slope: float) -> Tensor:
+    _check_gatv2(source, target, att, bias)
+    if recording_launches(source, "gatv2_attention"):
+        from . import gatv2
+
+        return gatv2.gatv2_attention(source, target, att, bias, negative_slope)
+    return source.new_empty(source.shape)
+
+
+def gatv2_attention(
+    source: Tensor, target: Tensor, att: Tensor, bias: Tensor, negative_slope: float
+) -> Tensor:
+    """GATv2 attention over each image's complete centroid graph, ``(B, kappa, C)``. No
+    gradient: the model calls it only when none is needed. See
+    :func:`kernels.reference.gatv2_attention`."""
+    if _cpu_directly(source):
+        _check_gatv2(source, target, att, bias)
+        return reference.gatv2_attention(source, target, att, bias, negative_slope)
+    return _gatv2_attention_op(source, target, att, bias, negative_slope)
 
 
 # --------------------------------------------------------------------------------------------

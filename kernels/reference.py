@@ -30,6 +30,7 @@ __all__ = [
     "max_aggregate_backward",
     "segment_norm_gelu",
     "center_tokens",
+    "gatv2_attention",
 ]
 
 
@@ -562,3 +563,23 @@ def center_tokens(x: torch.Tensor) -> torch.Tensor:
     (float64 for float64 inputs), rounded once."""
     t = x.flatten(2).transpose(1, 2).to(compute_dtype(x))
     return (t - t.mean(dim=1, keepdim=True)).to(x.dtype).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# GATv2 attention over the centroid graph
+# --------------------------------------------------------------------------------------------
+def gatv2_attention(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    att: torch.Tensor,
+    bias: torch.Tensor,
+    negative_slope: float,
+) -> torch.Tensor:
+    """``out_i = sum_j softmax_j(att . LeakyReLU(target_i + source_j)) source_j + bias`` over
+    each image's centroids: source, target ``(B, kappa, C)``, att and bias ``(C,)`` -> ``(B, kappa,
+    C)`` in source's dtype, computed in float32 (float64 for float64 inputs)."""
+    dtype = compute_dtype(source)
+    s, t = source.to(dtype), target.to(dtype)
+    pair = F.leaky_relu(t.unsqueeze(2) + s.unsqueeze(1), negative_slope)
+    alpha = torch.softmax(pair @ att.to(dtype), dim=-1)
+    return (alpha @ s + bias.to(dtype)).to(source.dtype)

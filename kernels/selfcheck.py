@@ -58,6 +58,7 @@ KERNELS = (
     "permute_rows",
     "partition_knn",
     "max_aggregate",
+    "gatv2_attention",
     "max_aggregate_backward",
     "segment_norm_gelu",
 )
@@ -455,6 +456,26 @@ def _check_center_tokens(res, dtype, device, shapes: list[Shapes], seed: int) ->
         _compare_float(res, case, got, reference.center_tokens(x.double()), dtype)
 
 
+def _check_gatv2_attention(res, dtype, device, shapes: list[Shapes], seed: int) -> None:
+    from . import gatv2, reference
+
+    for i, s in enumerate(shapes):
+        B, N, C, kappa, K = s.graph
+        gen = _generator(seed + 95 + i)
+        source, target = (
+            torch.randn(B, kappa, C, generator=gen),
+            torch.randn(B, kappa, C, generator=gen),
+        )
+        att, bias = torch.randn(C, generator=gen), torch.randn(C, generator=gen)
+        source[B - 1, 0, 0] = float("nan")
+        tensors = [t.to(dtype) for t in (source, target, att, bias)]
+        case = f"B={B} kappa={kappa} C={C}"
+        res.cases.append(case)
+        got = gatv2.gatv2_attention(*[t.to(device) for t in tensors], 0.2)
+        expected = reference.gatv2_attention(*[t.double() for t in tensors], 0.2)
+        _compare_float(res, case, got, expected, dtype)
+
+
 _CHECKS: dict[str, tuple[Callable, tuple[torch.dtype, ...]]] = {
     "kmeans": (_check_kmeans, FLOAT_DTYPES),
     "partition": (_check_partition, (torch.int32,)),
@@ -464,6 +485,7 @@ _CHECKS: dict[str, tuple[Callable, tuple[torch.dtype, ...]]] = {
     "max_aggregate_backward": (_check_max_aggregate_backward, FLOAT_DTYPES),
     "segment_norm_gelu": (_check_segment_norm_gelu, FLOAT_DTYPES),
     "center_tokens": (_check_center_tokens, FLOAT_DTYPES),
+    "gatv2_attention": (_check_gatv2_attention, FLOAT_DTYPES),
 }
 
 

@@ -56,6 +56,8 @@ def _inputs(B: int, N: int, C: int, kappa: int, K: int, dtype: torch.dtype, devi
         "acc": torch.randn(B * N, 2 * C, device=device).to(dtype),
         "table": torch.randn(B * kappa, 2 * C, device=device).to(dtype),
         "vectors": [torch.rand(2 * C, device=device).to(dtype) + 0.5 for _ in range(5)],
+        "centroid_pair": [torch.randn(B, kappa, C, device=device).to(dtype) for _ in range(2)],
+        "attention": [torch.randn(C, device=device).to(dtype) for _ in range(2)],
         "x": x,
         "labels": labels,
         "iterations": iterations,
@@ -91,6 +93,8 @@ def _work(
         return M * C * esize + M * C + M * K * 4 + M * C * 4, 0.0
     if op == "center_tokens":
         return 2 * M * C * esize, 2.0 * M * C
+    if op == "gatv2_attention":
+        return 3 * B * kappa * C * esize, 6.0 * B * kappa * kappa * C
     if op == "segment_norm_gelu":
         return 2 * M * 2 * C * esize + M * 4, 8.0 * M * 2 * C
     raise KeyError(op)
@@ -114,6 +118,11 @@ def _candidates(
             "reference": lambda: reference.max_aggregate_backward(t["grad"], nbr, argslot, True)
         },
         "center_tokens": {"reference": lambda: reference.center_tokens(t["feature_map"])},
+        "gatv2_attention": {
+            "reference": lambda: reference.gatv2_attention(
+                *t["centroid_pair"], *t["attention"], 0.2
+            )
+        },
         "segment_norm_gelu": {
             "reference": lambda: reference.segment_norm_gelu(
                 t["acc"], t["table"], t["segment"], *t["vectors"], 1e-5
@@ -121,7 +130,7 @@ def _candidates(
         },
     }
     if on_gpu:
-        from kernels import aggregate, center, epilogue, kmeans, knn, permute
+        from kernels import aggregate, center, epilogue, gatv2, kmeans, knn, permute
 
         impls["kmeans"]["triton"] = lambda: kmeans.kmeans(x, kappa, 20)
         impls["partition"]["triton"] = lambda: permute.partition(t["labels"], kappa)
@@ -132,6 +141,9 @@ def _candidates(
             t["grad"], nbr, argslot, True
         )
         impls["center_tokens"]["triton"] = lambda: center.center_tokens(t["feature_map"])
+        impls["gatv2_attention"]["triton"] = lambda: gatv2.gatv2_attention(
+            *t["centroid_pair"], *t["attention"], 0.2
+        )
         impls["segment_norm_gelu"]["triton"] = lambda: epilogue.segment_norm_gelu(
             t["acc"], t["table"], t["segment"], *t["vectors"], 1e-5
         )

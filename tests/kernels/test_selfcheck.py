@@ -36,9 +36,9 @@ def test_cli_interpret_passes_and_records_every_kernel(tmp_path, capsys):
     out = capsys.readouterr().out
     for kernel in selfcheck.KERNELS:
         assert kernel in out
-    assert "22 of 22 kernel/dtype checks passed" in out
+    assert "25 of 25 kernel/dtype checks passed" in out
     verdicts = _recorded(tmp_path)
-    assert len(verdicts) == 22 and all(v["ok"] for v in verdicts.values())
+    assert len(verdicts) == 25 and all(v["ok"] for v in verdicts.values())
     kmeans_source = kernels.kmeans.KMEANS.source_hash()
     assert verdicts["kmeans/bfloat16"]["source_hash"].startswith(kmeans_source)
 
