@@ -35,6 +35,37 @@ from .reference import kmeans_init_index
 
 
 @triton.jit
+def _centroid_slice(
+    z_img,
+    partials_img,
+    counts,
+    num_blocks,
+    c0,
+    C,
+    FROM_PARTIALS: tl.constexpr,
+    KAPPA: tl.constexpr,
+    KAPPA_PAD: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Channels ``[c0, c0 + BLOCK_C)`` of an image's centroids, float32 ``(KAPPA_PAD, BLOCK_C)``
+    (rows past KAPPA zero): read from ``z_img`` (``(KAPPA_PAD, C)``), or (``FROM_PARTIALS``) the
+    means of the row blocks' sums (``partials_img``: ``(num_blocks, KAPPA, C)``, summed in block
+    order) over ``counts`` with an empty cluster keeping its ``z_img`` row."""
+    ks = tl.arange(0, KAPPA_PAD)
+    chans = c0 + tl.arange(0, BLOCK_C)
+    col_mask = (chans < C)[None, :]
+    z = tl.load(z_img + ks[:, None] * C + chans[None, :], mask=col_mask, other=0.0)
+    if FROM_PARTIALS:
+        mask = (ks < KAPPA)[:, None] & col_mask
+        sums = tl.zeros([KAPPA_PAD, BLOCK_C], dtype=tl.float32)
+        for blk in range(num_blocks):
+            offsets = (blk * KAPPA + ks[:, None]) * C + chans[None, :]
+            sums += tl.load(partials_img + offsets, mask=mask, other=0.0)
+        z = tl.where(counts[:, None] > 0, sums / tl.maximum(counts, 1.0)[:, None], z)
+    return z
+
+
+@triton.jit
 def _label_block(
     x_img,
     z_img,
@@ -42,6 +73,12 @@ def _label_block(
     row_mask,
     C,
     stride_xn,
+    partials_img,
+    counts,
+    num_blocks,
+    z_out_img,
+    write_z,
+    FROM_PARTIALS: tl.constexpr,
     KAPPA: tl.constexpr,
     KAPPA_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -51,22 +88,27 @@ def _label_block(
 ):
     """The nearest centroid of the nodes ``rows`` of one image: ``(BLOCK_N,)`` labels.
 
-    ``d = |z|^2 - 2 x.z`` over ``BLOCK_C`` channel slices (``z_img``: float32 ``(KAPPA_PAD, C)``,
-    rows past KAPPA ignored), ``|z|^2`` summed from the same slices. A NaN distance (non-finite
-    node or centroid) counts as +inf, explicitly: the GPU's min ignores NaN while the
-    interpreter's propagates it. A node with no finite distance then ties every cluster at +inf
-    and goes to cluster 0: labels stay in [0, KAPPA).
+    ``d = |z|^2 - 2 x.z`` over ``BLOCK_C`` channel slices of the centroids
+    (:func:`_centroid_slice`; with ``write_z`` each slice is also stored to ``z_out_img``),
+    ``|z|^2`` summed from the same slices. A NaN distance (non-finite node or centroid) counts
+    as +inf, explicitly: the GPU's min ignores NaN while the interpreter's propagates it. A node
+    with no finite distance then ties every cluster at +inf and goes to cluster 0: labels stay
+    in [0, KAPPA).
     """
     ks = tl.arange(0, KAPPA_PAD)
     chans = tl.arange(0, BLOCK_C)
     dot = tl.zeros([KAPPA_PAD, BLOCK_N], dtype=tl.float32)  # (cluster, node): M = KAPPA_PAD
     z_norm = tl.zeros([KAPPA_PAD], dtype=tl.float32)
     x_offsets = rows[:, None].to(tl.int64) * stride_xn + chans[None, :]
-    z_offsets = ks[:, None] * C + chans[None, :]
     for c0 in range(0, C, BLOCK_C):
         col_mask = (c0 + chans < C)[None, :]
         xt = tl.load(x_img + c0 + x_offsets, mask=row_mask[:, None] & col_mask, other=0.0)
-        zt = tl.load(z_img + c0 + z_offsets, mask=col_mask, other=0.0)
+        zt = _centroid_slice(
+            z_img, partials_img, counts, num_blocks, c0, C, FROM_PARTIALS, KAPPA, KAPPA_PAD,
+            BLOCK_C,
+        )  # fmt: skip
+        if write_z:
+            tl.store(z_out_img + ks[:, None] * C + c0 + chans[None, :], zt, mask=col_mask)
         z_norm += tl.sum(zt * zt, axis=1)
         if UPCAST:
             xt = xt.to(tl.float32)
@@ -86,15 +128,17 @@ def _accumulate_block(
     row_mask,
     C,
     stride_xn,
+    ACCUMULATE: tl.constexpr,
+    KAPPA: tl.constexpr,
     KAPPA_PAD: tl.constexpr,
     BLOCK_C: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """Add the nodes ``rows`` into their clusters' sums (``sums_img``: float32 ``(KAPPA_PAD, C)``,
-    read and written by this program only) as a one-hot ``tl.dot``; return the block's cluster
-    sizes ``(KAPPA_PAD,)``. The x slices are the ones :func:`_label_block` just read: L1/L2 hits,
-    not a second pass over memory."""
+    """The nodes ``rows`` summed per cluster as a one-hot ``tl.dot`` into ``sums_img`` (float32,
+    ``KAPPA`` rows of C, this program's alone): added to what it holds (``ACCUMULATE``) or
+    stored; returns the block's cluster sizes ``(KAPPA_PAD,)``. The x slices are the ones
+    :func:`_label_block` just read: L1/L2 hits, not a second pass over memory."""
     ks = tl.arange(0, KAPPA_PAD)
     chans = tl.arange(0, BLOCK_C)
     onehot = (label[None, :] == ks[:, None]) & row_mask[None, :]  # (KAPPA_PAD, BLOCK_N)
@@ -102,12 +146,16 @@ def _accumulate_block(
     s_offsets = ks[:, None] * C + chans[None, :]
     for c0 in range(0, C, BLOCK_C):
         col_mask = (c0 + chans < C)[None, :]
+        s_mask = (ks < KAPPA)[:, None] & col_mask
         xt = tl.load(x_img + c0 + x_offsets, mask=row_mask[:, None] & col_mask, other=0.0)
         if UPCAST:
             xt = xt.to(tl.float32)
-        sums = tl.load(sums_img + c0 + s_offsets, mask=col_mask, other=0.0)
-        sums = tl.dot(onehot.to(xt.dtype), xt, acc=sums, input_precision=DOT_PRECISION)
-        tl.store(sums_img + c0 + s_offsets, sums, mask=col_mask)
+        if ACCUMULATE:
+            sums = tl.load(sums_img + c0 + s_offsets, mask=s_mask, other=0.0)
+            sums = tl.dot(onehot.to(xt.dtype), xt, acc=sums, input_precision=DOT_PRECISION)
+        else:
+            sums = tl.dot(onehot.to(xt.dtype), xt, input_precision=DOT_PRECISION)
+        tl.store(sums_img + c0 + s_offsets, sums, mask=s_mask)
     return tl.sum(onehot.to(tl.float32), axis=1)
 
 
@@ -138,8 +186,8 @@ def _lloyd_pass(
         rows = n0 + tl.arange(0, BLOCK_N)
         row_mask = rows < N
         label = _label_block(
-            x_img, z_img, rows, row_mask, C, stride_xn,
-            KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
+            x_img, z_img, rows, row_mask, C, stride_xn, z_img, counts, 0, z_img, False,
+            False, KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
         )  # fmt: skip
         if not FIRST:
             old = tl.load(old_labels + rows, mask=row_mask, other=0)
@@ -147,7 +195,7 @@ def _lloyd_pass(
         tl.store(new_labels + rows, label.to(tl.int32), mask=row_mask)
         counts += _accumulate_block(
             x_img, sums_img, label, rows, row_mask, C, stride_xn,
-            KAPPA_PAD, BLOCK_C, DOT_PRECISION, UPCAST,
+            True, KAPPA_PAD, KAPPA_PAD, BLOCK_C, DOT_PRECISION, UPCAST,
         )  # fmt: skip
     if FIRST:
         changed = N
@@ -261,20 +309,21 @@ def _kmeans_kernel(
 # The split path: several programs per image, one launch pair per Lloyd iteration
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _kmeans_assign_block(
+def _kmeans_step(
     x_ptr,  # *T (B, N, C): features, strides (stride_xb, stride_xn, 1)
     labels_ptr,  # *i32 (B, N): in/out, cluster of every node
-    centroids_ptr,  # *f32 (B, KAPPA_PAD, C): the current centroids (rows >= KAPPA zero)
-    active_ptr,  # *i32 (B,): 0 once an image has converged (its programs exit at once)
-    partial_sums_ptr,  # *f32 (B, num_blocks, KAPPA_PAD, C): out, this block's one-hot^T x
-    partial_counts_ptr,  # *f32 (B, num_blocks, KAPPA_PAD): out, this block's cluster sizes
-    changed_ptr,  # *i32 (B, num_blocks): out, labels this block changed
+    centroids_ptr,  # *f32 (2, B, KAPPA_PAD, C): the centroids of even / odd steps
+    partial_sums_ptr,  # *f32 (2, B, num_blocks, KAPPA, C): each block's sums, by step parity
+    partial_counts_ptr,  # *f32 (2, B, num_blocks, KAPPA_PAD): each block's cluster sizes
+    changed_ptr,  # *i32 (2, B, num_blocks): labels each block changed, by step parity
+    iterations_ptr,  # *i32 (B,): out, centroid updates run
     N,
     C,
     stride_xb,
     stride_xn,
     num_blocks,
-    FIRST: tl.constexpr,  # the first assignment: every label counts as changed
+    step,  # 0: the first assignment from the seeds; t >= 1: Lloyd iteration t
+    FIRST: tl.constexpr,
     KAPPA: tl.constexpr,
     KAPPA_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -282,20 +331,54 @@ def _kmeans_assign_block(
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """One row block of one image: label its nodes (nearest centroid, NaN as +inf) and, in the
-    same pass over its rows, the block's share of the next means (sums and sizes per cluster).
-    No program reads another's output: the update kernel combines the blocks after the launch."""
+    """One row block of one image, one Lloyd step: the centroids z_t from the blocks' sums of
+    step t - 1 (each program reduces them itself, in block order: no program waits for another
+    to do it), then the block's labels and its share of the next sums, in one pass over its
+    rows. Everything a program reads was written by an earlier launch: step t writes the buffers
+    of parity t % 2 and reads those of parity (t - 1) % 2. An image whose last step changed no
+    label has converged: its programs only record that (zero changed) and exit."""
     b = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
-    if tl.load(active_ptr + b) != 0:
+    B = tl.num_programs(0)
+    cur = step % 2
+    prev = 1 - cur
+    ks = tl.arange(0, KAPPA_PAD)
+    blocks = tl.arange(0, 64)
+    changed_prev = changed_ptr + (prev * B + b) * num_blocks
+    changed_cur = changed_ptr + (cur * B + b) * num_blocks
+    converged = False
+    if not FIRST:
+        total = tl.zeros([], dtype=tl.int32)
+        for b0 in range(0, num_blocks, 64):
+            total += tl.sum(
+                tl.load(changed_prev + b0 + blocks, mask=b0 + blocks < num_blocks, other=0)
+            )
+        converged = total == 0
+    if converged:
+        tl.store(changed_cur + blk, 0)
+    else:
         x_img = x_ptr + b * stride_xb
-        labels_img = labels_ptr + b * N
-        z_img = centroids_ptr + b * KAPPA_PAD * C
+        z_size = KAPPA_PAD * C
+        z_prev = centroids_ptr + (prev * B + b) * z_size
+        z_cur = centroids_ptr + (cur * B + b) * z_size
+        block_sums = num_blocks * KAPPA * C
+        partials_prev = partial_sums_ptr + (prev * B + b) * block_sums
+        counts = tl.zeros([KAPPA_PAD], dtype=tl.float32)
+        if not FIRST:
+            counts_prev = partial_counts_ptr + (prev * B + b) * num_blocks * KAPPA_PAD
+            for other in range(num_blocks):
+                counts += tl.load(counts_prev + other * KAPPA_PAD + ks)
+            if blk == 0:
+                tl.store(iterations_ptr + b, step)
         rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = rows < N
+        labels_img = labels_ptr + b * N
+        # Step 0 reads the seeded centroids the launcher wrote into parity 0 (z_cur); later
+        # steps reduce the previous step's sums, falling back to z_prev for empty clusters.
         label = _label_block(
-            x_img, z_img, rows, row_mask, C, stride_xn,
-            KAPPA, KAPPA_PAD, BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
+            x_img, z_cur if FIRST else z_prev, rows, row_mask, C, stride_xn, partials_prev,
+            counts, num_blocks, z_cur, (blk == 0) & (not FIRST), not FIRST, KAPPA, KAPPA_PAD,
+            BLOCK_N, BLOCK_C, DOT_PRECISION, UPCAST,
         )  # fmt: skip
         if FIRST:
             changed = tl.sum(row_mask.to(tl.int32), axis=0)
@@ -304,61 +387,60 @@ def _kmeans_assign_block(
             changed = tl.sum(((label != old) & row_mask).to(tl.int32), axis=0)
             tl.debug_barrier()  # every thread has read its old labels before any is replaced
         tl.store(labels_img + rows, label.to(tl.int32), mask=row_mask)
-        block = b * num_blocks + blk
-        sums_block = partial_sums_ptr + block * KAPPA_PAD * C
-        counts = _accumulate_block(
+        sums_block = partial_sums_ptr + ((cur * B + b) * num_blocks + blk) * KAPPA * C
+        block_counts = _accumulate_block(
             x_img, sums_block, label, rows, row_mask, C, stride_xn,
-            KAPPA_PAD, BLOCK_C, DOT_PRECISION, UPCAST,
+            False, KAPPA, KAPPA_PAD, BLOCK_C, DOT_PRECISION, UPCAST,
         )  # fmt: skip
-        tl.store(partial_counts_ptr + block * KAPPA_PAD + tl.arange(0, KAPPA_PAD), counts)
-        tl.store(changed_ptr + block, changed)
+        counts_cur = partial_counts_ptr + (cur * B + b) * num_blocks * KAPPA_PAD
+        tl.store(counts_cur + blk * KAPPA_PAD + ks, block_counts)
+        tl.store(changed_cur + blk, changed)
 
 
 @triton.jit
-def _kmeans_update_image(
-    centroids_ptr,  # *f32 (B, KAPPA_PAD, C): in/out
-    active_ptr,  # *i32 (B,): out, 0 once the image has converged
-    iterations_ptr,  # *i32 (B,): in/out, centroid updates run
-    partial_sums_ptr,  # *f32 (B, num_blocks, KAPPA_PAD, C): in, zeroed for the next launch
-    partial_counts_ptr,  # *f32 (B, num_blocks, KAPPA_PAD)
-    changed_ptr,  # *i32 (B, num_blocks)
+def _kmeans_finish(
+    centroids_ptr,  # *f32 (2, B, KAPPA_PAD, C): the steps' centroids
+    partial_sums_ptr,  # *f32 (2, B, num_blocks, KAPPA, C)
+    partial_counts_ptr,  # *f32 (2, B, num_blocks, KAPPA_PAD)
+    changed_ptr,  # *i32 (2, B, num_blocks)
+    iterations_ptr,  # *i32 (B,): centroid updates each image ran
+    out_ptr,  # *f32 (B, KAPPA_PAD, C): out, the means of the final partition
     C,
     num_blocks,
-    COUNT: tl.constexpr,  # an iteration's update (counted), or the final re-average (not)
+    last,  # the parity of the last step
+    KAPPA: tl.constexpr,
     KAPPA_PAD: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """One channel slice of one image's centroids. If the image's last assignment changed no
-    label it has converged (inactive from now on, centroids already the means of its labels);
-    else the slice becomes the mean of the blocks' sums, in a fixed block order (deterministic),
-    an empty cluster keeping its own. Programs of one image read only what the assign launch
-    wrote (never ``active``, which they write), so they need not run in any order."""
+    """One channel slice of one image's final centroids: an image that converged has them in
+    the buffer of its last update (parity ``iterations % 2``); one that hit the cap gets the
+    means of its last labels, from the last step's sums."""
     b = tl.program_id(0).to(tl.int64)
     c0 = tl.program_id(1) * BLOCK_C
+    B = tl.num_programs(0)
+    ks = tl.arange(0, KAPPA_PAD)
+    blocks = tl.arange(0, 64)
     changed = tl.zeros([], dtype=tl.int32)
-    for blk in range(num_blocks):
-        changed += tl.load(changed_ptr + b * num_blocks + blk)
-    if changed == 0:
-        tl.store(active_ptr + b, 0)  # every slice's program stores the same 0
-    else:
-        ks = tl.arange(0, KAPPA_PAD)
-        chans = c0 + tl.arange(0, BLOCK_C)
-        col_mask = (chans < C)[None, :]
-        offsets = ks[:, None] * C + chans[None, :]
-        counts = tl.zeros([KAPPA_PAD], dtype=tl.float32)
-        sums = tl.zeros([KAPPA_PAD, BLOCK_C], dtype=tl.float32)
-        for blk in range(num_blocks):
-            block = b * num_blocks + blk
-            counts += tl.load(partial_counts_ptr + block * KAPPA_PAD + ks)
-            block_sums = partial_sums_ptr + block * KAPPA_PAD * C + offsets
-            sums += tl.load(block_sums, mask=col_mask, other=0.0)
-            tl.store(block_sums, tl.zeros_like(sums), mask=col_mask)
-        z_img = centroids_ptr + b * KAPPA_PAD * C
-        previous = tl.load(z_img + offsets, mask=col_mask, other=0.0)
-        z = tl.where(counts[:, None] > 0, sums / tl.maximum(counts, 1.0)[:, None], previous)
-        tl.store(z_img + offsets, z, mask=col_mask)
-        if COUNT and tl.program_id(1) == 0:
-            tl.store(iterations_ptr + b, tl.load(iterations_ptr + b) + 1)
+    changed_last = changed_ptr + (last * B + b) * num_blocks
+    for b0 in range(0, num_blocks, 64):
+        changed += tl.sum(
+            tl.load(changed_last + b0 + blocks, mask=b0 + blocks < num_blocks, other=0)
+        )
+    updated = tl.load(iterations_ptr + b) % 2  # parity of the last centroids computed
+    z_img = centroids_ptr + (updated * B + b) * KAPPA_PAD * C
+    counts = tl.zeros([KAPPA_PAD], dtype=tl.float32)
+    if changed > 0:
+        counts_last = partial_counts_ptr + (last * B + b) * num_blocks * KAPPA_PAD
+        for other in range(num_blocks):
+            counts += tl.load(counts_last + other * KAPPA_PAD + ks)
+    partials = partial_sums_ptr + (last * B + b) * num_blocks * KAPPA * C
+    z = _centroid_slice(
+        z_img, partials, counts, num_blocks, c0, C, True, KAPPA, KAPPA_PAD, BLOCK_C
+    )  # with no change the counts are zero: every row keeps z_img's
+    chans = c0 + tl.arange(0, BLOCK_C)
+    tl.store(
+        out_ptr + (b * KAPPA_PAD + ks[:, None]) * C + chans[None, :], z, mask=(chans < C)[None, :]
+    )
 
 
 # Every config compiles without register spills for sm_80 and sm_90 under both the oldest
@@ -397,6 +479,7 @@ KMEANS = Tunable(
         _kmeans_kernel,
         _lloyd_pass,
         _label_block,
+        _centroid_slice,
         _accumulate_block,
         _new_means,
         _seed_centroids,
@@ -446,15 +529,16 @@ def _split_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
             "x_ptr": f"*{TRITON_TYPES[dtype]}",
             "labels_ptr": "*i32",
             "centroids_ptr": "*fp32",
-            "active_ptr": "*i32",
             "partial_sums_ptr": "*fp32",
             "partial_counts_ptr": "*fp32",
             "changed_ptr": "*i32",
+            "iterations_ptr": "*i32",
             "N": "i32",
             "C": "i32",
             "stride_xb": "i32",
             "stride_xn": "i32",
             "num_blocks": "i32",
+            "step": "i32",
             "FIRST": "constexpr",
             "KAPPA": "constexpr",
             "KAPPA_PAD": "constexpr",
@@ -477,20 +561,26 @@ def _split_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
 
 KMEANS_SPLIT = Tunable(
     name="kmeans_split",
-    kernels=[_kmeans_assign_block, _kmeans_update_image, _label_block, _accumulate_block],
+    kernels=[_kmeans_step, _kmeans_finish, _label_block, _centroid_slice, _accumulate_block],
     space={
         "e2": configs(
             ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
-            [(32, 64, 4, 1), (64, 64, 4, 1), (64, 128, 4, 1), (128, 64, 8, 1), (64, 64, 8, 1)],
+            # (64, 128, 4, 1) spills on sm_80 under Triton 3.6
+            [
+                (32, 64, 4, 1),
+                (64, 64, 4, 1),
+                (128, 64, 4, 1),
+                (128, 64, 8, 1),
+                (64, 64, 8, 1),
+            ],
         ),
         "e4": configs(
             ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
-            # (64, 32, 8, 1) spills under Triton 3.6
             [(32, 32, 4, 1), (64, 32, 4, 1)],
         ),
     },
     default={
-        "e2": {"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
+        "e2": {"BLOCK_N": 128, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
         "e4": {"BLOCK_N": 64, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
     },
     interpret_space=_INTERPRET_SPACE,
@@ -498,8 +588,8 @@ KMEANS_SPLIT = Tunable(
     signature_fn=_split_signature,
 )
 
-#: The split path pays one launch pair per Lloyd iteration (2 * max_iters + 2 launches) to use
-#: several SMs per image; one program per image runs the whole loop in one launch but on one SM.
+#: The split path pays a launch per Lloyd iteration (max_iters + 2 launches) to use several SMs
+#: per image; one program per image runs the whole loop in one launch but on one SM.
 #: Estimated (no GPU timing yet, ``python -m reports.static``, H100 bf16, k-means per forward):
 #: the split wins when few images carry much work each: CViG-B† 1.7 vs 4.1 ms at batch 1 and
 #: 2.6 vs 4.1 ms at batch 16, but 4.5 vs 4.1 ms at batch 32; CViG-B (196 x 640 per image) 1.7 vs
@@ -582,8 +672,10 @@ def _kmeans_split(
     centroids: torch.Tensor,
     config: dict | None,
 ) -> None:
-    """The split path: ``max_iters`` launch pairs (update, then assign + accumulate), decided per
-    image on the device (a converged image's programs exit at once), no host sync."""
+    """The split path: ``max_iters + 1`` step launches (the first assignment, then one per Lloyd
+    iteration, each reducing the previous step's sums itself) and a final launch for the
+    centroids; decided per image on the device (a converged image's programs exit at once), no
+    host sync."""
     B, N, C = x.shape
     kappa_pad = centroids.shape[1]
     config = config or KMEANS_SPLIT.config(
@@ -592,32 +684,23 @@ def _kmeans_split(
     meta, opts = split_launch_options(config)
     num_blocks = triton.cdiv(N, meta["BLOCK_N"])
     seeds = kmeans_init_index(N, num_clusters).to(x.device)
-    centroids.zero_()
-    centroids[:, :num_clusters] = x[:, seeds].float()
-    active = torch.ones(B, dtype=torch.int32, device=x.device)
+    steps = torch.zeros(2, B, kappa_pad, C, dtype=torch.float32, device=x.device)
+    steps[0, :, :num_clusters] = x[:, seeds].float()  # step 0 reads the seeds from parity 0
     iterations.zero_()
-    partial_sums = torch.zeros(B, num_blocks, kappa_pad, C, dtype=torch.float32, device=x.device)
-    partial_counts = torch.empty(B, num_blocks, kappa_pad, dtype=torch.float32, device=x.device)
-    changed = torch.empty(B, num_blocks, dtype=torch.int32, device=x.device)
+    partial_sums = torch.empty(
+        2, B, num_blocks, num_clusters, C, dtype=torch.float32, device=x.device
+    )
+    partial_counts = torch.empty(2, B, num_blocks, kappa_pad, dtype=torch.float32, device=x.device)
+    changed = torch.empty(2, B, num_blocks, dtype=torch.int32, device=x.device)
     precision, upcast = dot_precision(x.dtype)
-    partials = (partial_sums, partial_counts, changed)
-
-    def assign(first: bool) -> None:
-        _kmeans_assign_block[(B, num_blocks)](
-            x, labels, centroids, active, *partials,
-            N, C, x.stride(0), x.stride(1), num_blocks,
-            FIRST=first, KAPPA=num_clusters, KAPPA_PAD=kappa_pad,
+    buffers = (steps, partial_sums, partial_counts, changed, iterations)
+    for step in range(max_iters + 1):
+        _kmeans_step[(B, num_blocks)](
+            x, labels, *buffers, N, C, x.stride(0), x.stride(1), num_blocks, step,
+            FIRST=step == 0, KAPPA=num_clusters, KAPPA_PAD=kappa_pad,
             DOT_PRECISION=precision, UPCAST=upcast, **meta, **opts,
         )  # fmt: skip
-
-    def update(count: bool) -> None:
-        _kmeans_update_image[(B, triton.cdiv(C, meta["BLOCK_C"]))](
-            centroids, active, iterations, *partials, C, num_blocks,
-            COUNT=count, KAPPA_PAD=kappa_pad, BLOCK_C=meta["BLOCK_C"], **opts,
-        )  # fmt: skip
-
-    assign(True)
-    for _ in range(max_iters):
-        update(True)
-        assign(False)
-    update(False)  # images that hit the cap: the means of their last labels
+    _kmeans_finish[(B, triton.cdiv(C, meta["BLOCK_C"]))](
+        steps, partial_sums, partial_counts, changed, iterations, centroids, C, num_blocks,
+        max_iters % 2, KAPPA=num_clusters, KAPPA_PAD=kappa_pad, BLOCK_C=meta["BLOCK_C"], **opts,
+    )  # fmt: skip

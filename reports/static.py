@@ -143,6 +143,13 @@ def _has(opcodes: dict[str, int], *prefixes: str) -> bool:
 #: Innermost loops a work model counts separately, recognised by what they execute: per kernel,
 #: role -> predicate over the loop's opcodes (the largest matching loop stands for the role).
 LOOP_ROLES = {
+    "_kmeans_step": {
+        # the sums of the previous step's blocks, one channel slice at a time
+        "reduce": lambda o: _has(o, "FADD") and _has(o, "LDG") and not _has(o, "HMMA", "HGMMA"),
+        # a channel slice's product (the accumulate loop; the label loop's body, which holds
+        # the reduce loop and so is no innermost loop, is of the same size and counted as it)
+        "slice": lambda o: _has(o, "HMMA", "HGMMA") and _has(o, "STG"),
+    },
     "_partition_knn_kernel": {
         # a selection pass over one tile: 32-bit minima, no memory access
         "selection": lambda o: _has(o, "VIMNMX", "IMNMX") and not _has(o, "LDG", "STG"),
@@ -211,29 +218,37 @@ def _kmeans_kernel(launch, shape, iters) -> Work:
     )
 
 
-def _kmeans_assign_block(launch, shape, iters) -> Work:
+def _kmeans_step(launch, shape, iters) -> Work:
     x = launch.args["x_ptr"]
     B, N, C = x.shape
     bc = launch.constexprs["BLOCK_C"]
-    kpad = launch.constexprs["KAPPA_PAD"]
+    kpad, kappa = launch.constexprs["KAPPA_PAD"], launch.constexprs["KAPPA"]
     blocks = launch.grid[1]
+    sums = B * blocks * kappa * C * 4  # one step's partial sums
+    first = launch.constexprs["FIRST"]  # the first step reads the seeds, no sums
     # Every launch of the loop is counted once per forward by the caller; programs of an image
     # that has converged exit at once: a launch does work with probability iters / max_iters.
+    # Each program reads x's rows of its block, and every block's sums of the last step (its
+    # image's: L2 re-reads after the first), and writes its own sums, counts and labels.
+    chunks = math.ceil(C / bc)
     return Work(
-        bytes=B * N * C * x.dtype.itemsize + 2 * B * N * 4 + 2 * B * blocks * kpad * (C + 1) * 4,
+        bytes=B * N * C * x.dtype.itemsize + 2 * B * N * 4 + (1 if first else 2) * sums,
         flops=B * 4 * N * kpad * C,
         tc_flops=B * 4 * N * kpad * C,
-        hot_trips=2 * math.ceil(C / bc),
+        hot_trips=2 * chunks * (1 + blocks),
         active_programs=B * blocks,
+        loop_trips={"reduce": 0 if first else chunks * blocks, "slice": 2 * chunks},
+        reread_bytes=0 if first else (blocks - 1) * sums,
+        distinct_bytes=sums,
     )
 
 
-def _kmeans_update_image(launch, shape, iters) -> Work:
+def _kmeans_finish(launch, shape, iters) -> Work:
     sums = launch.args["partial_sums_ptr"]
-    B, blocks, kpad, C = sums.shape
-    # Each (image, channel slice) program reads its slice of every block's sums and zeroes it.
+    _, B, blocks, kappa, C = sums.shape
+    # Each (image, channel slice) program reads its slice of every block's last sums.
     return Work(
-        bytes=2 * sums.nbytes + B * blocks * (kpad + 1) * 4 * launch.grid[1],
+        bytes=sums.nbytes / 2 + launch.args["out_ptr"].nbytes,
         flops=0,
         tc_flops=0,
         hot_trips=blocks,
@@ -358,8 +373,8 @@ def _gatv2_attention_kernel(launch, shape, iters) -> Work:
 
 WORK_MODELS = {
     "_kmeans_kernel": _kmeans_kernel,
-    "_kmeans_assign_block": _kmeans_assign_block,
-    "_kmeans_update_image": _kmeans_update_image,
+    "_kmeans_step": _kmeans_step,
+    "_kmeans_finish": _kmeans_finish,
     "_partition_kernel": _partition_kernel,
     "_permute_rows_kernel": _permute_rows_kernel,
     "_partition_knn_kernel": _partition_knn_kernel,
@@ -582,21 +597,13 @@ def report(
         if model_fn is None:
             raise SystemExit(f"reports.static: no work model for kernel {launch.kernel}")
         work = model_fn(launch, shape, iters)
-        if launch.kernel in ("_kmeans_assign_block", "_kmeans_update_image"):
-            # max_iters launch pairs are made; the ones past convergence exit at once
-            per_forward = (iters + 1) / (max_iters + 1)
-            work = Work(
-                work.bytes * per_forward,
-                work.flops * per_forward,
-                work.tc_flops * per_forward,
-                work.hot_trips,
-                work.active_programs,
-            )
         facts = compiled_facts(launch, gpu.arch)
         est = estimate_us(gpu, work, facts, launch.num_warps, dtype)
-        if launch.kernel in ("_kmeans_assign_block", "_kmeans_update_image"):
+        if launch.kernel == "_kmeans_step" and not launch.constexprs["FIRST"]:
+            # max_iters steps are launched; past convergence their programs exit at once: a
+            # step's work above the launch floor is done with probability iters / max_iters
             busy = est["est_us"] - LAUNCH_FLOOR_US
-            est["est_us"] = LAUNCH_FLOOR_US + max(0.0, busy) * (iters + 1) / (max_iters + 1)
+            est["est_us"] = LAUNCH_FLOOR_US + max(0.0, busy) * iters / max_iters
         config = {k: v for k, v in launch.constexprs.items() if k.startswith("BLOCK")}
         config.update(num_warps=launch.num_warps, num_stages=launch.num_stages)
         rows.append(
@@ -689,8 +696,8 @@ def _triton_version() -> str:
 
 _GROUPS = {
     "_kmeans_kernel": "k-means",
-    "_kmeans_assign_block": "k-means",
-    "_kmeans_update_image": "k-means",
+    "_kmeans_step": "k-means",
+    "_kmeans_finish": "k-means",
     "_partition_kernel": "partition",
     "_permute_rows_kernel": "permutes",
     "_partition_knn_kernel": "k-NN",
