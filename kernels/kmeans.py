@@ -591,10 +591,10 @@ KMEANS_SPLIT = Tunable(
 #: The split path pays a launch per Lloyd iteration (max_iters + 2 launches) to use several SMs
 #: per image; one program per image runs the whole loop in one launch but on one SM.
 #: Estimated (no GPU timing yet, ``python -m reports.static``, H100 bf16, k-means per forward):
-#: the split wins when few images carry much work each: CViG-B† 1.7 vs 4.1 ms at batch 1 and
-#: 2.6 vs 4.1 ms at batch 16, but 4.5 vs 4.1 ms at batch 32; CViG-B (196 x 640 per image) 1.7 vs
-#: 1.0 ms at batch 1.
-SPLIT_MAX_IMAGES = 16
+#: the split wins when few images carry much work each: CViG-B† 1.3 vs 2.7 ms at batch 1, 1.9
+#: vs 2.7 at 16 and 3.5 vs 4.1 at 32, but 6.6 vs 4.1 ms at batch 64; CViG-B (196 x 640 per
+#: image) 1.0 vs 0.75 ms at batch 1.
+SPLIT_MAX_IMAGES = 32
 SPLIT_MIN_WORK = 256 * 1024  # N * C per image
 
 

@@ -126,6 +126,6 @@ def test_split_path_every_interpreter_config(device, config):
 
 
 def test_split_is_the_default_only_for_few_large_images():
-    assert kmeans.use_split(1, 784, 640) and kmeans.use_split(8, 784, 640)
+    assert kmeans.use_split(1, 784, 640) and kmeans.use_split(32, 784, 640)
     assert not kmeans.use_split(1, 196, 192) and not kmeans.use_split(64, 784, 640)
     assert not kmeans.use_split(1, 196, 640)  # CViG-B: one program per image is estimated faster
