@@ -8,7 +8,9 @@ swaps the DEGC ops for translations built from standard operators while a model 
 - the partition order from a sort of ``label * N + node`` per image;
 - the in-partition k-NN as each image's distance matrix with the pairs of different partitions
   excluded, then ``TopK`` (a partition smaller than K repeats its members, as the op does);
-- the max aggregation as ``Gather`` + ``ReduceMax``.
+- the max aggregation as ``Gather`` + ``ReduceMax``;
+- the centring, the GATv2 attention and the local update's epilogue as their PyTorch
+  references (standard operators already).
 
 ``torch.export`` keeps the custom ops (they have fake implementations), so the exported program
 runs the same kernels as the eager model.
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kernels import reference
 from kernels.reference import kmeans_init_index
 
 from . import degc, layers
@@ -126,6 +129,9 @@ def onnx_ops(model: nn.Module) -> Iterator[None]:
     """While exporting ``model`` to ONNX: the DEGC ops as standard operators (module docstring)
     and no value checks of the input (a traced model cannot branch on values)."""
     swaps = [
+        (degc, "center_tokens", reference.center_tokens),
+        (layers, "gatv2_attention", reference.gatv2_attention),
+        (layers, "segment_norm_gelu", reference.segment_norm_gelu),
         (degc, "batched_kmeans", _kmeans),
         (degc, "partition", _partition),
         (degc, "partition_knn", _partition_knn),
