@@ -5,11 +5,12 @@ nearest centroid (squared distance via ``tl.dot``, argmin) and, in the same pass
 ``tl.dot`` adds the block's nodes into the next means. Two paths give the same results:
 
 - one program per image (:func:`_kmeans_kernel`) runs the whole loop in one launch, each image
-  stopping on its own; used when there are enough images to fill the GPU;
-- the split path runs several programs per image (a row block each) with one launch pair per
-  iteration: :func:`_kmeans_assign_block` labels and accumulates, :func:`_kmeans_update_image`
-  combines the blocks' sums, one program per (image, channel slice), and decides convergence on
-  the device. No program waits on another: programs only read what an earlier launch wrote.
+  stopping on its own; used unless a few large images would leave most SMs idle;
+- the split path runs several programs per image (a row block each) with one launch per
+  iteration (:func:`_kmeans_step`): each program reduces the previous step's block sums into
+  the centroids itself, labels its rows and writes its block's sums; convergence is decided per
+  image on the device, and :func:`_kmeans_finish` writes the final centroids. No program waits
+  on another: programs only read what an earlier launch wrote.
 
 Labels lie in ``[0, kappa)`` for every input: a NaN distance counts as +inf, so a node of a
 non-finite image goes to cluster 0 and its NaN spreads into that image's centroids (and no other
@@ -306,7 +307,7 @@ def _kmeans_kernel(
 
 
 # --------------------------------------------------------------------------------------------
-# The split path: several programs per image, one launch pair per Lloyd iteration
+# The split path: several programs per image, one launch per Lloyd iteration
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def _kmeans_step(

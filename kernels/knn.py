@@ -10,16 +10,17 @@ programs than blocks, whatever the sizes, and no host sync to size the grid. A b
 partition's columns in ``BLOCK_N`` tiles, computes ``|q|^2 + |k|^2 - 2 q.k`` with ``tl.dot`` over
 ``BLOCK_C`` channel slices (with ``normalize``, of the rows scaled to unit length: the products
 are taken on the rows as they are and scaled afterwards), and ranks the candidates by int64 keys
-that pack the distance with the candidate's index (:func:`_distance_keys`), so every selection
-pass is one row-wise min, exact, with the lowest-index rule for equal distances built in, and
-every selected key names a real row of the partition whatever the features hold (NaN counts as
-+inf).
+that pack the distance with the candidate's index (:func:`_distance_keys`): ordered by distance,
+the lowest index first among equal ones, and every selected key names a real row of the
+partition whatever the features hold (NaN counts as +inf).
 
-A partition that fits in one column tile (every partition of CViG-Ti/S/B up to ``BLOCK_N``
-nodes) takes K passes over that tile alone, each writing its neighbour straight to the output.
-A larger one keeps a running top-K in registers and merges each tile into it (K passes over
-tile and list); a tile whose smallest key is above every row's current K-th is skipped. A
-partition of ``s < K`` nodes gives slot j the member of rank ``j % s`` (the reference's rule).
+A partition that fits in one column tile (CViG-Ti/S/B's, up to ``BLOCK_N`` nodes) takes K
+passes over that tile alone, each in 32-bit halves of the keys: the least distance bits, then
+the first column holding them (the columns order like the indices); the chosen columns are
+written once at the end. A larger one keeps a running top-K of whole keys in registers and
+merges each tile into it (K passes of one row min over tile and list); a tile whose smallest key
+is above every row's current K-th is skipped. A partition of ``s < K`` nodes gives slot j the
+member of rank ``j % s`` (the reference's rule).
 """
 
 from __future__ import annotations
