@@ -67,6 +67,28 @@ def _centroid_slice(
 
 
 @triton.jit
+def _blocks_changed(changed_img, num_blocks):
+    """How many labels an image's row blocks changed: the sum of ``changed_img[:num_blocks]``."""
+    blocks = tl.arange(0, 64)
+    total = tl.zeros([], dtype=tl.int32)
+    for b0 in range(0, num_blocks, 64):
+        mask = b0 + blocks < num_blocks
+        total += tl.sum(tl.load(changed_img + b0 + blocks, mask=mask, other=0))
+    return total
+
+
+@triton.jit
+def _blocks_counts(counts_img, num_blocks, KAPPA_PAD: tl.constexpr):
+    """An image's cluster sizes: the sum of its row blocks' ``(num_blocks, KAPPA_PAD)`` counts,
+    in block order."""
+    ks = tl.arange(0, KAPPA_PAD)
+    counts = tl.zeros([KAPPA_PAD], dtype=tl.float32)
+    for blk in range(num_blocks):
+        counts += tl.load(counts_img + blk * KAPPA_PAD + ks)
+    return counts
+
+
+@triton.jit
 def _label_block(
     x_img,
     z_img,
@@ -206,7 +228,8 @@ def _lloyd_pass(
 @triton.jit
 def _new_means(z_img, sums_img, counts, C, KAPPA_PAD: tl.constexpr, BLOCK_C: tl.constexpr):
     """Centroids = sums / counts (an empty cluster keeps its centroid); the sums are zeroed for
-    the next pass."""
+    the next pass. (The formula of :func:`_centroid_slice`, written out: reading the centroid
+    slice through it costs a spill on sm_80 under Triton 3.6.)"""
     ks = tl.arange(0, KAPPA_PAD)
     chans = tl.arange(0, BLOCK_C)
     offsets = ks[:, None] * C + chans[None, :]
@@ -344,17 +367,11 @@ def _kmeans_step(
     cur = step % 2
     prev = 1 - cur
     ks = tl.arange(0, KAPPA_PAD)
-    blocks = tl.arange(0, 64)
     changed_prev = changed_ptr + (prev * B + b) * num_blocks
     changed_cur = changed_ptr + (cur * B + b) * num_blocks
     converged = False
     if not FIRST:
-        total = tl.zeros([], dtype=tl.int32)
-        for b0 in range(0, num_blocks, 64):
-            total += tl.sum(
-                tl.load(changed_prev + b0 + blocks, mask=b0 + blocks < num_blocks, other=0)
-            )
-        converged = total == 0
+        converged = _blocks_changed(changed_prev, num_blocks) == 0
     if converged:
         tl.store(changed_cur + blk, 0)
     else:
@@ -367,8 +384,7 @@ def _kmeans_step(
         counts = tl.zeros([KAPPA_PAD], dtype=tl.float32)
         if not FIRST:
             counts_prev = partial_counts_ptr + (prev * B + b) * num_blocks * KAPPA_PAD
-            for other in range(num_blocks):
-                counts += tl.load(counts_prev + other * KAPPA_PAD + ks)
+            counts = _blocks_counts(counts_prev, num_blocks, KAPPA_PAD)
             if blk == 0:
                 tl.store(iterations_ptr + b, step)
         rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -420,20 +436,13 @@ def _kmeans_finish(
     c0 = tl.program_id(1) * BLOCK_C
     B = tl.num_programs(0)
     ks = tl.arange(0, KAPPA_PAD)
-    blocks = tl.arange(0, 64)
-    changed = tl.zeros([], dtype=tl.int32)
-    changed_last = changed_ptr + (last * B + b) * num_blocks
-    for b0 in range(0, num_blocks, 64):
-        changed += tl.sum(
-            tl.load(changed_last + b0 + blocks, mask=b0 + blocks < num_blocks, other=0)
-        )
+    changed = _blocks_changed(changed_ptr + (last * B + b) * num_blocks, num_blocks)
     updated = tl.load(iterations_ptr + b) % 2  # parity of the last centroids computed
     z_img = centroids_ptr + (updated * B + b) * KAPPA_PAD * C
     counts = tl.zeros([KAPPA_PAD], dtype=tl.float32)
     if changed > 0:
         counts_last = partial_counts_ptr + (last * B + b) * num_blocks * KAPPA_PAD
-        for other in range(num_blocks):
-            counts += tl.load(counts_last + other * KAPPA_PAD + ks)
+        counts = _blocks_counts(counts_last, num_blocks, KAPPA_PAD)
     partials = partial_sums_ptr + (last * B + b) * num_blocks * KAPPA * C
     z = _centroid_slice(
         z_img, partials, counts, num_blocks, c0, C, True, KAPPA, KAPPA_PAD, BLOCK_C
@@ -513,7 +522,7 @@ KMEANS = Tunable(
             "UPCAST": "constexpr",
         },
         {
-            "KAPPA": 4,
+            "KAPPA": 16,
             "KAPPA_PAD": 16,
             "BLOCK_N": config["BLOCK_N"],
             "BLOCK_C": config["BLOCK_C"],
@@ -550,7 +559,7 @@ def _split_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
         },
         {
             "FIRST": False,
-            "KAPPA": 6,
+            "KAPPA": 16,
             "KAPPA_PAD": 16,
             "BLOCK_N": config["BLOCK_N"],
             "BLOCK_C": config["BLOCK_C"],
@@ -562,7 +571,15 @@ def _split_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
 
 KMEANS_SPLIT = Tunable(
     name="kmeans_split",
-    kernels=[_kmeans_step, _kmeans_finish, _label_block, _centroid_slice, _accumulate_block],
+    kernels=[
+        _kmeans_step,
+        _kmeans_finish,
+        _blocks_changed,
+        _blocks_counts,
+        _label_block,
+        _centroid_slice,
+        _accumulate_block,
+    ],
     space={
         "e2": configs(
             ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
