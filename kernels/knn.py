@@ -79,6 +79,16 @@ def _norms(x_ptr, rows, mask, C, stride_xm, NORMALIZE: tl.constexpr, BLOCK_C: tl
 
 
 @triton.jit
+def _repeat_members(ranked, size, slots, K: tl.constexpr):
+    """A partition of ``size < K`` members: slots ``size..K-1`` of every row's list ``ranked``
+    (``(rows, K_PAD)``, the members nearest first) repeat the member of rank ``slot % size``."""
+    for s in range(size, K):
+        member = tl.sum(tl.where(slots[None, :] == s % size, ranked, 0), axis=1)
+        ranked = tl.where(slots[None, :] == s, member[:, None], ranked)
+    return ranked
+
+
+@triton.jit
 def _tile_keys(
     x_ptr,
     q_rows,
@@ -170,7 +180,7 @@ def _partition_knn_kernel(
 
         if size <= BLOCK_N:
             # The whole partition in one tile: K passes over it, each taking the nearest
-            # remaining candidate (one row-wise min) straight to its output slot.
+            # remaining candidate into the list of chosen columns, stored once at the end.
             cand = start + local_n
             cand_mask = cand < end
             cand_rows = _row_ids(perm_ptr, cand, cand_mask, M, GATHER)
@@ -189,10 +199,7 @@ def _partition_knn_kernel(
                 dist = tl.where(local_n[None, :] == column[:, None], _GONE, dist)
                 ranked = tl.where(slots[None, :] == s, column[:, None], ranked)
             if size < K:
-                # Fewer members than K: slot s repeats the member of rank s % size.
-                for s in range(size, K):
-                    member = tl.sum(tl.where(slots[None, :] == s % size, ranked, 0), axis=1)
-                    ranked = tl.where(slots[None, :] == s, member[:, None], ranked)
+                ranked = _repeat_members(ranked, size, slots, K)
             slot_mask = row_mask[:, None] & (slots[None, :] < K)
             taken = _row_ids(perm_ptr, start + ranked, slot_mask, M, GATHER)
             tl.store(out_rows[:, None] + slots[None, :], taken, mask=slot_mask)
@@ -222,11 +229,8 @@ def _partition_knn_kernel(
                         merged = tl.where(slots[None, :] == s, nearest[:, None], merged)
                     best = merged
             best_i = (best & 0xFFFFFFFF).to(tl.int32)
-            if size < K:  # only when BLOCK_N < K: slot s repeats the member of rank s % size
-                ranked = best_i
-                for s in range(K):
-                    member = tl.sum(tl.where(slots[None, :] == s % size, ranked, 0), axis=1)
-                    best_i = tl.where(slots[None, :] == s, member[:, None], best_i)
+            if size < K:  # only when BLOCK_N < K
+                best_i = _repeat_members(best_i, size, slots, K)
             tl.store(
                 out_rows[:, None] + slots[None, :],
                 best_i,
@@ -261,7 +265,14 @@ _SPACE_32BIT = configs(
 
 PARTITION_KNN = Tunable(
     name="partition_knn",
-    kernels=[_partition_knn_kernel, _tile_keys, _norms, _row_ids, _distance_keys],
+    kernels=[
+        _partition_knn_kernel,
+        _tile_keys,
+        _repeat_members,
+        _norms,
+        _row_ids,
+        _distance_keys,
+    ],
     space={"e2": _SPACE_16BIT, "e4": _SPACE_32BIT},
     default={
         # Spill-free at every K the models use (9..18) on sm_80 and sm_90 under Triton 3.6 and

@@ -195,3 +195,17 @@ def test_normalised_distances_rank_directions(device, B, N, C, kappa, K, dtype):
     torch.testing.assert_close(got_d, exp_d, atol=4 * DIST_TOL[dtype], rtol=0)
     own = out[:, 0] == torch.arange(B * N)
     assert own[torch.arange(B * N) != 3].float().mean() > 0.95
+
+
+def test_a_partition_wider_than_a_tile_but_smaller_than_k_repeats_members(device):
+    """16-column tiles, K = 20 and partitions of 18 and 5 nodes: the running top-K path with
+    repeated members (slot s holds the member of rank s % size), exactly as the reference."""
+    offsets = torch.tensor([0, 18, 23], dtype=torch.int32, device=device)
+    x = integer_features(23, 6, torch.float32).to(device)
+    config = _configs()[0] if device.type == "cpu" else None
+    assert config is None or config["BLOCK_N"] == 16
+    out = poisoned((23, 20), torch.int32, device)
+    knn.partition_knn(x, offsets, 20, 18, out=out, config=config)
+    expected = reference.partition_knn(x.cpu(), offsets.cpu(), 20)
+    assert torch.equal(out.cpu(), expected)
+    assert torch.equal(out[0, 18:].cpu(), out[0, :2].cpu())
