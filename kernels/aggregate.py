@@ -47,28 +47,21 @@ def _max_aggregate_kernel(
     row_mask = rows < M
     mask = row_mask[:, None] & (cols[None, :] < C)
     rows64 = rows.to(tl.int64)
-    if SAVE_SLOT:
-        best = tl.full([BLOCK_M, BLOCK_C], float("-inf"), dtype=tl.float32)
-        best_slot = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.int32)
-        for k in range(K):
-            source = _valid_rows(tl.load(nbr_ptr + rows64 * K + k, mask=row_mask, other=0), M)
-            values = tl.load(
-                x_ptr + source[:, None] * stride_xm + cols[None, :], mask=mask, other=float("-inf")
-            ).to(tl.float32)
+    best = tl.full([BLOCK_M, BLOCK_C], float("-inf"), dtype=tl.float32)
+    best_slot = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.int32)
+    for k in range(K):
+        source = _valid_rows(tl.load(nbr_ptr + rows64 * K + k, mask=row_mask, other=0), M)
+        # (masked lanes are never stored: they need no fill value)
+        values = tl.load(x_ptr + source[:, None] * stride_xm + cols[None, :], mask=mask)
+        values = values.to(tl.float32)
+        if SAVE_SLOT:
             # Strict: the first slot keeps a tie. A NaN wins over a number and then stays, so
             # NaN propagates as in torch.amax (written out: GPU and interpreter differ on NaN).
             better = (values > best) | ((values != values) & (best == best))
             best = tl.where(better, values, best)
             best_slot = tl.where(better, k, best_slot)
-    else:
-        # Only the maximum (inference): one NaN-propagating max per value, as torch.amax.
-        source = _valid_rows(tl.load(nbr_ptr + rows64 * K, mask=row_mask, other=0), M)
-        best = tl.load(x_ptr + source[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
-        best = best.to(tl.float32)
-        for k in range(1, K):
-            source = _valid_rows(tl.load(nbr_ptr + rows64 * K + k, mask=row_mask, other=0), M)
-            values = tl.load(x_ptr + source[:, None] * stride_xm + cols[None, :], mask=mask)
-            best = tl.maximum(best, values.to(tl.float32), propagate_nan=tl.PropagateNan.ALL)
+        else:  # only the maximum (inference): one NaN-propagating max per value
+            best = tl.maximum(best, values, propagate_nan=tl.PropagateNan.ALL)
     if RELATIVE:
         best -= tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask).to(
             tl.float32
