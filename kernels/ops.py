@@ -499,7 +499,8 @@ def _check_gatv2(source: Tensor, target: Tensor, att: Tensor, bias: Tensor) -> N
     check_tensor(name, "target", target, ndim=3, dtypes=OP_DTYPES, device=source.device)
     check_tensor(name, "att", att, ndim=1, dtypes=OP_DTYPES, device=source.device)
     check_tensor(name, "bias", bias, ndim=1, dtypes=OP_DTYPES, device=source.device)
-    if target.shape != source.shape or att.shape[0] != source.shape[2] != bias.shape[0]:
+    C = source.shape[2]
+    if target.shape != source.shape or att.shape[0] != C or bias.shape[0] != C:
         raise ValueError(
             f"{name}: arguments 'target' (B, kappa, C), 'att' and 'bias' (C,) must match "
             f"'source' {tuple(source.shape)}, got {tuple(target.shape)}, {tuple(att.shape)} "

@@ -52,6 +52,17 @@ def test_the_layer_in_inference_takes_the_op_with_the_same_result(monkeypatch):
     torch.testing.assert_close(fused, layer(z).detach(), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("wrong", ["target", "att", "bias"])
+def test_arguments_of_another_width_are_rejected_naming_them(wrong):
+    import kernels
+
+    names = ("source", "target", "att", "bias")
+    args = dict(zip(names, _inputs(2, 4, 12, torch.float32, "cpu"), strict=True))
+    args[wrong] = args[wrong][..., :11]
+    with pytest.raises(ValueError, match="'target' \\(B, kappa, C\\), 'att' and 'bias'"):
+        kernels.gatv2_attention(*args.values(), 0.2)
+
+
 def test_opcheck():
     from kernels import ops
 
