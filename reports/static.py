@@ -235,7 +235,7 @@ def _kmeans_step(launch, shape, iters) -> Work:
         bytes=B * N * C * x.dtype.itemsize + 2 * B * N * 4 + (1 if first else 2) * sums,
         flops=B * 4 * N * kpad * C,
         tc_flops=B * 4 * N * kpad * C,
-        hot_trips=2 * chunks * (1 + blocks),
+        hot_trips=0,  # the named loops below
         active_programs=B * blocks,
         loop_trips={"reduce": 0 if first else chunks * blocks, "slice": 2 * chunks},
         reread_bytes=0 if first else (blocks - 1) * sums,
@@ -586,6 +586,11 @@ def trace(model_name: str, batch: int, dtype: torch.dtype):
 # ---------------------------------------------------------------------------------------------
 # the report
 # ---------------------------------------------------------------------------------------------
+def _eager_us(gpu: GPU, call_bytes: list[int]) -> float:
+    """Eager PyTorch calls, each its bytes at DRAM bandwidth or the launch floor."""
+    return sum(max(LAUNCH_FLOOR_US, b / (gpu.bandwidth_tbs * 1e12) * 1e6) for b in call_bytes)
+
+
 def report(
     model_name: str, batch: int, gpu_key: str, dtype: torch.dtype, iters: int, max_iters: int = 20
 ) -> dict:
@@ -623,8 +628,7 @@ def report(
         )
     for layer in layers:
         ops = glue.get(layer, [])
-        peak_bw = gpu.bandwidth_tbs * 1e12
-        us = sum(max(LAUNCH_FLOOR_US, b / peak_bw * 1e6) for _, b in ops)
+        us = _eager_us(gpu, [b for _, b in ops])
         if ops:  # eager ops left inside the layer (none when every step is a kernel)
             rows.append(
                 {
@@ -643,7 +647,7 @@ def report(
         flops, calls = matmul[layer]
         # A roofline per call: its operands and result at DRAM bandwidth (the block's products
         # over ~50K rows are memory-bound) or the launch floor; the block's FLOPs at peak.
-        memory_us = sum(max(LAUNCH_FLOOR_US, b / peak_bw * 1e6) for b in calls)
+        memory_us = _eager_us(gpu, calls)
         rows.append(
             {
                 "layer": layer,
