@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kernels import selfcheck
     from kernels import tuning_cache as cache
-    from kernels._tuning import tunables
+    from kernels._tuning import tunables, width_tag
 
     from .space import model_launches
 
@@ -338,6 +338,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     for note in notes:
         print(f"[autotune] note: {note}")
+    if device.type == "cuda":  # kernels this GPU and Triton never launch are not tuned
+        major, minor = torch.cuda.get_device_capability(device)
+        launches = [
+            launch
+            for launch in launches
+            if selected[launch.op].builds_for(width_tag(launch.dtype), major * 10 + minor)
+        ]
 
     existing = cache.load(device)
     todo, cached = [], []

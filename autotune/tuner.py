@@ -42,13 +42,16 @@ def _partitioned(B: int, N: int, C: int, kappa: int, dtype: torch.dtype, device:
     return x, labels, perm.to(device), offsets.to(device)
 
 
+_KMEANS_PATHS = {"kmeans": "image", "kmeans_split": "split", "kmeans_resident": "resident"}
+
+
 def make_call(launch: Launch, device: torch.device) -> Callable[[dict], object]:
     """A function ``config -> output`` running the launch's kernel on synthetic inputs."""
     s, dtype = launch.shape, launch.dtype
-    if launch.op in ("kmeans", "kmeans_split"):
+    if launch.op in _KMEANS_PATHS:
         x = _features(s["B"] * s["N"], s["C"], dtype, device).reshape(s["B"], s["N"], s["C"])
-        split = launch.op == "kmeans_split"
-        return lambda cfg: kmeans.kmeans(x, s["kappa"], 20, config=cfg, split=split)
+        path = _KMEANS_PATHS[launch.op]
+        return lambda cfg: kmeans.kmeans(x, s["kappa"], 20, config=cfg, path=path)
     if launch.op == "partition":
         kappa = s["kappa"]
         images = 64 if device.type == "cuda" else 4  # one program per image

@@ -177,6 +177,17 @@ def recording_launches(t: torch.Tensor, op: str) -> bool:
     return True
 
 
+def target_capability(t: torch.Tensor) -> tuple[int, int] | None:
+    """The compute capability the kernels on ``t`` compile for: its CUDA device's, the one a
+    launch recording stands for (``record_launches(capability=...)``, meta tensors), else
+    None (CPU tensors under the interpreter)."""
+    if t.is_cuda:
+        return torch.cuda.get_device_capability(t.device)
+    if t.device.type == "meta" and _launch_recorder is not None:
+        return _launch_recorder.capability
+    return None
+
+
 def runs_triton(t: torch.Tensor, op: str = "op") -> bool:
     """Whether the op ``op`` on ``t`` launches its Triton kernel (else the PyTorch reference).
 

@@ -94,6 +94,10 @@ class Tunable:
         signature_fn: ``(dtype, config) -> (signature, constexprs)`` of the main kernel for an
             ahead-of-time ``triton.compile`` (``kernels/resources.py``), at its most demanding
             specialisation (largest K, widest cluster padding).
+        widths: the feature widths the kernel is launched for (``space`` and ``default`` have
+            exactly these keys); a kernel for some GPUs or Triton versions only names them in
+            ``archs`` (None: every arch the project compiles for) and ``min_triton``: its
+            launcher never takes it elsewhere, so it is compiled and checked only there.
     """
 
     name: str
@@ -103,12 +107,15 @@ class Tunable:
     interpret_space: Sequence[dict]
     bucket_fn: Callable[..., str]
     signature_fn: Callable[[torch.dtype, dict], tuple[dict, dict]]
+    widths: tuple[str, ...] = WIDTHS
+    archs: tuple[int, ...] | None = None
+    min_triton: tuple[int, int] | None = None
     _memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if set(self.space) != set(WIDTHS) or set(self.default) != set(WIDTHS):
-            raise ValueError(f"{self.name}: space and default need the widths {WIDTHS}")
-        for width in WIDTHS:
+        if set(self.space) != set(self.widths) or set(self.default) != set(self.widths):
+            raise ValueError(f"{self.name}: space and default need the widths {self.widths}")
+        for width in self.widths:
             if self.default[width] not in self.space[width]:
                 raise ValueError(f"{self.name}: the {width} default is not in its space")
         for config in (*self.all_configs(), *self.interpret_space):
@@ -118,10 +125,17 @@ class Tunable:
                 )
         REGISTRY[self.name] = self
 
+    def builds_for(self, width: str, arch: int) -> bool:
+        """Whether the kernel is launched (and so compiled and checked) for features of
+        ``width`` on ``sm_<arch>`` under the installed Triton."""
+        if width not in self.widths or (self.archs is not None and arch not in self.archs):
+            return False
+        return self.min_triton is None or triton_at_least(self.min_triton)
+
     def all_configs(self) -> list[dict]:
         """Every config of every width, once."""
         seen: list[dict] = []
-        for width in WIDTHS:
+        for width in self.widths:
             seen += [c for c in self.space[width] if c not in seen]
         return seen
 
@@ -140,7 +154,7 @@ class Tunable:
     def space_hash(self) -> str:
         """Hash of the search space: a changed space invalidates its tuned entries."""
         blob = json.dumps(
-            {w: [sorted(c.items()) for c in self.space[w]] for w in WIDTHS}, sort_keys=True
+            {w: [sorted(c.items()) for c in self.space[w]] for w in self.widths}, sort_keys=True
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -165,6 +179,14 @@ class Tunable:
     def forget(self) -> None:
         """Drop memoised lookups (after the cache file changed)."""
         self._memo.clear()
+
+
+def triton_at_least(version: tuple[int, int]) -> bool:
+    """Whether the installed Triton is ``version`` (major, minor) or newer."""
+    import triton
+
+    major, minor = (int(p) for p in triton.__version__.split(".")[:2])
+    return (major, minor) >= version
 
 
 TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}

@@ -98,10 +98,11 @@ class LaunchRecorder:
     """What :func:`record_launches` yields: ``launches`` in order; set ``label`` to tag the
     launches that follow (a model hook sets it to the layer's name)."""
 
-    def __init__(self) -> None:
+    def __init__(self, capability: tuple[int, int] | None = None) -> None:
         self.launches: list[Launch] = []
         self.label = ""
         self.op = ""
+        self.capability = capability  # the GPU the recorded launches are for, if one is named
 
 
 def _describe(value: object) -> object:
@@ -121,13 +122,15 @@ def _constexpr_names(kernel) -> set[str]:
 
 
 @contextlib.contextmanager
-def record_launches() -> Iterator[LaunchRecorder]:
+def record_launches(capability: tuple[int, int] | None = None) -> Iterator[LaunchRecorder]:
     """Record (and skip) every Triton launch of the ops on ``meta`` tensors in the block
-    (JIT kernels, and interpreted ones when ``TRITON_INTERPRET`` is set)."""
+    (JIT kernels, and interpreted ones when ``TRITON_INTERPRET`` is set). ``capability`` names
+    the GPU the launchers choose their paths for (:func:`kernels._common.target_capability`);
+    None: no GPU-specific path."""
     import triton.runtime.interpreter as interpreter
     import triton.runtime.jit as jit
 
-    recorder = LaunchRecorder()
+    recorder = LaunchRecorder(capability)
     classes = [jit.JITFunction, interpreter.InterpretedFunction]
     originals = [cls.run for cls in classes]
 

@@ -139,15 +139,19 @@ def survey(
     dtypes: Iterable[torch.dtype] = tuple(TRITON_TYPES),
     archs: Iterable[int] = ARCHS,
 ) -> Iterator[Usage]:
-    """Resource usage of the default config (or every config) of each op, per dtype and arch."""
+    """Resource usage of the default config (or every config) of each op, per dtype and arch
+    (those it is launched for: :meth:`Tunable.builds_for`)."""
     for name in ops or sorted(REGISTRY):
         tunable = REGISTRY[name]
         for dtype in dtypes:
             width = width_tag(dtype)
+            if width not in tunable.widths:
+                continue
             configs = tunable.space[width] if all_configs else [tunable.default[width]]
             for config in configs:
                 for arch in archs:
-                    yield resource_usage(tunable, config, dtype, arch)
+                    if tunable.builds_for(width, arch):
+                        yield resource_usage(tunable, config, dtype, arch)
 
 
 _DTYPE_TAGS = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}

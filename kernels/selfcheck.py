@@ -204,15 +204,14 @@ SHAPES: dict[str, list[Shapes]] = {
 def _check_kmeans(res, dtype, device, shapes: list[Shapes], seed: int) -> None:
     from . import kmeans, reference
 
-    for split in (False, True):  # one program per image, and several
-        path = "split " if split else ""
+    for path in _kmeans_paths(kmeans, dtype, device, shapes):
         for i, s in enumerate(shapes):
             B, N, C, kappa = s.kmeans
             gen = _generator(seed + i)
             x = blobs(B, N, C, kappa, gen).to(dtype)
-            case = f"{path}B={B} N={N} C={C} kappa={kappa}"
+            case = f"{path} B={B} N={N} C={C} kappa={kappa}"
             res.cases.append(case)
-            labels, centroids, iterations = _run_kmeans(kmeans, x, kappa, device, split)
+            labels, centroids, iterations = _run_kmeans(kmeans, x, kappa, device, path)
             e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), kappa, 20)
             _compare_exact(res, case, "labels", labels, e_labels)
             _compare_exact(res, case, "iterations", iterations, e_iterations)
@@ -224,23 +223,39 @@ def _check_kmeans(res, dtype, device, shapes: list[Shapes], seed: int) -> None:
         x[0, N // 3, 1] = float("nan")
         x[1, N // 2, 0] = float("inf")
         x = x.to(dtype)
-        case = f"{path}non-finite B=3 N={N} C={C} kappa={kappa}"
+        case = f"{path} non-finite B=3 N={N} C={C} kappa={kappa}"
         res.cases.append(case)
-        labels, centroids, _ = _run_kmeans(kmeans, x, kappa, device, split)
+        labels, centroids, _ = _run_kmeans(kmeans, x, kappa, device, path)
         if labels.min() < 0 or labels.max() >= kappa:
             res.fail(case, f"labels outside [0, {kappa}) for a non-finite image")
         if not torch.isnan(centroids[0]).any():
             res.fail(case, "NaN did not propagate into the NaN image's centroids")
-        alone = _run_kmeans(kmeans, x[2:].contiguous(), kappa, device, split)
+        alone = _run_kmeans(kmeans, x[2:].contiguous(), kappa, device, path)
         _compare_exact(res, case, "finite image's labels", labels[2:], alone[0])
         _compare_float(res, case, centroids[2:], alone[1], dtype)
 
 
-def _run_kmeans(kmeans, x, kappa, device, split):
+def _kmeans_paths(kmeans, dtype, device, shapes: list[Shapes]) -> list[str]:
+    """The k-means paths to check: one program per image and the split path everywhere; the
+    resident path where its launcher can take it (this GPU and Triton, shapes that fit; every
+    dtype under the interpreter)."""
+    paths = ["image", "split"]
+    fits = all(kmeans.resident_fits(s.kmeans[1], s.kmeans[2], s.kmeans[3]) for s in shapes)
+    if fits and (device.type != "cuda" or kmeans.default_path(
+        torch.empty(1, 1, 1, dtype=dtype, device=device), 1
+    ) == "resident"):
+        paths.append("resident")
+    return paths
+
+
+def _run_kmeans(kmeans, x, kappa, device, path):
     B, N, _ = x.shape
     labels = torch.full((B, N), POISON_INT, dtype=torch.int32, device=device)
     iterations = torch.full((B,), POISON_INT, dtype=torch.int32, device=device)
-    out = kmeans.kmeans(x.to(device), kappa, 20, out=(labels, iterations), split=split)
+    config = None
+    if path == "resident" and device.type != "cuda":  # the interpreter: any dtype, small tiles
+        config = kmeans.KMEANS_RESIDENT.interpret_space[0]
+    out = kmeans.kmeans(x.to(device), kappa, 20, out=(labels, iterations), config=config, path=path)
     return tuple(t.cpu() for t in out)
 
 
@@ -539,8 +554,8 @@ def check_all(
 # --------------------------------------------------------------------------------------------
 # Verdicts
 # --------------------------------------------------------------------------------------------
-#: Kernels whose verdict also covers another tunable's source (k-means has two paths).
-_ALSO_COVERS = {"kmeans": ("kmeans_split",)}
+#: Kernels whose verdict also covers other tunables' sources (k-means has three paths).
+_ALSO_COVERS = {"kmeans": ("kmeans_split", "kmeans_resident")}
 
 
 def _source_hash(kernel: str) -> str:

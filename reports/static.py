@@ -218,6 +218,21 @@ def _kmeans_kernel(launch, shape, iters) -> Work:
     )
 
 
+def _kmeans_resident_kernel(launch, shape, iters) -> Work:
+    x = launch.args["x_ptr"]
+    B, N, C = x.shape
+    kpad = launch.constexprs["KAPPA_PAD"]
+    # x is read once (its tiles stay in shared memory); labels, centroids and the iteration
+    # count are written once. The first pass runs before the loop, the loop once per iteration.
+    return Work(
+        bytes=B * N * C * x.dtype.itemsize + B * N * 4 + B * kpad * C * 4 + B * 4,
+        flops=(iters + 1) * B * 4 * N * kpad * C,
+        tc_flops=(iters + 1) * B * 4 * N * kpad * C,
+        hot_trips=iters,
+        active_programs=B,
+    )
+
+
 def _kmeans_step(launch, shape, iters) -> Work:
     x = launch.args["x_ptr"]
     B, N, C = x.shape
@@ -373,6 +388,7 @@ def _gatv2_attention_kernel(launch, shape, iters) -> Work:
 
 WORK_MODELS = {
     "_kmeans_kernel": _kmeans_kernel,
+    "_kmeans_resident_kernel": _kmeans_resident_kernel,
     "_kmeans_step": _kmeans_step,
     "_kmeans_finish": _kmeans_finish,
     "_partition_kernel": _partition_kernel,
@@ -512,8 +528,9 @@ _MATMUL_OPS = {
 }
 
 
-def trace(model_name: str, batch: int, dtype: torch.dtype):
-    """``(launches, glue, matmul_flops, layers, shape)`` of one eval forward on meta tensors."""
+def trace(model_name: str, batch: int, dtype: torch.dtype, arch: int | None = None):
+    """``(launches, glue, matmul_flops, layers, shape)`` of one eval forward on meta tensors,
+    with the kernel paths the launchers take on an ``sm_<arch>`` GPU."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -535,7 +552,12 @@ def trace(model_name: str, batch: int, dtype: torch.dtype):
     # update's contiguous weight columns), as any forward after the first finds them.
     with torch.no_grad():
         model(x)
-    with torch.no_grad(), record_launches() as rec, FlopCounterMode(display=False) as flops:
+    capability = None if arch is None else divmod(arch, 10)
+    with (
+        torch.no_grad(),
+        record_launches(capability) as rec,
+        FlopCounterMode(display=False) as flops,
+    ):
 
         class Glue(TorchDispatchMode):
             """Eager ops inside a DEGC layer (``rec.label``), matmul calls inside its block."""
@@ -595,7 +617,7 @@ def report(
     model_name: str, batch: int, gpu_key: str, dtype: torch.dtype, iters: int, max_iters: int = 20
 ) -> dict:
     gpu = GPUS[gpu_key]
-    launches, glue, matmul, layers, shape = trace(model_name, batch, dtype)
+    launches, glue, matmul, layers, shape = trace(model_name, batch, dtype, gpu.arch)
     rows = []
     for launch in launches:
         model_fn = WORK_MODELS.get(launch.kernel)
@@ -700,6 +722,7 @@ def _triton_version() -> str:
 
 _GROUPS = {
     "_kmeans_kernel": "k-means",
+    "_kmeans_resident_kernel": "k-means",
     "_kmeans_step": "k-means",
     "_kmeans_finish": "k-means",
     "_partition_kernel": "partition",

@@ -22,21 +22,26 @@ def blobs(B: int, N: int, C: int, kappa: int, dtype: torch.dtype) -> torch.Tenso
     return x.to(dtype)
 
 
-@pytest.fixture(params=[False, True], ids=["one-program-per-image", "split"])
-def split(request):
-    """Both paths of the kernel: the whole loop in one program per image, and several programs
-    per image with one launch pair per Lloyd iteration."""
+@pytest.fixture(params=["image", "split", "resident"])
+def path(request):
+    """Every path of the kernel: the whole loop in one program per image, several programs per
+    image with one launch per Lloyd iteration, and one program holding its image on chip."""
     return request.param
 
 
-def _run(x, kappa, iters, device, config=None, split=False):
-    B, N, _ = x.shape
+def _run(x, kappa, iters, device, config=None, path="image"):
+    B, N, C = x.shape
+    if path == "resident" and not kmeans.resident_fits(N, C, kappa):
+        pytest.skip(f"an image of {N} x {C} does not fit the resident path")
     labels = poisoned((B, N), torch.int32, device)
     iterations = poisoned((B,), torch.int32, device)
-    if split and config is None and device.type == "cpu":
-        config = kmeans.KMEANS_SPLIT.interpret_space[1]
+    if config is None and device.type == "cpu":
+        if path == "split":
+            config = kmeans.KMEANS_SPLIT.interpret_space[1]
+        elif path == "resident":
+            config = kmeans.KMEANS_RESIDENT.interpret_space[0]
     out = kmeans.kmeans(
-        x.to(device), kappa, iters, out=(labels, iterations), config=config, split=split
+        x.to(device), kappa, iters, out=(labels, iterations), config=config, path=path
     )
     assert not (labels == POISON_INT).any() and not (iterations == POISON_INT).any()
     return tuple(t.cpu() for t in out)
@@ -57,9 +62,9 @@ CENTROID_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
         (2, 40, 8, 16),
     ],
 )
-def test_float32_random_features_match_reference(device, split, B, N, C, kappa):
+def test_float32_random_features_match_reference(device, path, B, N, C, kappa):
     x = torch.randn(B, N, C)
-    labels, centroids, iterations = _run(x, kappa, 20, device, split=split)
+    labels, centroids, iterations = _run(x, kappa, 20, device, path=path)
     e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), kappa, 20)
     assert torch.equal(labels, e_labels)
     assert torch.equal(iterations, e_iterations)
@@ -68,9 +73,9 @@ def test_float32_random_features_match_reference(device, split, B, N, C, kappa):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,N,C,kappa", [(2, 49, 24, 4), (1, 196, 40, 6), (3, 30, 17, 3)])
-def test_separated_clusters_every_dtype(device, split, B, N, C, kappa, dtype):
+def test_separated_clusters_every_dtype(device, path, B, N, C, kappa, dtype):
     x = blobs(B, N, C, kappa, dtype)
-    labels, centroids, iterations = _run(x, kappa, 20, device, split=split)
+    labels, centroids, iterations = _run(x, kappa, 20, device, path=path)
     e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), kappa, 20)
     assert centroids.dtype == dtype
     assert torch.equal(labels, e_labels)
@@ -79,28 +84,28 @@ def test_separated_clusters_every_dtype(device, split, B, N, C, kappa, dtype):
     torch.testing.assert_close(centroids.double(), e_centroids.double(), atol=tol * 8, rtol=tol)
 
 
-def test_iteration_cap_and_early_stop(device, split):
+def test_iteration_cap_and_early_stop(device, path):
     x = torch.randn(3, 80, 10)
     for cap in (1, 2, 50):
-        labels, centroids, iterations = _run(x, 5, cap, device, split=split)
+        labels, centroids, iterations = _run(x, 5, cap, device, path=path)
         e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), 5, cap)
         assert torch.equal(labels, e_labels) and torch.equal(iterations, e_iterations)
         torch.testing.assert_close(centroids.double(), e_centroids, atol=1e-5, rtol=1e-5)
         assert int(iterations.max()) <= cap
 
 
-def test_empty_cluster_keeps_its_centroid(device, split):
+def test_empty_cluster_keeps_its_centroid(device, path):
     x = empty_cluster_case()
-    labels, centroids, iterations = _run(x, 3, 20, device, split=split)
+    labels, centroids, iterations = _run(x, 3, 20, device, path=path)
     e_labels, e_centroids, _ = reference.kmeans(x.double(), 3, 20)
     assert torch.equal(labels, e_labels)
     assert torch.equal(centroids[0, 1], x[0, 6])
     torch.testing.assert_close(centroids.double(), e_centroids)
 
 
-def test_strided_input(device, split):
+def test_strided_input(device, path):
     x = torch.randn(2, 60, 2, 12)[:, :, 1, :]  # node stride 24
-    labels, centroids, _ = _run(x, 4, 20, device, split=split)
+    labels, centroids, _ = _run(x, 4, 20, device, path=path)
     e_labels, e_centroids, _ = reference.kmeans(x.double(), 4, 20)
     assert torch.equal(labels, e_labels)
     torch.testing.assert_close(centroids.double(), e_centroids, atol=1e-5, rtol=1e-5)
@@ -119,7 +124,7 @@ def test_every_interpreter_config(device, config):
 def test_split_path_every_interpreter_config(device, config):
     x = torch.randn(3, 70, 33)
     x[1] *= 1e-3  # an image that converges at once beside ones that do not
-    labels, centroids, iterations = _run(x, 5, 20, device, config=config, split=True)
+    labels, centroids, iterations = _run(x, 5, 20, device, config=config, path="split")
     e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), 5, 20)
     assert torch.equal(labels, e_labels) and torch.equal(iterations, e_iterations)
     torch.testing.assert_close(centroids.double(), e_centroids, atol=1e-5, rtol=1e-5)
@@ -129,3 +134,50 @@ def test_split_is_the_default_only_for_few_large_images():
     assert kmeans.use_split(1, 784, 640) and kmeans.use_split(32, 784, 640)
     assert not kmeans.use_split(1, 196, 192) and not kmeans.use_split(64, 784, 640)
     assert not kmeans.use_split(1, 196, 640)  # CViG-B: one program per image is estimated faster
+
+
+@pytest.mark.parametrize(
+    "capability,dtype,shape,expected",
+    [
+        ((9, 0), torch.bfloat16, (1, 196, 192), "resident"),  # CViG-Ti on an H100
+        ((9, 0), torch.float16, (256, 196, 192), "resident"),
+        ((9, 0), torch.float32, (1, 196, 192), "image"),  # fp32 tiles do not fit
+        ((8, 0), torch.bfloat16, (1, 196, 192), "image"),  # mma.sync: operands in registers
+        ((9, 0), torch.bfloat16, (1, 196, 320), "image"),  # CViG-S: too wide
+        ((9, 0), torch.bfloat16, (1, 784, 640), "split"),  # CViG-B†
+        (None, torch.bfloat16, (1, 196, 192), "image"),  # no GPU named
+    ],
+)
+def test_default_path_for_the_gpu_a_recording_names(capability, dtype, shape, expected):
+    from kernels.launches import record_launches
+
+    if expected == "resident" and not kmeans.KMEANS_RESIDENT.builds_for("e2", 90):
+        expected = "image"  # Triton older than the resident path's minimum
+    x = torch.empty(shape, dtype=dtype, device="meta")
+    with record_launches(capability) as rec:
+        assert kmeans.default_path(x, 4) == expected
+        kmeans.kmeans(x, 4, 20)
+    kernel = {"image": "_kmeans_kernel", "resident": "_kmeans_resident_kernel"}
+    assert rec.launches[0].kernel == kernel.get(expected, "_kmeans_step")
+
+
+def test_resident_path_argument_errors():
+    x = torch.randn(1, 300, 8)
+    with pytest.raises(ValueError, match="path 'resident' takes images of at most 256 nodes"):
+        kmeans.kmeans(x, 4, 20, path="resident")
+    with pytest.raises(ValueError, match="argument 'path' must be one of"):
+        kmeans.kmeans(x, 4, 20, path="fast")
+    with pytest.raises(ValueError, match="tuned for float16 / bfloat16"):
+        kmeans.kmeans(torch.randn(1, 30, 8), 4, 20, path="resident")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_resident_path_at_the_largest_tile_it_takes(device, dtype):
+    """256 nodes (one tile, no padded row) x 48 channels in three slices, 16 clusters: every
+    row and cluster slot of the tile is real."""
+    x = blobs(1, 256, 48, 16, dtype)
+    labels, centroids, iterations = _run(x, 16, 20, device, path="resident")
+    e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), 16, 20)
+    assert torch.equal(labels, e_labels) and torch.equal(iterations, e_iterations)
+    tol = CENTROID_TOL[dtype]
+    torch.testing.assert_close(centroids.double(), e_centroids.double(), atol=tol * 8, rtol=tol)
