@@ -40,6 +40,7 @@ def layer_launches(
     """(op, dtype, shape) of every kernel launch of one DEGC layer's forward and backward (the
     kernels that take this dtype and shape; every k-means path)."""
     from kernels.kmeans import resident_fits  # imports Triton: after --interpret has set up
+
     M = B * N
     out = [
         ("center_tokens", dtype, {"B": B, "N": N, "C": C}),
@@ -56,7 +57,8 @@ def layer_launches(
     return [
         (op, dt, shape)
         for op, dt, shape in out
-        if op in tunables and width_tag(dt) in tunables[op].widths
+        if op in tunables
+        and width_tag(dt) in tunables[op].widths
         and (op != "kmeans_resident" or resident_fits(N, C, kappa))
     ]
 

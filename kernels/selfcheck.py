@@ -241,9 +241,10 @@ def _kmeans_paths(kmeans, dtype, device, shapes: list[Shapes]) -> list[str]:
     dtype under the interpreter)."""
     paths = ["image", "split"]
     fits = all(kmeans.resident_fits(s.kmeans[1], s.kmeans[2], s.kmeans[3]) for s in shapes)
-    if fits and (device.type != "cuda" or kmeans.default_path(
-        torch.empty(1, 1, 1, dtype=dtype, device=device), 1
-    ) == "resident"):
+    if fits and (
+        device.type != "cuda"
+        or kmeans.default_path(torch.empty(1, 1, 1, dtype=dtype, device=device), 1) == "resident"
+    ):
         paths.append("resident")
     return paths
 

@@ -83,9 +83,7 @@ def test_every_config_compiles_for_every_arch_without_spills(op, tmp_path):
 def test_resource_report_prints_every_default_build(tmp_path):
     proc, rows = run_resources(tmp_path, "--dtypes", "fp16")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    builds = {
-        op: sum(t.builds_for("e2", arch) for arch in ARCHS) for op, t in REGISTRY.items()
-    }
+    builds = {op: sum(t.builds_for("e2", arch) for arch in ARCHS) for op, t in REGISTRY.items()}
     assert len(rows) == sum(builds.values())
     for op, count in builds.items():
         assert proc.stdout.count(f"{op} ") >= count
