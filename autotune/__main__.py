@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="OP",
         help="ops to tune (default: all the model launches): center_tokens kmeans kmeans_split "
+        "kmeans_resident "
         "partition partition_knn gatv2_attention max_aggregate max_aggregate_backward "
         "segment_norm_gelu",
     )
