@@ -522,7 +522,7 @@ def _kmeans_resident_kernel(
     max_iters,
     KAPPA: tl.constexpr,
     KAPPA_PAD: tl.constexpr,  # power of two >= max(KAPPA, 16)
-    BLOCK_N: tl.constexpr,  # power of two >= N
+    BLOCK_N: tl.constexpr,  # power of two >= N, at least 16 (the sums' tl.dot K on a GPU)
     BLOCK_C: tl.constexpr,
     NUM_CHUNKS: tl.constexpr,  # cdiv(C, BLOCK_C)
     DOT_PRECISION: tl.constexpr,
@@ -542,17 +542,19 @@ def _kmeans_resident_kernel(
     ks = tl.arange(0, KAPPA_PAD)
     chans = tl.arange(0, BLOCK_C)
     seeds = ((2 * ks + 1) * N) // (2 * KAPPA)
+    row_offsets = rows[:, None].to(tl.int64) * stride_xn
+    seed_offsets = seeds[:, None].to(tl.int64) * stride_xn
     xs = ()
     zs = ()
     for i in tl.static_range(NUM_CHUNKS):
         col_mask = (i * BLOCK_C + chans < C)[None, :]
         offsets = i * BLOCK_C + chans[None, :]
         xt = tl.load(
-            x_img + rows[:, None] * stride_xn + offsets, mask=(rows < N)[:, None] & col_mask,
+            x_img + row_offsets + offsets, mask=(rows < N)[:, None] & col_mask,
             other=0.0,
         )  # fmt: skip
         z = tl.load(
-            x_img + seeds[:, None] * stride_xn + offsets, mask=(ks < KAPPA)[:, None] & col_mask,
+            x_img + seed_offsets + offsets, mask=(ks < KAPPA)[:, None] & col_mask,
             other=0.0,
         )  # fmt: skip
         if UPCAST:
@@ -811,7 +813,7 @@ def resident_fits(N: int, C: int, num_clusters: int) -> bool:
 def default_path(x: torch.Tensor, num_clusters: int) -> str:
     """The path :func:`kmeans` takes for ``x`` ``(B, N, C)`` unless told: ``"resident"`` for
     fp16/bf16 images that fit on an sm_90 GPU under Triton >= 3.8 (estimated, ``reports.static``,
-    H100 bf16: 105 vs 180 us of k-means a CViG-Ti forward at batch 1, 203 vs 592 at batch 256:
+    H100 bf16: 105 vs 180 us of k-means a CViG-Ti forward at batch 1, 204 vs 592 at batch 256:
     no pass re-reads the image from L2), else ``"split"`` for a few large images
     (:func:`use_split`), else ``"image"``."""
     B, N, C = x.shape
@@ -881,7 +883,7 @@ def kmeans(
         meta, opts = split_launch_options(config)
         _kmeans_resident_kernel[(B,)](
             x, labels, centroids, iterations, N, C, x.stride(0), x.stride(1), max_iters,
-            KAPPA=num_clusters, KAPPA_PAD=kappa_pad, BLOCK_N=next_power_of_2(N),
+            KAPPA=num_clusters, KAPPA_PAD=kappa_pad, BLOCK_N=max(16, next_power_of_2(N)),
             NUM_CHUNKS=triton.cdiv(C, meta["BLOCK_C"]), DOT_PRECISION=precision, UPCAST=upcast,
             **meta, **opts,
         )  # fmt: skip

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kernels import kmeans, reference
+from kernels.launches import record_launches
 from tests.helpers import DTYPES, POISON_INT, poisoned
 from tests.kernels.test_reference import empty_cluster_case
 
@@ -33,6 +34,8 @@ def _run(x, kappa, iters, device, config=None, path="image"):
     B, N, C = x.shape
     if path == "resident" and not kmeans.resident_fits(N, C, kappa):
         pytest.skip(f"an image of {N} x {C} does not fit the resident path")
+    if path == "resident" and device.type == "cuda" and x.dtype == torch.float32 and not config:
+        pytest.skip("on a GPU the resident path takes fp16/bf16 features")
     labels = poisoned((B, N), torch.int32, device)
     iterations = poisoned((B,), torch.int32, device)
     if config is None and device.type == "cpu":
@@ -149,8 +152,6 @@ def test_split_is_the_default_only_for_few_large_images():
     ],
 )
 def test_default_path_for_the_gpu_a_recording_names(capability, dtype, shape, expected):
-    from kernels.launches import record_launches
-
     if expected == "resident" and not kmeans.KMEANS_RESIDENT.builds_for("e2", 90):
         expected = "image"  # Triton older than the resident path's minimum
     x = torch.empty(shape, dtype=dtype, device="meta")
@@ -159,6 +160,20 @@ def test_default_path_for_the_gpu_a_recording_names(capability, dtype, shape, ex
         kmeans.kmeans(x, 4, 20)
     kernel = {"image": "_kmeans_kernel", "resident": "_kmeans_resident_kernel"}
     assert rec.launches[0].kernel == kernel.get(expected, "_kmeans_step")
+
+
+def test_resident_path_pads_a_small_image_to_the_gpu_dot_minimum(device):
+    """An image of 5 nodes: the sums' product contracts over the row tile, which a GPU's
+    ``tl.dot`` needs at least 16 wide (the interpreter takes any width): rows are padded."""
+    with record_launches((9, 0)) as rec:
+        kmeans.kmeans(torch.empty(1, 5, 8, dtype=torch.bfloat16, device="meta"), 2, 20)
+    if kmeans.KMEANS_RESIDENT.builds_for("e2", 90):
+        assert rec.launches[0].constexprs["BLOCK_N"] == 16
+    x = blobs(2, 5, 8, 2, torch.float32)
+    labels, centroids, iterations = _run(x, 2, 20, device, path="resident")
+    e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), 2, 20)
+    assert torch.equal(labels, e_labels) and torch.equal(iterations, e_iterations)
+    torch.testing.assert_close(centroids.double(), e_centroids, atol=1e-5, rtol=1e-5)
 
 
 def test_resident_path_argument_errors():
