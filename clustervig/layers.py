@@ -421,17 +421,52 @@ class GroupedLinear(nn.Module):
         node parts and ``(P, out)`` of the centroid parts (None where there are no parts), no
         bias."""
         fan_in, fan_out = self.in_features // self.groups, self.out_features // self.groups
-        node_out, centroid_out = [], []
-        for g in range(self.groups):
-            lo, hi = g * fan_in, (g + 1) * fan_in
-            node_out.append(self._project(g, lo, hi, node_parts))
-            centroid_out.append(self._project(g, lo, hi, centroid_parts))
-        return _assemble(node_out, fan_out), _assemble(centroid_out, fan_out)
+        # Without autograd (and outside torch.compile, which fuses a concatenation itself) each
+        # group's products write into their columns of one output: no per-group outputs and no
+        # concatenation (CViG-B†, 4 groups: 6.3 ms of copies a forward at batch 256 on an H100,
+        # estimated). With autograd the products stay separate tensors (out= has no gradient).
+        direct = self.groups > 1 and not torch.is_grad_enabled()
+        direct = direct and not torch.compiler.is_compiling()
+        # out= runs outside autocast: only where the products run in the weight's dtype anyway
+        tensors = [t for _, _, t in (*node_parts, *centroid_parts)]
+        direct = direct and all(t.dtype == self.weight.dtype for t in tensors)
+        kind = self.weight.device.type  # meta (static reports) has no autocast
+        direct = direct and not (
+            torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+        )
+        projected = []
+        for parts in (node_parts, centroid_parts):
+            if direct:
+                projected.append(self._project_into_columns(parts, fan_in, fan_out))
+                continue
+            per_group = [
+                self._project(g, g * fan_in, (g + 1) * fan_in, parts) for g in range(self.groups)
+            ]
+            projected.append(_assemble(per_group, fan_out))
+        return projected[0], projected[1]
 
-    def _project(self, g: int, lo: int, hi: int, parts) -> Tensor | None:
+    def _project_into_columns(self, parts, fan_in: int, fan_out: int) -> Tensor | None:
+        """The products of every group written into their output columns of one ``(rows,
+        out)`` tensor (a group no part reaches: zeros), or None if no part reaches any."""
+        if not parts:
+            return None
+        first = parts[0][2]
+        out = first.new_empty(first.shape[0], self.out_features)
+        reached = False
+        for g in range(self.groups):
+            columns = out[:, g * fan_out : (g + 1) * fan_out]
+            if self._project(g, g * fan_in, (g + 1) * fan_in, parts, into=columns) is None:
+                columns.zero_()
+            else:
+                reached = True
+        return out if reached else None
+
+    def _project(
+        self, g: int, lo: int, hi: int, parts, into: Tensor | None = None
+    ) -> Tensor | None:
         """Sum over ``parts`` of ``t[:, i0:i1] @ W_g[:, columns]^T`` for the input channels that
         fall in ``[lo, hi)`` (group g's columns), or None if none do: one product per part,
-        each accumulating into the last (``addmm``)."""
+        each accumulating into the last (``addmm``); written into ``into`` if given."""
         total = None
         for start, step, t in parts:
             first = max(0, -(-(lo - start) // step))  # ceil((lo - start) / step)
@@ -440,10 +475,16 @@ class GroupedLinear(nn.Module):
                 continue
             columns = self._columns(g, start + step * first - lo, step, stop - first)
             x = t[:, first:stop]
-            if total is None:
+            if total is None and into is not None:
+                total = torch.mm(x, columns.t(), out=into)
+            elif total is None:
                 total = F.linear(x, columns)
             else:
-                total = torch.addmm(total, x, columns.t())
+                total = (
+                    total.addmm_(x, columns.t())
+                    if into is not None
+                    else torch.addmm(total, x, columns.t())
+                )
         return total
 
     def _columns(self, g: int, first: int, step: int, count: int) -> Tensor:

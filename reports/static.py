@@ -565,19 +565,25 @@ def trace(model_name: str, batch: int, dtype: torch.dtype, arch: int | None = No
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
                 name = func.overloadpacket.__name__
-                tensors = [
-                    a
+                base = name.rstrip("_")  # addmm_ is an addmm
+                # Each tensor once (an out= argument is also the result), plus an in-place op's
+                # operand again: it is read and written (unless the op only fills it).
+                tensors = {
+                    id(a): a
                     for a in torch.utils._pytree.tree_leaves((args, kwargs, out))
                     if isinstance(a, torch.Tensor)
-                ]
-                nbytes = sum(t.numel() * t.element_size() for t in tensors)
-                if block["layer"] is not None and name in _MATMUL_OPS:
+                }
+                nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+                written_only = base in ("zero", "fill")
+                if name.endswith("_") and not written_only and isinstance(args[0], torch.Tensor):
+                    nbytes += args[0].numel() * args[0].element_size()
+                if block["layer"] is not None and base in _MATMUL_OPS:
                     matmul_calls[block["layer"]].append(nbytes)
                 if (
                     rec.label
                     and not str(func).startswith("clustervig.")
-                    and name.rstrip("_") not in _FREE_OPS
-                    and name not in _MATMUL_OPS
+                    and base not in _FREE_OPS
+                    and base not in _MATMUL_OPS
                 ):
                     glue[rec.label].append((name, nbytes))
                 return out

@@ -63,6 +63,31 @@ def test_grouped_linear_is_a_grouped_1x1_conv(groups):
     torch.testing.assert_close(layer(x), expected)
 
 
+def test_grouped_linear_parts_write_each_group_into_its_columns():
+    """In inference the groups' products write into their columns of one output (no
+    concatenation): the same values as with autograd and as the layer on the materialised
+    input, with zeros from a group no part reaches; under autocast the products stay the
+    autocast ones (out= does not autocast, so that path is not taken)."""
+    layer = GroupedLinear(16, 8, 4)  # 4 input channels and 2 outputs a group
+    x, z = torch.randn(10, 6), torch.randn(3, 2)
+    segment = torch.randint(0, 3, (10,))
+    dense = torch.zeros(10, 16)
+    dense[:, 0:6], dense[:, 14:16] = x, z[segment]  # channels 6..13 (group 2 whole) no part
+    expected = layer(dense)
+    with torch.no_grad():
+        nodes, centroids = layer.project_parts([(0, 1, x)], [(14, 1, z)])
+        assert nodes.is_contiguous() and centroids.shape == (3, 8)
+        assert torch.equal(nodes[:, 4:8], torch.zeros(10, 4))  # groups 2 and 3: no node part
+        direct = layer.forward_parts([(0, 1, x)], [(14, 1, z)], segment)
+    torch.testing.assert_close(direct, expected)
+    torch.testing.assert_close(layer.forward_parts([(0, 1, x)], [(14, 1, z)], segment), expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = layer.forward_parts([(0, 1, x)], [(14, 1, z)], segment)  # separate products
+        with torch.no_grad():
+            mixed = layer.forward_parts([(0, 1, x)], [(14, 1, z)], segment)
+    assert torch.equal(mixed, autocast.detach())  # bf16 products, as with autograd
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_grouped_linear_parts_cache_follows_the_weight(groups):
     """forward_parts on the interleaved MRGCN layout equals the layer on the materialised
