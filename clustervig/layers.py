@@ -475,16 +475,12 @@ class GroupedLinear(nn.Module):
                 continue
             columns = self._columns(g, start + step * first - lo, step, stop - first)
             x = t[:, first:stop]
-            if total is None and into is not None:
-                total = torch.mm(x, columns.t(), out=into)
-            elif total is None:
-                total = F.linear(x, columns)
+            if total is None:
+                total = F.linear(x, columns) if into is None else torch.mm(x, columns.t(), out=into)
+            elif into is None:
+                total = torch.addmm(total, x, columns.t())
             else:
-                total = (
-                    total.addmm_(x, columns.t())
-                    if into is not None
-                    else torch.addmm(total, x, columns.t())
-                )
+                total.addmm_(x, columns.t())
         return total
 
     def _columns(self, g: int, first: int, step: int, count: int) -> Tensor:

@@ -99,6 +99,20 @@ def _blocks_counts(counts_img, num_blocks, KAPPA_PAD: tl.constexpr):
 
 
 @triton.jit
+def _nearest_cluster(d, ks, KAPPA: tl.constexpr, AXIS: tl.constexpr):
+    """The nearest cluster of every node: ``d`` holds squared distances up to a per-node
+    constant, clusters along ``AXIS`` (2-D), ``ks`` the cluster indices ``(KAPPA_PAD,)``.
+    Padded clusters (>= KAPPA) and NaN distances (a non-finite node or centroid) count as +inf,
+    explicitly: the GPU's min ignores NaN while the interpreter's propagates it. A node with no
+    finite distance ties every cluster at +inf and goes to cluster 0; ties go to the lowest
+    cluster. Labels stay in [0, KAPPA)."""
+    d = tl.where(tl.expand_dims(ks < KAPPA, 1 - AXIS) & (d == d), d, float("inf"))
+    nearest = tl.min(d, axis=AXIS)
+    cluster = tl.expand_dims(ks, 1 - AXIS)
+    return tl.min(tl.where(d == tl.expand_dims(nearest, AXIS), cluster, KAPPA - 1), axis=AXIS)
+
+
+@triton.jit
 def _label_block(
     x_img,
     z_img,
@@ -123,10 +137,7 @@ def _label_block(
 
     ``d = |z|^2 - 2 x.z`` over ``BLOCK_C`` channel slices of the centroids
     (:func:`_centroid_slice`; with ``write_z`` each slice is also stored to ``z_out_img``),
-    ``|z|^2`` summed from the same slices. A NaN distance (non-finite node or centroid) counts
-    as +inf, explicitly: the GPU's min ignores NaN while the interpreter's propagates it. A node
-    with no finite distance then ties every cluster at +inf and goes to cluster 0: labels stay
-    in [0, KAPPA).
+    ``|z|^2`` summed from the same slices; the choice (NaN, ties) is :func:`_nearest_cluster`'s.
     """
     ks = tl.arange(0, KAPPA_PAD)
     chans = tl.arange(0, BLOCK_C)
@@ -146,10 +157,7 @@ def _label_block(
         if UPCAST:
             xt = xt.to(tl.float32)
         dot += tl.dot(zt.to(xt.dtype), tl.trans(xt), input_precision=DOT_PRECISION)
-    d = z_norm[:, None] - 2.0 * dot
-    d = tl.where((ks < KAPPA)[:, None] & (d == d), d, float("inf"))
-    nearest = tl.min(d, axis=0)
-    return tl.min(tl.where(d == nearest[None, :], ks[:, None], KAPPA - 1), axis=0)
+    return _nearest_cluster(z_norm[:, None] - 2.0 * dot, ks, KAPPA, 0)
 
 
 @triton.jit
@@ -481,8 +489,8 @@ def _resident_pass(
     slices, ``zs`` the centroids' float32 ``(KAPPA_PAD, BLOCK_C)`` slices. Returns the labels
     ``(BLOCK_N,)`` and the means of those labels (an empty cluster keeps its ``zs`` row).
 
-    Distances and the NaN rule are :func:`_label_block`'s; the one-hot sums are
-    :func:`_accumulate_block`'s product, here ``x^T @ onehot`` over all rows at once. The same
+    Distances are :func:`_label_block`'s, chosen by :func:`_nearest_cluster`; the one-hot sums
+    are :func:`_accumulate_block`'s product, here ``x^T @ onehot`` over all rows at once. The same
     tiles feed both products: on sm_90 they are the operands of both ``wgmma`` from one shared
     memory copy (the second reads it transposed), loaded once before the loop."""
     ks = tl.arange(0, KAPPA_PAD)
@@ -493,10 +501,7 @@ def _resident_pass(
     for i in tl.static_range(NUM_CHUNKS):
         z_norm += tl.sum(zs[i] * zs[i], axis=1)
         dot = tl.dot(xs[i], tl.trans(zs[i].to(xs[i].dtype)), acc=dot, input_precision=DOT_PRECISION)
-    d = z_norm[None, :] - 2.0 * dot
-    d = tl.where((ks < KAPPA)[None, :] & (d == d), d, float("inf"))
-    nearest = tl.min(d, axis=1)
-    label = tl.min(tl.where(d == nearest[:, None], ks[None, :], KAPPA - 1), axis=1)
+    label = _nearest_cluster(z_norm[None, :] - 2.0 * dot, ks, KAPPA, 1)
     onehot = (label[:, None] == ks[None, :]) & row_mask[:, None]  # (node, cluster)
     counts = tl.sum(onehot.to(tl.float32), axis=0)
     onehot = onehot.to(xs[0].dtype)
@@ -615,6 +620,7 @@ KMEANS = Tunable(
         _kmeans_kernel,
         _lloyd_pass,
         _label_block,
+        _nearest_cluster,
         _centroid_slice,
         _accumulate_block,
         _new_means,
@@ -703,6 +709,7 @@ KMEANS_SPLIT = Tunable(
         _blocks_changed,
         _blocks_counts,
         _label_block,
+        _nearest_cluster,
         _centroid_slice,
         _accumulate_block,
     ],
@@ -772,7 +779,7 @@ RESIDENT_MAX_CHANNELS = 192
 
 KMEANS_RESIDENT = Tunable(
     name="kmeans_resident",
-    kernels=[_kmeans_resident_kernel, _resident_pass],
+    kernels=[_kmeans_resident_kernel, _resident_pass, _nearest_cluster],
     # 16-bit features on sm_90 only: there the products are wgmma, which read both operand
     # layouts of the image from one shared-memory copy. sm_80's mma.sync takes its operands in
     # registers, where a 196 x 192 image does not fit (the compiled kernel spills heavily), and
@@ -817,15 +824,18 @@ def default_path(x: torch.Tensor, num_clusters: int) -> str:
     no pass re-reads the image from L2), else ``"split"`` for a few large images
     (:func:`use_split`), else ``"image"``."""
     B, N, C = x.shape
-    width = width_tag(x.dtype)
-    capability = target_capability(x)
-    if (
-        capability is not None
-        and KMEANS_RESIDENT.builds_for(width, capability[0] * 10 + capability[1])
-        and resident_fits(N, C, num_clusters)
-    ):
+    if resident_supported(x) and resident_fits(N, C, num_clusters):
         return "resident"
     return "split" if use_split(B, N, C) else "image"
+
+
+def resident_supported(x: torch.Tensor) -> bool:
+    """Whether the resident kernel is launched for ``x``'s dtype on the GPU ``x`` is on (or a
+    launch recording names), under the installed Triton."""
+    capability = target_capability(x)
+    if capability is None:
+        return False
+    return KMEANS_RESIDENT.builds_for(width_tag(x.dtype), capability[0] * 10 + capability[1])
 
 
 def kmeans(
@@ -870,7 +880,9 @@ def kmeans(
         return labels, centroids[:, :num_clusters].to(x.dtype).contiguous(), iterations
     precision, upcast = dot_precision(x.dtype)
     if path == "split":
-        _kmeans_split(x, num_clusters, max_iters, labels, iterations, centroids, config)
+        _kmeans_split(
+            x, num_clusters, max_iters, labels, iterations, centroids, config, precision, upcast
+        )
     elif path == "resident":
         if config is None:
             if x.dtype not in (torch.float16, torch.bfloat16):
@@ -910,11 +922,13 @@ def _kmeans_split(
     iterations: torch.Tensor,
     centroids: torch.Tensor,
     config: dict | None,
+    precision: str,
+    upcast: bool,
 ) -> None:
     """The split path: ``max_iters + 1`` step launches (the first assignment, then one per Lloyd
     iteration, each reducing the previous step's sums itself) and a final launch for the
     centroids; decided per image on the device (a converged image's programs exit at once), no
-    host sync."""
+    host sync. ``precision``, ``upcast``: :func:`dot_precision` of x's dtype."""
     B, N, C = x.shape
     kappa_pad = centroids.shape[1]
     config = config or KMEANS_SPLIT.config(
@@ -931,7 +945,6 @@ def _kmeans_split(
     )
     partial_counts = torch.empty(2, B, num_blocks, kappa_pad, dtype=torch.float32, device=x.device)
     changed = torch.empty(2, B, num_blocks, dtype=torch.int32, device=x.device)
-    precision, upcast = dot_precision(x.dtype)
     buffers = (steps, partial_sums, partial_counts, changed, iterations)
     for step in range(max_iters + 1):
         _kmeans_step[(B, num_blocks)](

@@ -241,10 +241,8 @@ def _kmeans_paths(kmeans, dtype, device, shapes: list[Shapes]) -> list[str]:
     dtype under the interpreter)."""
     paths = ["image", "split"]
     fits = all(kmeans.resident_fits(s.kmeans[1], s.kmeans[2], s.kmeans[3]) for s in shapes)
-    if fits and (
-        device.type != "cuda"
-        or kmeans.default_path(torch.empty(1, 1, 1, dtype=dtype, device=device), 1) == "resident"
-    ):
+    probe = torch.empty(0, dtype=dtype, device=device)
+    if fits and (device.type != "cuda" or kmeans.resident_supported(probe)):
         paths.append("resident")
     return paths
 
