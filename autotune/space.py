@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from clustervig import CViG, canonical_name, create_model
-from kernels._tuning import Tunable, width_tag
+from kernels.tuning import Tunable, width_tag
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 DEFAULT_DTYPES = (torch.bfloat16, torch.float32)
@@ -38,29 +38,14 @@ def layer_launches(
     tunables: dict[str, Tunable], B: int, N: int, C: int, kappa: int, K: int, dtype: torch.dtype
 ) -> list[tuple[str, torch.dtype, dict]]:
     """(op, dtype, shape) of every kernel launch of one DEGC layer's forward and backward (the
-    kernels that take this dtype and shape; every k-means path)."""
-    from kernels.kmeans import resident_fits  # imports Triton: after --interpret has set up
-
-    M = B * N
-    out = [
-        ("center_tokens", dtype, {"B": B, "N": N, "C": C}),
-        ("kmeans", dtype, {"B": B, "N": N, "C": C, "kappa": kappa}),
-        ("kmeans_split", dtype, {"B": B, "N": N, "C": C, "kappa": kappa}),
-        ("kmeans_resident", dtype, {"B": B, "N": N, "C": C, "kappa": kappa}),
-        ("partition", torch.int32, {"N": N, "kappa": kappa}),
-        ("partition_knn", dtype, {"M": M, "C": C, "K": K, "S": N}),
-        ("gatv2_attention", dtype, {"B": B, "kappa": kappa, "C": C}),
-        ("max_aggregate", dtype, {"M": M, "C": C, "K": K}),
-        ("max_aggregate_backward", dtype, {"M": M, "C": C, "K": K}),
-        ("segment_norm_gelu", dtype, {"M": M, "C": 2 * C}),  # the local update's epilogue
-    ]
-    return [
-        (op, dt, shape)
-        for op, dt, shape in out
-        if op in tunables
-        and width_tag(dt) in tunables[op].widths
-        and (op != "kmeans_resident" or resident_fits(N, C, kappa))
-    ]
+    kernels that take this dtype and shape; every k-means path), as each kernel's
+    :attr:`kernels.tuning.Tunable.layer_launch` describes it."""
+    out = []
+    for name, tunable in tunables.items():
+        launch = tunable.layer_launch(B, N, C, kappa, K, dtype)
+        if launch is not None and width_tag(launch[0]) in tunable.widths:
+            out.append((name, *launch))
+    return out
 
 
 def model_launches(

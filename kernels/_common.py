@@ -1,4 +1,5 @@
-"""Shared helpers for the kernel package: argument validation, dtype tables, backend selection.
+"""The bottom of the kernel package: limits, argument validation, dtype helpers, launch-recording
+state. It imports nothing of the package (``tests/test_layering.py``).
 
 Every public op validates its arguments here so that a bad call fails with a ``ValueError`` that
 names the op, the argument and what is accepted, instead of a shape error deep inside a kernel.
@@ -8,6 +9,7 @@ Validation reads shapes and dtypes only: nothing here syncs with a device.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Iterator, Sequence
 
@@ -46,6 +48,12 @@ def one_cpu_thread(x: torch.Tensor, enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the references compute in: float64 for float64 inputs (oracle mode), float32
+    otherwise (the CPU path of the model should not pay for float64)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def dtype_label(dtype: torch.dtype) -> str:
@@ -104,57 +112,14 @@ def check_int(
     return value
 
 
-# --------------------------------------------------------------------------------------------
-# Backend selection
-# --------------------------------------------------------------------------------------------
-_BACKENDS = ("auto", "torch", "triton", "native", "reference")  # "reference": old name of "torch"
-_backend_override: str | None = None
-
-
 def interpreter_active() -> bool:
     """True when Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def backend() -> str:
-    """The backend the ops use: ``auto`` (default), ``torch``, ``triton`` or ``native``.
-
-    - ``auto``: CUDA tensors run the Triton kernels (except a kernel whose self-check failed on
-      this GPU, see :mod:`kernels.selfcheck`); CPU tensors the compiled CPU kernels of
-      k-means, the partition order, k-NN and the aggregation's forward (:mod:`kernels.native`,
-      built on first use) where a C compiler can build them, and the PyTorch references for
-      everything else.
-    - ``torch``: the PyTorch references on every device (a pure-PyTorch ClusterViG).
-    - ``triton``: the kernels on CUDA, and on CPU tensors under the Triton interpreter.
-    - ``native``: as ``auto``, but an error instead of the references when the compiled CPU
-      kernels cannot be built (tests and benchmarks that must measure them).
-
-    float64 CPU tensors always run the references (the oracles of the tests).
-
-    Set with :func:`use_backend` or the environment variable ``CLUSTERVIG_BACKEND``.
-    """
-    value = (_backend_override or os.environ.get("CLUSTERVIG_BACKEND", "auto")).lower()
-    if value not in _BACKENDS:
-        raise ValueError(f"CLUSTERVIG_BACKEND must be one of {_BACKENDS[:4]}, got {value!r}")
-    return "torch" if value == "reference" else value
-
-
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
-    """Temporarily choose the backend (``auto``, ``torch``, ``triton`` or ``native``; see
-    :func:`backend`)."""
-    global _backend_override
-    if not isinstance(name, str) or name.lower() not in _BACKENDS:
-        raise ValueError(
-            f"use_backend: argument 'name' must be one of {_BACKENDS[:4]}, got {name!r}"
-        )
-    previous, _backend_override = _backend_override, name.lower()
-    try:
-        yield
-    finally:
-        _backend_override = previous
-
-
+# --------------------------------------------------------------------------------------------
+# Launch recording (the state :mod:`kernels.launches` installs; the ops' fakes read it)
+# --------------------------------------------------------------------------------------------
 #: The :class:`kernels.launches.LaunchRecorder` while :func:`kernels.launches.record_launches`
 #: runs: ops on ``meta`` tensors then take their Triton path, and their launches are recorded.
 _launch_recorder = None
@@ -188,35 +153,6 @@ def target_capability(t: torch.Tensor) -> tuple[int, int] | None:
     return None
 
 
-def runs_triton(t: torch.Tensor, op: str = "op") -> bool:
-    """Whether the op ``op`` on ``t`` launches its Triton kernel (else the PyTorch reference).
-
-    ``op`` is the kernel's name in the tuning cache (``kmeans``, ``max_aggregate_backward``...):
-    a kernel whose self-check verdict on this device is a failure is not launched.
-    """
-    choice = backend()
-    if choice == "torch":
-        return False
-    use = t.is_cuda or (t.device.type == "cpu" and choice == "triton")
-    if not use:
-        return False
-    if t.is_floating_point() and t.dtype not in FLOAT_DTYPES:
-        if t.device.type == "cpu":
-            return False  # float64 on the CPU: the reference, whatever the backend
-        raise ValueError(
-            f"{op}: the Triton kernels take float32, float16 or bfloat16 features, got "
-            f"{str(t.dtype).replace('torch.', '')} on {t.device}"
-        )
-    if not t.is_cuda and not interpreter_active():
-        raise RuntimeError(
-            "backend 'triton' on CPU tensors needs the Triton interpreter: set "
-            "TRITON_INTERPRET=1 before importing the kernels package"
-        )
-    from . import selfcheck  # lazy: selfcheck imports the kernel modules (and so Triton)
-
-    return selfcheck.kernel_allowed(op, t)
-
-
 def dot_precision(dtype: torch.dtype) -> tuple[str, bool]:
     """``(input_precision, upcast)`` for a kernel's ``tl.dot`` on inputs of ``dtype``.
 
@@ -239,21 +175,11 @@ def package_version() -> str:
         return "clustervig (not installed)"
 
 
+def resolve(path: str):
+    """The object ``"package.module:attribute"`` names (the module imported on first use)."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
-
-
-def runs_native(t: torch.Tensor) -> bool:
-    """Whether an op on the CPU tensor ``t`` runs its compiled CPU kernel (:mod:`kernels.native`;
-    all but ``permute_rows`` and the aggregation's backward have one) rather than the PyTorch
-    reference. Builds the kernels on the first call; raises RuntimeError under backend
-    ``native`` if they cannot be built."""
-    choice = backend()
-    if t.device.type != "cpu" or choice not in ("auto", "native") or t.dtype == torch.float64:
-        return False
-    from . import native  # lazy: native imports the references, which import this module
-
-    if choice == "native":
-        native.require()
-        return True
-    return native.available()

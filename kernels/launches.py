@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import _common
+from .tuning import constexpr_names
 
 __all__ = [
     "Launch",
@@ -111,16 +112,6 @@ def _describe(value: object) -> object:
     return value
 
 
-def _constexpr_names(kernel) -> set[str]:
-    """The constexpr parameters of a JIT (or, under the interpreter, interpreted) kernel."""
-    if hasattr(kernel, "constexprs"):
-        return {kernel.arg_names[i] for i in kernel.constexprs}
-    import inspect
-
-    params = inspect.signature(kernel.fn).parameters.values()
-    return {p.name for p in params if "constexpr" in str(p.annotation)}
-
-
 @contextlib.contextmanager
 def record_launches(capability: tuple[int, int] | None = None) -> Iterator[LaunchRecorder]:
     """Record (and skip) every Triton launch of the ops on ``meta`` tensors in the block
@@ -136,12 +127,12 @@ def record_launches(capability: tuple[int, int] | None = None) -> Iterator[Launc
 
     def run(self, *args, grid, warmup, **kwargs):
         names = self.arg_names
-        constexpr_names = _constexpr_names(self)
+        constexprs_of_kernel = constexpr_names(self)
         bound = dict(zip(names, args, strict=False))
         bound.update({k: v for k, v in kwargs.items() if k in names})
         options = {k: v for k, v in kwargs.items() if k not in names}
-        runtime = {k: _describe(v) for k, v in bound.items() if k not in constexpr_names}
-        constexprs = {k: v for k, v in bound.items() if k in constexpr_names}
+        runtime = {k: _describe(v) for k, v in bound.items() if k not in constexprs_of_kernel}
+        constexprs = {k: v for k, v in bound.items() if k in constexprs_of_kernel}
         if callable(grid):
             grid = grid({**bound, **options})
         grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))

@@ -1,9 +1,10 @@
-"""The compiled CPU kernels of the graph ops (``kernels/csrc/*.c``), built on first use.
+"""The compiled CPU kernels of the graph ops (each op's ``kernels/<op>/*.c``), built on first use.
 
 On the CPU, k-means, the partition order and the in-partition k-NN are loops over a few hundred
 nodes: as PyTorch ops their dispatch and padding cost more than their arithmetic (with the
 aggregation they were ~30% of a CViG-Ti forward at batch 8). Their C twins (and the
-aggregation's forward) run the same contracts as :mod:`kernels.reference`, one call per op.
+aggregation's forward) run the same contracts as their references, one call per op; each op's
+``native.py`` declares and calls its functions (:func:`function`, :func:`run_parallel`).
 Like Triton's launcher stubs, they are compiled by the system's C compiler (``$CC``, else
 ``cc``) the first time a process needs them, into ``$XDG_CACHE_HOME/clustervig/native`` (else
 ``~/.cache/clustervig/native``; ``CLUSTERVIG_NATIVE_DIR`` overrides it), and loaded with
@@ -37,26 +38,21 @@ from pathlib import Path
 
 import torch
 
-from ._common import INDEX_DTYPE
-from .reference import kmeans_init_index
-
 __all__ = [
     "available",
     "build_error",
     "cache_dir",
-    "kmeans",
+    "function",
     "library_path",
-    "max_aggregate",
-    "partition",
-    "partition_knn",
+    "pointer",
     "require",
+    "run_parallel",
+    "sources",
 ]
 
 #: Must equal ``cvig_abi_version()`` in ``csrc/abi.c``.
 ABI_VERSION = 2
 ENV_DIR = "CLUSTERVIG_NATIVE_DIR"
-SOURCES = ("abi.c", "kmeans.c", "partition.c", "knn.c", "aggregate.c")
-HEADERS = ("dots.h",)
 #: Tried in order: the first set the compiler accepts builds the library.
 FLAG_SETS = (
     ("-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared"),
@@ -87,8 +83,24 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _source_dir() -> Path:
-    return Path(__file__).resolve().parent / "csrc"
+def _package_dir() -> Path:
+    return Path(__file__).resolve().parent
+
+
+def _include_dir() -> Path:
+    """The shared sources: the interface version (``abi.c``) and the headers (``dots.h``)."""
+    return _package_dir() / "csrc"
+
+
+def sources() -> list[Path]:
+    """Every C source of the library: ``csrc/abi.c`` and each op folder's ``*.c`` (found on
+    disk: an op adds a C twin by adding the file to its folder)."""
+    ops = sorted(p for p in _package_dir().glob("*/*.c") if p.parent != _include_dir())
+    return [_include_dir() / "abi.c", *ops]
+
+
+def _headers() -> list[Path]:
+    return sorted(_include_dir().glob("*.h"))
 
 
 def cache_dir() -> Path:
@@ -129,8 +141,9 @@ def _build_key(compiler: list[str]) -> str:
         version = ""
     for part in (str(ABI_VERSION), repr(compiler), version, repr(FLAG_SETS), _cpu_signature()):
         digest.update(part.encode())
-    for name in SOURCES + HEADERS:
-        digest.update((_source_dir() / name).read_bytes())
+    for path in (*sources(), *_headers()):
+        digest.update(path.relative_to(_package_dir()).as_posix().encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -143,29 +156,20 @@ def _load(path: Path) -> ctypes.CDLL:
         raise OSError("no cvig_abi_version symbol: not a clustervig library") from exc
     if version != ABI_VERSION:
         raise OSError(f"interface version {version}, expected {ABI_VERSION}")
-    i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
-    lib.cvig_kmeans.argtypes = [ptr, i64, i64, i32, i32, ptr, i64, i64, ptr, ptr, ptr]
-    lib.cvig_kmeans.restype = ctypes.c_int
-    lib.cvig_partition_knn.argtypes = [ptr, i64, i64, ptr, ptr, i32, i64, i64, i32, ptr]
-    lib.cvig_partition_knn.restype = ctypes.c_int
-    lib.cvig_max_aggregate.argtypes = [ptr, i64, i64, ptr, i32, i32, i64, i64, ptr, ptr]
-    lib.cvig_max_aggregate.restype = None
-    lib.cvig_partition.argtypes = [ptr, i64, i32, i64, i64, ptr, ptr, ptr, ptr, ptr]
-    lib.cvig_partition.restype = None
     return lib
 
 
 def _compile(compiler: list[str], directory: Path, final: Path) -> ctypes.CDLL:
     """Build into a private file, load it from there, then move it to ``final`` (atomic, so a
     process racing this one sees either no file or a whole one). Raises RuntimeError."""
-    sources = [str(_source_dir() / name) for name in SOURCES]
+    files = [str(path) for path in sources()]
     errors = []
     for flags in FLAG_SETS:
         fd, tmp = tempfile.mkstemp(prefix=final.stem + "-", suffix=".so", dir=directory)
         os.close(fd)
         try:
             done = subprocess.run(
-                [*compiler, *flags, "-o", tmp, *sources, "-lm"],
+                [*compiler, *flags, "-I", str(_include_dir()), "-o", tmp, *files, "-lm"],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -266,11 +270,27 @@ def require() -> ctypes.CDLL:
     return lib
 
 
-def _ptr(t: torch.Tensor) -> int:
+_declared: dict[tuple[int, str], object] = {}
+
+
+def function(name: str, argtypes: list, restype) -> ctypes._CFuncPtr:
+    """The library's function ``name`` with its ctypes argument and result types declared
+    (once per process); builds the library on the first call (:func:`require`)."""
+    lib = require()
+    fn = _declared.get((id(lib), name))
+    if fn is None:
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, restype
+        _declared[(id(lib), name)] = fn
+    return fn
+
+
+def pointer(t: torch.Tensor) -> int:
+    """The address of a contiguous CPU tensor's data, as the C functions take it."""
     return t.data_ptr()
 
 
-def _run(function, count: int, work: int, arguments) -> None:
+def run_parallel(function, count: int, work: int, arguments) -> None:
     """Call ``function(*arguments(lo, hi))`` over ``[0, count)``: in one call, or split into
     contiguous ranges over torch's CPU threads when the work repays it (ctypes releases the GIL,
     so the ranges run in parallel)."""
@@ -289,118 +309,3 @@ def _run(function, count: int, work: int, arguments) -> None:
         status = [job.result() for job in jobs]
     if any(status):  # an int function's -1; void functions return None
         raise MemoryError("clustervig CPU kernel: could not allocate its scratch memory")
-
-
-def kmeans(
-    x: torch.Tensor,
-    num_clusters: int,
-    max_iters: int,
-    out: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`kernels.reference.kmeans` in C. x ``(B, N, C)`` on the CPU (any float dtype but
-    float64; computed in float32) -> labels ``(B, N)`` int32, centroids ``(B, kappa, C)`` in
-    x's dtype, iterations ``(B,)`` int32. ``out``: contiguous ``(labels, iterations)`` to write
-    into (the tests poison them). Arguments are assumed checked (``kernels.ops``)."""
-    lib = require()
-    B, N, C = x.shape
-    xf = x.detach().to(torch.float32).contiguous()
-    if out is None:
-        out = (torch.empty(B, N, dtype=INDEX_DTYPE), torch.empty(B, dtype=INDEX_DTYPE))
-    labels, iterations = out
-    centroids = torch.empty(B, num_clusters, C, dtype=torch.float32)
-    init = kmeans_init_index(N, num_clusters).contiguous()
-    if B:
-        work = B * N * C * num_clusters * 8  # ~8 iterations of assignment and mean
-        _run(
-            lib.cvig_kmeans,
-            B,
-            work,
-            lambda lo, hi: (
-                _ptr(xf), N, C, num_clusters, max_iters, _ptr(init), lo, hi,
-                _ptr(labels), _ptr(centroids), _ptr(iterations),
-            ),
-        )  # fmt: skip
-    return labels, centroids.to(x.dtype), iterations
-
-
-def partition(
-    labels: torch.Tensor, num_clusters: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`kernels.reference.partition` in C: labels ``(B, N)`` int32 on the CPU ->
-    ``(perm, inverse, offsets, segment)``, all int32."""
-    lib = require()
-    B, N = labels.shape
-    lab = labels.to(INDEX_DTYPE).contiguous()
-    perm, inverse, segment = (torch.empty(B * N, dtype=INDEX_DTYPE) for _ in range(3))
-    offsets = torch.empty(B * num_clusters + 1, dtype=INDEX_DTYPE)
-    offsets[-1] = B * N
-    counts = torch.empty(num_clusters, dtype=torch.int64)
-    if B:
-        lib.cvig_partition(
-            _ptr(lab), N, num_clusters, 0, B, _ptr(counts),
-            _ptr(perm), _ptr(inverse), _ptr(offsets), _ptr(segment),
-        )  # fmt: skip
-    return perm, inverse, offsets, segment
-
-
-def partition_knn(
-    x: torch.Tensor,
-    offsets: torch.Tensor,
-    k: int,
-    out: torch.Tensor | None = None,
-    *,
-    perm: torch.Tensor | None = None,
-    normalize: bool = False,
-) -> torch.Tensor:
-    """:func:`kernels.reference.partition_knn` in C. x ``(M, C)`` on the CPU (computed in
-    float32), offsets ``(P + 1,)`` int32 already checked to rise from 0 to M, ``perm`` (M,)
-    int32 or None, ``normalize`` -> ``(M, K)`` int32 row indices (written into ``out`` if
-    given: contiguous, the tests poison it)."""
-    lib = require()
-    M, C = x.shape
-    xf = x.detach().to(torch.float32).contiguous()
-    offs = offsets.to(INDEX_DTYPE).contiguous()
-    rows = None if perm is None else perm.to(INDEX_DTYPE).contiguous()
-    out = torch.empty(M, k, dtype=INDEX_DTYPE) if out is None else out
-    P = offs.shape[0] - 1
-    if M and P:
-        work = M * C * (M // P + 1)  # rows x channels x the mean partition size
-        _run(
-            lib.cvig_partition_knn,
-            P,
-            work,
-            lambda lo, hi: (
-                _ptr(xf), M, C, _ptr(offs), None if rows is None else _ptr(rows),
-                int(normalize), lo, hi, k, _ptr(out),
-            ),
-        )  # fmt: skip
-    return out
-
-
-def max_aggregate(
-    x: torch.Tensor, nbr: torch.Tensor, relative: bool, with_argslot: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`kernels.reference.max_aggregate` in C. x ``(M, C)`` on the CPU (16-bit inputs are
-    widened to float32: their maximum is exact, and ``best - x`` is rounded once, as the
-    reference does), nbr ``(M, K)`` int32 -> out ``(M, C)`` in x's dtype, argslot ``(M, C)``
-    uint8 (empty unless ``with_argslot``)."""
-    lib = require()
-    M, C = x.shape
-    K = nbr.shape[1]
-    xf = x.detach().to(torch.float32).contiguous()
-    index = nbr.to(INDEX_DTYPE).contiguous()
-    out = torch.empty(M, C, dtype=torch.float32)
-    argslot = (
-        torch.empty(M, C, dtype=torch.uint8) if with_argslot else torch.empty(0, dtype=torch.uint8)
-    )
-    if M and C:
-        _run(
-            lib.cvig_max_aggregate,
-            M,
-            M * K * C // 4,  # a gather and a compare are ~4x lighter than a multiply-add pass
-            lambda lo, hi: (
-                _ptr(xf), M, C, _ptr(index), K, int(relative), lo, hi, _ptr(out),
-                _ptr(argslot) if with_argslot else None,
-            ),
-        )  # fmt: skip
-    return out.to(x.dtype), argslot

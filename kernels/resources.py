@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ._common import package_version
-from ._tuning import TRITON_TYPES, Tunable, tunables, width_tag
+from .registry import tunables
+from .tuning import TRITON_TYPES, Tunable, width_tag
 
 REGISTRY = tunables()
 
@@ -67,7 +68,7 @@ def compile_kernel(tunable: Tunable, config: dict, dtype: torch.dtype, arch: int
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    signature, constexprs = tunable.signature_fn(dtype, config)
+    signature, constexprs = tunable.aot_signature(dtype, config)
     kernel = tunable.kernels[0]
     if not hasattr(kernel, "cache_key"):
         raise RuntimeError(

@@ -1,7 +1,7 @@
 """Per-GPU kernel cache: tuned configs and self-check verdicts, one JSON file per (GPU model,
 compute capability, Triton version).
 
-Kernel launches read it (:meth:`kernels._tuning.Tunable.config`, :mod:`kernels.selfcheck`);
+Kernel launches read it (:meth:`kernels.tuning.Tunable.config`, :mod:`kernels.selfcheck`);
 ``python -m autotune --gpu`` and ``python -m kernels.selfcheck`` write it. It lives with the
 kernels so that ``kernels/`` never imports the tuner's package.
 
@@ -36,12 +36,24 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from ._tuning import Tunable
+
+class Tunable(Protocol):
+    """What the cache reads of a :class:`kernels.tuning.Tunable` (defined above this module:
+    its launches read the cache)."""
+
+    name: str
+    space: dict
+    default: dict
+    interpret_space: Any
+
+    def source_hash(self) -> str: ...
+
+    def space_hash(self) -> str: ...
+
 
 __all__ = [
     "AutotuneCacheWarning",
@@ -69,6 +81,8 @@ class AutotuneCacheWarning(UserWarning):
 
 _warned: set[str] = set()
 _loaded: dict[tuple, dict] = {}
+#: (kernel name, device type, device index, bucket) -> (config, "cache" | "default")
+_chosen: dict[tuple, tuple[dict, str]] = {}
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -79,13 +93,11 @@ def _warn_once(key: str, message: str) -> None:
 
 
 def reset() -> None:
-    """Forget loaded files and issued warnings (tests; after writing a cache file)."""
+    """Forget loaded files, the configs chosen from them and issued warnings (tests; after
+    writing a cache file)."""
     _warned.clear()
     _loaded.clear()
-    from ._tuning import REGISTRY
-
-    for tunable in REGISTRY.values():
-        tunable.forget()
+    _chosen.clear()
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,6 +238,20 @@ def lookup(tunable: Tunable, device: torch.device, bucket: str) -> dict | None:
             "search space; using the default config (re-run `python -m autotune --gpu`)",
         )
     return config
+
+
+def config_for(tunable: Tunable, device: torch.device, bucket: str) -> tuple[dict, str]:
+    """``(config, source)`` of a launch of ``tunable`` in ``bucket`` on ``device``: the cached
+    config (``"cache"``) or the kernel's default (``"default"``), decided once per process
+    until :func:`reset`."""
+    key = (tunable.name, device.type, device.index, bucket)
+    hit = _chosen.get(key)
+    if hit is None:
+        entry = lookup(tunable, device, bucket)
+        default = tunable.default[bucket.split("/", 1)[0]]
+        hit = (dict(entry), "cache") if entry is not None else (dict(default), "default")
+        _chosen[key] = hit
+    return hit
 
 
 # --------------------------------------------------------------------------------------------

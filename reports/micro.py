@@ -55,7 +55,7 @@ def _inputs(B: int, N: int, C: int, kappa: int, K: int, dtype: torch.dtype, devi
         "segment": segment,
         "acc": torch.randn(B * N, 2 * C, device=device).to(dtype),
         "table": torch.randn(B * kappa, 2 * C, device=device).to(dtype),
-        "vectors": [torch.rand(2 * C, device=device).to(dtype) + 0.5 for _ in range(5)],
+        "norm": torch.rand(5, 2 * C, device=device).to(dtype) + 0.5,
         "centroid_pair": [torch.randn(B, kappa, C, device=device).to(dtype) for _ in range(2)],
         "attention": [torch.randn(C, device=device).to(dtype) for _ in range(2)],
         "x": x,
@@ -125,28 +125,28 @@ def _candidates(
         },
         "segment_norm_gelu": {
             "reference": lambda: reference.segment_norm_gelu(
-                t["acc"], t["table"], t["segment"], *t["vectors"], 1e-5
+                t["acc"], t["table"], t["segment"], t["norm"], 1e-5
             )
         },
     }
     if on_gpu:
-        from kernels import aggregate, center, epilogue, gatv2, kmeans, knn, permute
+        # Each op's Triton launcher on the op's own arguments (schema order): no kernel module
+        # is named here.
+        from kernels.registry import OPS
 
-        impls["kmeans"]["triton"] = lambda: kmeans.kmeans(x, kappa, 20)
-        impls["partition"]["triton"] = lambda: permute.partition(t["labels"], kappa)
-        impls["permute_rows"]["triton"] = lambda: permute.permute_rows(x.reshape(-1, C), t["perm"])
-        impls["partition_knn"]["triton"] = lambda: knn.partition_knn(x_ua, t["offsets"], K, N)
-        impls["max_aggregate"]["triton"] = lambda: aggregate.max_aggregate(x_ua, nbr, True, True)
-        impls["max_aggregate_backward"]["triton"] = lambda: aggregate.max_aggregate_backward(
-            t["grad"], nbr, argslot, True
-        )
-        impls["center_tokens"]["triton"] = lambda: center.center_tokens(t["feature_map"])
-        impls["gatv2_attention"]["triton"] = lambda: gatv2.gatv2_attention(
-            *t["centroid_pair"], *t["attention"], 0.2
-        )
-        impls["segment_norm_gelu"]["triton"] = lambda: epilogue.segment_norm_gelu(
-            t["acc"], t["table"], t["segment"], *t["vectors"], 1e-5
-        )
+        op_args = {
+            "kmeans": (x, kappa, 20),
+            "partition": (t["labels"], kappa),
+            "permute_rows": (x.reshape(-1, C), t["perm"], t["inverse"]),
+            "partition_knn": (x_ua, t["offsets"], K, N, None, False),
+            "max_aggregate": (x_ua, nbr, True, True),
+            "max_aggregate_backward": (t["grad"], nbr, argslot, True),
+            "center_tokens": (t["feature_map"],),
+            "gatv2_attention": (*t["centroid_pair"], *t["attention"], 0.2),
+            "segment_norm_gelu": (t["acc"], t["table"], t["segment"], t["norm"], 1e-5),
+        }
+        for op in OPS:
+            impls[op.name]["triton"] = lambda _op=op: _op.launch(*op_args[_op.name])
     return impls
 
 

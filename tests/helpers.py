@@ -1,35 +1,39 @@
-"""Helpers for the tests: tolerances per dtype, poisoning, well-separated random inputs."""
+"""Helpers for the tests: the kernel package's checking helpers (tolerances per dtype scaled by
+the result's magnitude, poisoning, partition boundaries: :mod:`kernels.checking`, shared with
+the self-check) and well-separated random inputs."""
 
 from __future__ import annotations
 
 import torch
 
-from kernels.selfcheck import offsets_from_sizes  # noqa: F401  (re-exported for the tests)
+from kernels.checking import (
+    BASE_TOLERANCE,
+    POISON_INT,
+    assert_close,
+    offsets_from_sizes,
+    poisoned,
+    relative_error,
+    tolerance,
+)
 
-#: (atol, rtol) per dtype when comparing a kernel's float output with its float64 reference.
-TOLERANCE = {
-    torch.float32: (1e-5, 1e-5),
-    torch.float16: (1e-3, 1e-3),
-    torch.bfloat16: (8e-3, 8e-3),
-    torch.float64: (1e-12, 1e-12),
-}
+__all__ = [
+    "DTYPES",
+    "POISON_INT",
+    "TOLERANCE",
+    "assert_close",
+    "integer_features",
+    "neighbour_distances",
+    "offsets_from_sizes",
+    "poisoned",
+    "random_partition_sizes",
+    "relative_error",
+    "tolerance",
+]
 
-POISON_INT = -7
+#: (atol, rtol) per dtype of one rounded result (see :data:`kernels.checking.BASE_TOLERANCE`).
+TOLERANCE = BASE_TOLERANCE
+
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None):
-    atol, rtol = TOLERANCE[dtype or actual.dtype]
-    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol)
-
-
-def poisoned(shape, dtype, device, value=None) -> torch.Tensor:
-    """A tensor full of a value no kernel writes: NaN for floats, -7 for integers."""
-    if dtype.is_floating_point:
-        return torch.full(
-            shape, float("nan") if value is None else value, dtype=dtype, device=device
-        )
-    return torch.full(shape, POISON_INT if value is None else value, dtype=dtype, device=device)
 
 
 def random_partition_sizes(

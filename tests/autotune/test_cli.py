@@ -13,9 +13,11 @@ import torch
 from autotune.__main__ import main
 from autotune.space import model_launches
 from autotune.tuner import tune
-from kernels import kmeans, knn
 from kernels import tuning_cache as cache
-from kernels._tuning import LAUNCHES, tunables
+from kernels.kmeans import launch as kmeans
+from kernels.knn import kernel as knn
+from kernels.registry import tunables
+from kernels.tuning import LAUNCHES
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST_OPS = ["partition", "max_aggregate", "max_aggregate_backward"]
@@ -50,9 +52,9 @@ def test_interpret_flow_writes_a_cache_that_the_second_run_and_the_kernels_use(c
     # The kernels launch with the cached config.
     cache.reset()
     labels = torch.randint(0, 4, (1, 196), dtype=torch.int32)  # CViG-Ti, batch 1
-    from kernels import permute
+    from kernels.partition import kernel as permute
 
-    permute.partition(labels, 4)
+    permute.launch_partition(labels, 4)
     bucket, config, source = LAUNCHES["partition"]
     assert source == "cache"
     assert config == data["entries"]["partition"][bucket]["config"]

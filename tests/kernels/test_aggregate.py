@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import aggregate, reference
+from kernels import reference
+from kernels.aggregate import kernel as aggregate
 from tests.helpers import DTYPES, TOLERANCE, assert_close, poisoned
 
 
@@ -25,7 +26,7 @@ def test_forward_matches_reference(device, M, C, K, dtype, relative):
     x, nbr = _inputs(M, C, K, dtype, device)
     out = poisoned((M, C), dtype, device)
     slot = poisoned((M, C), torch.uint8, device, value=255)
-    aggregate.max_aggregate(x, nbr, relative, True, out=(out, slot))
+    aggregate.launch_max_aggregate(x, nbr, relative, True, out=(out, slot))
     expected, expected_slot = reference.max_aggregate(x.cpu(), nbr.cpu(), relative)
     assert not torch.isnan(out).any() and not (slot == 255).any(), "unwritten outputs"
     assert torch.equal(slot.cpu(), expected_slot)
@@ -45,7 +46,7 @@ def test_forward_without_argslot_takes_the_max_in_the_input_dtype(device, M, C, 
     x[M // 4, 0] = float("inf")
     out = poisoned((M, C), dtype, device, value=7.0)
     no_slots = torch.empty(0, dtype=torch.uint8, device=device)
-    aggregate.max_aggregate(x, nbr, relative, False, out=(out, no_slots))
+    aggregate.launch_max_aggregate(x, nbr, relative, False, out=(out, no_slots))
     expected, _ = reference.max_aggregate(x.cpu(), nbr.cpu(), relative)
     # The maximum is exact; a relative value is a float32 difference rounded to x's dtype once
     # more than the reference's (one ulp of bf16/fp16).
@@ -56,7 +57,7 @@ def test_forward_without_argslot_takes_the_max_in_the_input_dtype(device, M, C, 
 def test_ties_go_to_the_first_slot(device):
     x = torch.randint(-2, 3, (40, 12)).float().to(device)  # many exact ties
     nbr = torch.randint(0, 40, (40, 6), dtype=torch.int32).to(device)
-    _, slot = aggregate.max_aggregate(x, nbr, True, True)
+    _, slot = aggregate.launch_max_aggregate(x, nbr, True, True)
     assert torch.equal(slot.cpu(), reference.max_aggregate(x.cpu(), nbr.cpu(), True)[1])
 
 
@@ -66,7 +67,7 @@ def test_backward_matches_reference(device, dtype, relative):
     x, nbr = _inputs(90, 37, 9, dtype, device)
     _, slot = reference.max_aggregate(x.cpu(), nbr.cpu(), relative)
     grad = torch.randn(90, 37).to(dtype)
-    got = aggregate.max_aggregate_backward(grad.to(device), nbr, slot.to(device), relative)
+    got = aggregate.launch_max_aggregate_backward(grad.to(device), nbr, slot.to(device), relative)
     expected = reference.max_aggregate_backward(grad, nbr.cpu(), slot, relative)
     assert got.dtype == dtype
     assert_close(got.cpu(), expected)
@@ -75,11 +76,11 @@ def test_backward_matches_reference(device, dtype, relative):
 @pytest.mark.parametrize("config", aggregate.MAX_AGGREGATE.interpret_space)
 def test_every_interpreter_config(device, config):
     x, nbr = _inputs(70, 50, 5, torch.float32, device)
-    out, slot = aggregate.max_aggregate(x, nbr, True, True, config=config)
+    out, slot = aggregate.launch_max_aggregate(x, nbr, True, True, config=config)
     e_out, e_slot = reference.max_aggregate(x.cpu(), nbr.cpu(), True)
     assert torch.equal(out.cpu(), e_out) and torch.equal(slot.cpu(), e_slot)
     grad = torch.randn(70, 50).to(device)
-    got = aggregate.max_aggregate_backward(grad, nbr, slot, True, config=config)
+    got = aggregate.launch_max_aggregate_backward(grad, nbr, slot, True, config=config)
     torch.testing.assert_close(
         got.cpu(), reference.max_aggregate_backward(grad.cpu(), nbr.cpu(), e_slot, True)
     )

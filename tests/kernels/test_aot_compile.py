@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels._tuning import tunables
+from kernels.registry import tunables
 from kernels.resources import ARCHS
 
 REGISTRY = tunables()
@@ -107,7 +107,7 @@ def test_compiling_interpreted_kernels_fails_clearly():
 _ASSEMBLY = """
 import torch
 from kernels import resources
-from kernels.aggregate import MAX_AGGREGATE_BACKWARD as T
+from kernels.aggregate.kernel import MAX_AGGREGATE_BACKWARD as T
 for dtype in (torch.float32, torch.bfloat16):
     compiled = resources.compile_kernel(T, T.default["e2"], dtype, 90)
     print("=====PTX"); print(compiled.asm["ptx"])

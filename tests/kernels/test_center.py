@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import kernels
-from kernels import center, reference
+from kernels import reference
+from kernels.center import kernel as center
 from tests.helpers import DTYPES, assert_close, poisoned
 
 
@@ -16,7 +17,7 @@ def test_matches_reference(device, B, C, H, W, dtype):
     x = (torch.randn(B, C, H, W) * 3 + torch.randn(1, C, 1, 1) * 10).to(dtype).to(device)
     out = poisoned((B, H * W, C), dtype, device)
     config = center.CENTER_TOKENS.interpret_space[0] if device.type == "cpu" else None
-    center.center_tokens(x, out=out, config=config)
+    center.launch_center_tokens(x, out=out, config=config)
     assert not torch.isnan(out).any(), "unwritten outputs"
     expected = reference.center_tokens(x.cpu().double())
     assert_close(out.cpu(), expected, dtype)
@@ -29,7 +30,7 @@ def test_channels_last_and_nan_stay_in_their_image_and_channel(device):
     x = torch.randn(2, 12, 6, 5).contiguous(memory_format=torch.channels_last)
     x[1, 3, 2, 2] = float("nan")
     config = center.CENTER_TOKENS.interpret_space[1] if device.type == "cpu" else None
-    out = center.center_tokens(x.to(device), config=config).cpu()
+    out = center.launch_center_tokens(x.to(device), config=config).cpu()
     expected = reference.center_tokens(x)
     torch.testing.assert_close(out, expected, equal_nan=True, atol=1e-6, rtol=1e-6)
     assert torch.isnan(out[1, :, 3]).all() and torch.isfinite(out[0]).all()
@@ -50,6 +51,6 @@ def test_gradient(backend):
 
 
 def test_opcheck():
-    from kernels import ops
+    from kernels.center import CENTER_TOKENS
 
-    torch.library.opcheck(ops._center_tokens_op, (torch.randn(2, 6, 3, 4, requires_grad=True),))
+    torch.library.opcheck(CENTER_TOKENS.custom_op, (torch.randn(2, 6, 3, 4, requires_grad=True),))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import gatv2, reference
+from kernels import reference
+from kernels.gatv2 import kernel as gatv2
 from tests.helpers import DTYPES, assert_close, poisoned
 
 
@@ -21,7 +22,7 @@ def test_matches_reference(device, B, kappa, C, dtype):
     source, target, att, bias = _inputs(B, kappa, C, dtype, device)
     out = poisoned((B, kappa, C), dtype, device)
     config = gatv2.GATV2_ATTENTION.interpret_space[0] if device.type == "cpu" else None
-    gatv2.gatv2_attention(source, target, att, bias, 0.2, out=out, config=config)
+    gatv2.launch_gatv2_attention(source, target, att, bias, 0.2, out=out, config=config)
     assert not torch.isnan(out).any(), "unwritten outputs"
     expected = reference.gatv2_attention(
         source.cpu().double(), target.cpu().double(), att.cpu().double(), bias.cpu().double(), 0.2
@@ -33,7 +34,7 @@ def test_nan_stays_in_its_image(device):
     source, target, att, bias = _inputs(3, 4, 24, torch.float32, device)
     source[1, 2, 5] = float("nan")
     config = gatv2.GATV2_ATTENTION.interpret_space[1] if device.type == "cpu" else None
-    out = gatv2.gatv2_attention(source, target, att, bias, 0.2, config=config).cpu()
+    out = gatv2.launch_gatv2_attention(source, target, att, bias, 0.2, config=config).cpu()
     assert torch.isnan(out[1]).any() and torch.isfinite(out[[0, 2]]).all()
 
 
@@ -64,6 +65,8 @@ def test_arguments_of_another_width_are_rejected_naming_them(wrong):
 
 
 def test_opcheck():
-    from kernels import ops
+    from kernels.gatv2 import GATV2_ATTENTION
 
-    torch.library.opcheck(ops._gatv2_attention_op, (*_inputs(2, 4, 12, torch.float32, "cpu"), 0.2))
+    torch.library.opcheck(
+        GATV2_ATTENTION.custom_op, (*_inputs(2, 4, 12, torch.float32, "cpu"), 0.2)
+    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import kmeans, reference
+from kernels import reference
+from kernels.kmeans import launch as kmeans
 from kernels.launches import record_launches
 from tests.helpers import DTYPES, POISON_INT, poisoned
 from tests.kernels.test_reference import empty_cluster_case
@@ -43,7 +44,7 @@ def _run(x, kappa, iters, device, config=None, path="image"):
             config = kmeans.KMEANS_SPLIT.interpret_space[1]
         elif path == "resident":
             config = kmeans.KMEANS_RESIDENT.interpret_space[0]
-    out = kmeans.kmeans(
+    out = kmeans.launch_kmeans(
         x.to(device), kappa, iters, out=(labels, iterations), config=config, path=path
     )
     assert not (labels == POISON_INT).any() and not (iterations == POISON_INT).any()
@@ -157,7 +158,7 @@ def test_default_path_for_the_gpu_a_recording_names(capability, dtype, shape, ex
     x = torch.empty(shape, dtype=dtype, device="meta")
     with record_launches(capability) as rec:
         assert kmeans.default_path(x, 4) == expected
-        kmeans.kmeans(x, 4, 20)
+        kmeans.launch_kmeans(x, 4, 20)
     kernel = {"image": "_kmeans_kernel", "resident": "_kmeans_resident_kernel"}
     assert rec.launches[0].kernel == kernel.get(expected, "_kmeans_step")
 
@@ -166,7 +167,7 @@ def test_resident_path_pads_a_small_image_to_the_gpu_dot_minimum(device):
     """An image of 5 nodes: the sums' product contracts over the row tile, which a GPU's
     ``tl.dot`` needs at least 16 wide (the interpreter takes any width): rows are padded."""
     with record_launches((9, 0)) as rec:
-        kmeans.kmeans(torch.empty(1, 5, 8, dtype=torch.bfloat16, device="meta"), 2, 20)
+        kmeans.launch_kmeans(torch.empty(1, 5, 8, dtype=torch.bfloat16, device="meta"), 2, 20)
     if kmeans.KMEANS_RESIDENT.builds_for("e2", 90):
         assert rec.launches[0].constexprs["BLOCK_N"] == 16
     x = blobs(2, 5, 8, 2, torch.float32)
@@ -179,11 +180,11 @@ def test_resident_path_pads_a_small_image_to_the_gpu_dot_minimum(device):
 def test_resident_path_argument_errors():
     x = torch.randn(1, 300, 8)
     with pytest.raises(ValueError, match="path 'resident' takes images of at most 256 nodes"):
-        kmeans.kmeans(x, 4, 20, path="resident")
+        kmeans.launch_kmeans(x, 4, 20, path="resident")
     with pytest.raises(ValueError, match="argument 'path' must be one of"):
-        kmeans.kmeans(x, 4, 20, path="fast")
+        kmeans.launch_kmeans(x, 4, 20, path="fast")
     with pytest.raises(ValueError, match="tuned for float16 / bfloat16"):
-        kmeans.kmeans(torch.randn(1, 30, 8), 4, 20, path="resident")
+        kmeans.launch_kmeans(torch.randn(1, 30, 8), 4, 20, path="resident")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

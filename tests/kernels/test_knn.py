@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import knn, reference
+from kernels import reference
+from kernels.knn import kernel as knn
 from tests.helpers import (
     DTYPES,
     POISON_INT,
@@ -52,7 +53,7 @@ def test_integer_features_match_reference_exactly(device, B, N, C, kappa, K, dty
         pytest.skip("N=784 runs in float32 only under the interpreter (minutes per dtype)")
     out = poisoned((B * N, K), torch.int32, device)
     config = _configs()[-1] if device.type == "cpu" else None
-    knn.partition_knn(x, offsets, K, N, out=out, config=config)
+    knn.launch_partition_knn(x, offsets, K, N, out=out, config=config)
     assert not (out == POISON_INT).any(), "unwritten outputs"
     assert torch.equal(out.cpu(), expected)
 
@@ -65,7 +66,7 @@ def test_every_interpreter_config(device, config):
     offsets = offsets_from_sizes(_sizes(B, N, kappa)).to(device)
     x = integer_features(B * N, C, torch.float32).to(device)
     out = poisoned((B * N, K), torch.int32, device)
-    knn.partition_knn(x, offsets, K, N, out=out, config=config)
+    knn.launch_partition_knn(x, offsets, K, N, out=out, config=config)
     assert torch.equal(out.cpu(), reference.partition_knn(x.cpu(), offsets.cpu(), K))
 
 
@@ -84,7 +85,7 @@ def test_unit_features_give_the_nearest_neighbours(device, B, N, C, kappa, K, dt
     sizes = _sizes(B, N, kappa, empty=False)
     offsets = offsets_from_sizes(sizes)
     x = torch.nn.functional.normalize(torch.randn(B * N, C), dim=-1).to(dtype)
-    out = knn.partition_knn(x.to(device), offsets.to(device), K, N).cpu()
+    out = knn.launch_partition_knn(x.to(device), offsets.to(device), K, N).cpu()
     expected = reference.partition_knn(x, offsets, K)
     part = torch.repeat_interleave(torch.arange(len(sizes.reshape(-1))), sizes.reshape(-1))
     assert torch.equal(part[out.long()], part.unsqueeze(1).expand(-1, K))
@@ -97,7 +98,7 @@ def test_unit_features_give_the_nearest_neighbours(device, B, N, C, kappa, K, dt
 def test_small_partition_repeats_members(device):
     offsets = torch.tensor([0, 2, 3, 10], dtype=torch.int32, device=device)
     x = torch.tensor([[0.0], [1.0], [5.0]] + [[float(20 + i * i)] for i in range(7)], device=device)
-    out = knn.partition_knn(
+    out = knn.launch_partition_knn(
         x, offsets, 5, 8, config=_configs()[0] if device.type == "cpu" else None
     )
     assert out[0].tolist() == [0, 1, 0, 1, 0]
@@ -124,7 +125,7 @@ def test_programs_that_take_several_blocks_give_the_same_lists(device):
     offsets = offsets_from_sizes(_sizes(B, N, kappa)).to(device)
     x = integer_features(B * N, C, torch.float32).to(device)
     config = dict(_configs()[0])  # 16-row blocks: ragged sizes give more blocks than programs
-    out = knn.partition_knn(x, offsets, K, N, config=config)
+    out = knn.launch_partition_knn(x, offsets, K, N, config=config)
     assert torch.equal(out.cpu(), reference.partition_knn(x.cpu(), offsets.cpu(), K))
 
 
@@ -159,7 +160,7 @@ def test_gathered_rows_give_image_order_lists(device, B, N, C, kappa, K, dtype):
     assert torch.equal(reference.partition_knn(x, offsets, K, perm=perm), expected)
     out = poisoned((B * N, K), torch.int32, device)
     config = _configs()[-1] if device.type == "cpu" else None
-    knn.partition_knn(
+    knn.launch_partition_knn(
         x.to(device), offsets.to(device), K, N, perm=perm.to(device), out=out, config=config
     )
     assert not (out == POISON_INT).any(), "unwritten outputs"
@@ -179,7 +180,7 @@ def test_normalised_distances_rank_directions(device, B, N, C, kappa, K, dtype):
     x = x.to(dtype)
     out = poisoned((B * N, K), torch.int32, device)
     config = _configs()[0] if device.type == "cpu" else None
-    knn.partition_knn(
+    knn.launch_partition_knn(
         x.to(device), offsets.to(device), K, N, perm=perm.to(device), normalize=True, out=out,
         config=config,
     )  # fmt: skip
@@ -205,7 +206,7 @@ def test_a_partition_wider_than_a_tile_but_smaller_than_k_repeats_members(device
     config = _configs()[0] if device.type == "cpu" else None
     assert config is None or config["BLOCK_N"] == 16
     out = poisoned((23, 20), torch.int32, device)
-    knn.partition_knn(x, offsets, 20, 18, out=out, config=config)
+    knn.launch_partition_knn(x, offsets, 20, 18, out=out, config=config)
     expected = reference.partition_knn(x.cpu(), offsets.cpu(), 20)
     assert torch.equal(out.cpu(), expected)
     assert torch.equal(out[0, 18:].cpu(), out[0, :2].cpu())

@@ -1,4 +1,4 @@
-"""The compiled CPU kernels (``kernels/native.py``, ``kernels/csrc``) against the references
+"""The compiled CPU kernels (``kernels/native.py``, each op's ``*.c``) against the references
 (k-means, partition order, k-NN, max aggregation), and their build: cache, corrupt or foreign
 files, no compiler."""
 
@@ -15,6 +15,10 @@ import torch
 
 import kernels
 from kernels import native, reference
+from kernels.aggregate.native import native_max_aggregate
+from kernels.kmeans.native import native_kmeans
+from kernels.knn.native import native_partition_knn
+from kernels.partition.native import native_partition
 from tests.helpers import (
     DTYPES,
     POISON_INT,
@@ -37,7 +41,7 @@ def _kmeans(x, kappa, iters):
     B, N, _ = x.shape
     labels = poisoned((B, N), torch.int32, "cpu")
     iterations = poisoned((B,), torch.int32, "cpu")
-    out = native.kmeans(x, kappa, iters, out=(labels, iterations))
+    out = native_kmeans(x, kappa, iters, out=(labels, iterations))
     assert out[0] is labels and out[2] is iterations
     assert not (labels == POISON_INT).any() and not (iterations == POISON_INT).any()
     return out
@@ -128,7 +132,7 @@ def _sizes(B, N, kappa):
 
 def _knn(x, offsets, K):
     out = poisoned((x.shape[0], K), torch.int32, "cpu")
-    assert native.partition_knn(x, offsets, K, out=out) is out
+    assert native_partition_knn(x, offsets, K, out=out) is out
     assert not (out == POISON_INT).any(), "unwritten outputs"
     return out
 
@@ -193,7 +197,7 @@ def test_partition_matches_the_reference(B, N, kappa):
     """Random labels (empty clusters included where kappa is large): the same stable order."""
     labels = torch.randint(0, kappa, (B, N), dtype=torch.int32)
     for got, expected in zip(
-        native.partition(labels, kappa), reference.partition(labels, kappa), strict=True
+        native_partition(labels, kappa), reference.partition(labels, kappa), strict=True
     ):
         assert got.dtype == torch.int32 and torch.equal(got, expected)
 
@@ -202,7 +206,7 @@ def test_partition_clamps_labels_out_of_range():
     """The op rejects them; the kernel itself still never writes outside its outputs."""
     labels = torch.tensor([[0, 7, -3, 1, 2, 2]], dtype=torch.int32)
     for got, expected in zip(
-        native.partition(labels, 3), reference.partition(labels, 3), strict=True
+        native_partition(labels, 3), reference.partition(labels, 3), strict=True
     ):
         assert torch.equal(got, expected)
 
@@ -218,11 +222,11 @@ def test_max_aggregate_matches_the_reference(M, C, K, dtype, relative):
     x = torch.stack([torch.randperm(M).to(dtype) for _ in range(C)], dim=1)
     nbr = torch.randint(0, M, (M, K), dtype=torch.int32)
     nbr[:, -1] = nbr[:, 0]  # a repeated neighbour: the first of two equal slots wins
-    out, slot = native.max_aggregate(x, nbr, relative, True)
+    out, slot = native_max_aggregate(x, nbr, relative, True)
     expected, e_slot = reference.max_aggregate(x.double(), nbr, relative, True)
     assert out.dtype == dtype and torch.equal(slot, e_slot)
     torch.testing.assert_close(out.double(), expected, atol=0, rtol=0)
-    plain, empty = native.max_aggregate(x, nbr, relative, False)
+    plain, empty = native_max_aggregate(x, nbr, relative, False)
     assert torch.equal(plain, out) and empty.numel() == 0
 
 
@@ -231,7 +235,7 @@ def test_max_aggregate_nan_wins_from_its_first_slot_and_indices_are_clamped():
     x[3, 1] = x[5, 1] = float("nan")
     x[6, 2] = float("inf")
     nbr = torch.tensor([[0, 3, 5, 6]] * 9 + [[-4, 12, 3, 6]], dtype=torch.int32)
-    out, slot = native.max_aggregate(x, nbr, False, True)
+    out, slot = native_max_aggregate(x, nbr, False, True)
     expected, e_slot = reference.max_aggregate(x, nbr, False, True)
     assert torch.equal(slot, e_slot) and slot[0, 1] == 1 and slot[0, 2] == 3
     torch.testing.assert_close(out, expected, equal_nan=True)
@@ -244,7 +248,7 @@ def test_knn_gathered_and_normalised_matches_reference(normalize):
     x = torch.randn(150, 20) * torch.rand(150, 1).mul(20)
     x[7] = 0.0
     out = poisoned((150, 11), torch.int32, "cpu")
-    native.partition_knn(x, offsets, 11, out=out, perm=perm, normalize=normalize)
+    native_partition_knn(x, offsets, 11, out=out, perm=perm, normalize=normalize)
     assert not (out == POISON_INT).any(), "unwritten outputs"
     expected = reference.partition_knn(x, offsets, 11, perm=perm, normalize=normalize)
     if not normalize:
@@ -265,9 +269,9 @@ def test_work_split_over_threads_gives_the_same_result(monkeypatch):
 
     def run():
         return (
-            *native.kmeans(x, 4, 20),
-            native.partition_knn(rows, offsets, 9),
-            *native.max_aggregate(rows, nbr, True, True),
+            *native_kmeans(x, 4, 20),
+            native_partition_knn(rows, offsets, 9),
+            *native_max_aggregate(rows, nbr, True, True),
         )
 
     one = run()
@@ -290,7 +294,7 @@ def test_a_forked_child_gets_its_own_threads(monkeypatch):
     torch.set_num_threads(2)
     try:
         x = torch.randn(4, 30, 6)
-        expected = native.kmeans(x, 3, 20)[0]  # starts the parent's pool
+        expected = native_kmeans(x, 3, 20)[0]  # starts the parent's pool
         assert native._pool is not None
         with multiprocessing.get_context("fork").Pool(1) as pool:
             labels = pool.apply_async(_labels_in_child, (x,)).get(timeout=60)
@@ -301,7 +305,7 @@ def test_a_forked_child_gets_its_own_threads(monkeypatch):
 
 def _labels_in_child(x):
     torch.set_num_threads(2)
-    return native.kmeans(x, 3, 20)[0]
+    return native_kmeans(x, 3, 20)[0]
 
 
 def test_the_auto_and_native_backends_run_the_compiled_kernels(monkeypatch):
@@ -365,7 +369,7 @@ def test_a_corrupt_or_foreign_cached_library_is_reported_and_rebuilt(fresh_build
     with pytest.warns(native.NativeBuildWarning, match="unusable.*rebuilding"):
         assert native.available()
     x = torch.randn(2, 30, 6)
-    assert torch.equal(native.kmeans(x, 3, 20)[0], reference.kmeans(x.double(), 3, 20)[0])
+    assert torch.equal(native_kmeans(x, 3, 20)[0], reference.kmeans(x.double(), 3, 20)[0])
 
 
 def test_without_a_compiler_the_references_run_after_one_warning(fresh_build, monkeypatch):
@@ -411,9 +415,10 @@ def test_cc_may_carry_options(fresh_build, monkeypatch):
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs cc")
 def test_the_sources_compile_without_warnings():
     """The C sources are warning-free under -Wall -Wextra (a warning there is often a bug)."""
-    sources = [str(native._source_dir() / name) for name in native.SOURCES]
+    sources = [str(path) for path in native.sources()]
+    include = str(native.sources()[0].parent)  # csrc/: abi.c and the shared headers
     done = subprocess.run(
-        ["cc", "-O2", "-std=gnu11", "-Wall", "-Wextra", "-fsyntax-only", *sources],
+        ["cc", "-O2", "-std=gnu11", "-Wall", "-Wextra", "-fsyntax-only", "-I", include, *sources],
         capture_output=True,
         text=True,
     )

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 import kernels
-from kernels import ops, reference
+from kernels import reference
+from kernels.aggregate import MAX_AGGREGATE
+from kernels.epilogue import SEGMENT_NORM_GELU
+from kernels.kmeans import KMEANS
+from kernels.knn import PARTITION_KNN
+from kernels.partition import PARTITION, PERMUTE_ROWS
 from tests.conftest import HAS_CUDA
 
 BACKENDS = ["reference", "triton", "native"]
@@ -24,19 +29,22 @@ def _op_args(device="cpu"):
     rows = x.reshape(-1, x.shape[-1])
     nbr = reference.partition_knn(rows.cpu(), offsets.cpu(), 5).to(device)
     return {
-        "kmeans": (ops._kmeans_op, (x, 3, 20)),
-        "partition": (ops._partition_op, (labels, 3)),
-        "permute_rows": (ops._permute_rows_op, (rows.clone().requires_grad_(), perm, inverse)),
-        "partition_knn": (ops._partition_knn_op, (rows, offsets, 5, 30)),
-        "partition_knn_gathered": (ops._partition_knn_op, (rows, offsets, 5, 30, perm, True)),
-        "max_aggregate": (ops._max_aggregate_op, (rows.clone().requires_grad_(), nbr, True, True)),
+        "kmeans": (KMEANS.custom_op, (x, 3, 20)),
+        "partition": (PARTITION.custom_op, (labels, 3)),
+        "permute_rows": (PERMUTE_ROWS.custom_op, (rows.clone().requires_grad_(), perm, inverse)),
+        "partition_knn": (PARTITION_KNN.custom_op, (rows, offsets, 5, 30)),
+        "partition_knn_gathered": (PARTITION_KNN.custom_op, (rows, offsets, 5, 30, perm, True)),
+        "max_aggregate": (
+            MAX_AGGREGATE.custom_op,
+            (rows.clone().requires_grad_(), nbr, True, True),
+        ),
         "segment_norm_gelu": (
-            ops._segment_norm_gelu_op,
+            SEGMENT_NORM_GELU.custom_op,
             (
                 rows,
                 torch.randn(6, 12, device=device),
                 perm % 6,
-                *torch.rand(5, 12, device=device),
+                torch.rand(5, 12, device=device),
                 1e-5,
             ),
         ),
@@ -120,7 +128,7 @@ def test_gradcheck_triton_backward_under_the_interpreter(relative):
 def test_backward_without_saved_slots_raises_clearly():
     x = torch.randn(5, 3, requires_grad=True)
     nbr = torch.zeros(5, 2, dtype=torch.int32)
-    out, _ = ops._max_aggregate_op(x, nbr, True, False)
+    out, _ = MAX_AGGREGATE.custom_op(x, nbr, True, False)
     with pytest.raises(RuntimeError, match="with_argslot"):
         out.sum().backward()
 
@@ -261,12 +269,12 @@ def test_compiled_training_step_has_gradients():
 def test_deterministic_mode_takes_the_reference_backward(monkeypatch):
     """Float atomics add in a varying order; torch.use_deterministic_algorithms(True) gets the
     reference's deterministic scatter instead of the atomic kernel."""
-    from kernels import aggregate
+    from kernels.aggregate import kernel as aggregate
 
     def atomic_backward(*args, **kwargs):
         raise AssertionError("the atomic backward kernel ran in deterministic mode")
 
-    monkeypatch.setattr(aggregate, "max_aggregate_backward", atomic_backward)
+    monkeypatch.setattr(aggregate, "launch_max_aggregate_backward", atomic_backward)
     x = torch.randn(20, 6, requires_grad=True)
     nbr = torch.randint(0, 20, (20, 4), dtype=torch.int32)
     torch.use_deterministic_algorithms(True)
@@ -286,13 +294,15 @@ def test_eager_cpu_calls_skip_the_dispatcher_only_when_nobody_looks(monkeypatch)
     from torch.utils.flop_counter import FlopCounterMode
 
     through_op = []
-    for name in ("_kmeans_op", "_partition_op", "_max_aggregate_op", "_permute_rows_op"):
-        op = getattr(ops, name)
-        monkeypatch.setattr(ops, name, lambda *a, _op=op, _n=name: through_op.append(_n) or _op(*a))
+    for op in (KMEANS, PARTITION, MAX_AGGREGATE, PERMUTE_ROWS):
+        real = op.custom_op
+        monkeypatch.setattr(
+            op, "custom_op", lambda *a, _op=real, _n=op.name: through_op.append(_n) or _op(*a)
+        )
     torch.manual_seed(0)
     x = torch.randn(2, 30, 6)
     labels, centroids, iters = kernels.batched_kmeans(x, 3)
-    expected = ops._kmeans_cpu(x, 3, 20)
+    expected = KMEANS.fallback(x, 3, 20)
     assert all(torch.equal(a, b) for a, b in zip((labels, centroids, iters), expected, strict=True))
     perm, inverse, _, _ = kernels.partition(labels, 3)
     rows = x.reshape(60, 6)
@@ -310,4 +320,4 @@ def test_eager_cpu_calls_skip_the_dispatcher_only_when_nobody_looks(monkeypatch)
     rows.requires_grad_(True)
     kernels.max_aggregate(rows, nbr).sum().backward()
     kernels.permute_rows(rows, perm, inverse)
-    assert through_op == ["_kmeans_op", "_max_aggregate_op", "_permute_rows_op"]
+    assert through_op == ["kmeans", "max_aggregate", "permute_rows"]

@@ -126,9 +126,11 @@ def test_kmeans_cpu_loop_compacts_converged_images(monkeypatch, max_iters):
     hard = torch.randn(5, 40, 5, dtype=torch.float64)
     x = torch.cat([hard[:2], easy, hard[2:]])  # converged images between iterating ones
     batch_sizes = []
-    assign = reference._assign
+    from kernels.kmeans import reference as kmeans_reference
+
+    assign = kmeans_reference._assign
     monkeypatch.setattr(
-        reference, "_assign", lambda x, z: batch_sizes.append(x.shape[0]) or assign(x, z)
+        kmeans_reference, "_assign", lambda x, z: batch_sizes.append(x.shape[0]) or assign(x, z)
     )
     labels, centroids, iters = reference.kmeans(x, 4, max_iters=max_iters)
     assert min(batch_sizes) < x.shape[0], "the working batch was never compacted"
@@ -278,7 +280,7 @@ def test_references_run_on_any_device_without_reading_values_back():
 def test_knn_cpu_strategies_agree(nonfinite):
     """The CPU reference picks one masked matrix, one padding or size groups by cost: all three
     give the same neighbours, NaN rows included (never a row of another partition)."""
-    from kernels.reference import _knn_dense, _knn_padded, _size_groups
+    from kernels.knn.reference import _knn_dense, _knn_padded, _size_groups
 
     torch.manual_seed(1)
     sizes = torch.tensor([1, 7, 0, 30, 3, 12, 60, 2])
@@ -321,7 +323,7 @@ def test_knn_cpu_strategies_agree(nonfinite):
 def test_knn_size_groups_cover_every_partition_once(sizes, expected_groups):
     """The CPU k-NN's size groups: every non-empty partition in exactly one group, padded to
     its group's largest; ragged sizes are split, equal sizes are not."""
-    from kernels.reference import _size_groups
+    from kernels.knn.reference import _size_groups
 
     sizes = torch.tensor(sizes)
     groups, cost = _size_groups(sizes)

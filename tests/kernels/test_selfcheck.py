@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import kernels
-from kernels import aggregate, selfcheck, tuning_cache
+from kernels import selfcheck, tuning_cache
+from kernels.aggregate import kernel as aggregate
 from kernels.selfcheck import KernelSelfCheckWarning
 
 CPU = torch.device("cpu")
@@ -39,7 +40,7 @@ def test_cli_interpret_passes_and_records_every_kernel(tmp_path, capsys):
     assert "25 of 25 kernel/dtype checks passed" in out
     verdicts = _recorded(tmp_path)
     assert len(verdicts) == 25 and all(v["ok"] for v in verdicts.values())
-    kmeans_source = kernels.kmeans.KMEANS.source_hash()
+    kmeans_source = kernels.kmeans.launch.KMEANS.source_hash()
     assert verdicts["kmeans/bfloat16"]["source_hash"].startswith(kmeans_source)
 
 
@@ -51,7 +52,7 @@ def test_cli_without_a_gpu_says_what_to_do(monkeypatch, capsys):
 
 def _broken_max_aggregate(monkeypatch):
     """The forward kernel's launcher, off by one in every value."""
-    real = aggregate.max_aggregate
+    real = aggregate.launch_max_aggregate
     calls = []
 
     def broken(*args, **kwargs):
@@ -60,7 +61,7 @@ def _broken_max_aggregate(monkeypatch):
         out.add_(1.0)
         return out, slot
 
-    monkeypatch.setattr(aggregate, "max_aggregate", broken)
+    monkeypatch.setattr(aggregate, "launch_max_aggregate", broken)
     return calls
 
 

@@ -9,9 +9,9 @@ import warnings
 import pytest
 import torch
 
-from kernels import permute
 from kernels import tuning_cache as cache
-from kernels._tuning import LAUNCHES
+from kernels.partition import kernel as permute
+from kernels.tuning import LAUNCHES
 
 CPU = torch.device("cpu")
 TUNABLE = permute.PERMUTE_ROWS
@@ -44,7 +44,7 @@ def _valid_doc(config=None) -> dict:
 def _launch() -> dict:
     x = torch.randn(100, 20)
     index = torch.randperm(100, dtype=torch.int32)
-    out = permute.permute_rows(x, index)
+    out = permute.launch_permute_rows(x, index)
     assert torch.equal(out, x[index.long()])
     bucket, config, source = LAUNCHES[TUNABLE.name]
     assert bucket == BUCKET
@@ -158,8 +158,8 @@ def _writer(directory: str, worker: int, rounds: int) -> None:
     import os
 
     os.environ["CLUSTERVIG_AUTOTUNE_DIR"] = directory
-    from kernels import permute as p
     from kernels import tuning_cache as c
+    from kernels.partition import kernel as p
 
     identity = c.device_identity(torch.device("cpu"))
     for i in range(rounds):

@@ -1,6 +1,11 @@
 """Tunable kernels: each kernel declares its search space next to it; launches read the per-GPU
 cache written by ``python -m autotune --gpu`` and fall back to the kernel's default config.
 
+A :class:`Tunable` also carries what the tools outside the launcher need to know of its kernel,
+so that no tool keeps a list of ops: the argument types of an ahead-of-time compile (derived from
+the kernel's own argument names), the launches a DEGC layer makes, and the tuner's input recipe.
+The tunables are collected by :mod:`kernels.registry`, never registered from here.
+
 A config is a flat dict of the kernel's block-size meta-parameters plus ``num_warps`` and
 ``num_stages``. The cache key of an entry is the op name plus a *shape bucket*, a short string the
 kernel derives from the launch shape (:meth:`Tunable.bucket`), so that the tuner and the launcher
@@ -11,37 +16,30 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from . import tuning_cache
+
 __all__ = [
     "Tunable",
     "LAUNCHES",
-    "REGISTRY",
-    "tunables",
     "WIDTHS",
     "batch_bucket",
+    "constexpr_names",
+    "grid",
     "per_width",
     "rows_bucket",
     "width_tag",
 ]
 
-#: Every tunable kernel by op name (filled as the kernel modules are imported).
-REGISTRY: dict[str, Tunable] = {}
-
 #: The last config each op launched with and where it came from ("cache" or "default"):
 #: ``{op: (bucket, config, source)}``. For tests and for ``--show``; never read by kernels.
 LAUNCHES: dict[str, tuple[str, dict, str]] = {}
-
-
-def tunables() -> dict[str, Tunable]:
-    """Every tunable kernel by op name (imports the kernel modules, and so Triton)."""
-    from . import aggregate, center, epilogue, gatv2, kmeans, knn, permute  # noqa: F401
-
-    return dict(sorted(REGISTRY.items()))
 
 
 def batch_bucket(images: int) -> int:
@@ -73,6 +71,12 @@ def configs(keys: Sequence[str], rows: Sequence[Sequence[int]]) -> list[dict]:
     return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
+def grid(**axes: Sequence[int]) -> list[dict]:
+    """Every combination of the axes' values, the first axis outermost:
+    ``grid(BLOCK_M=(16, 32), BLOCK_C=(64,), num_warps=(4,), num_stages=(1,))``."""
+    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
 def per_width(configs: Sequence[dict] | dict) -> dict:
     """The same configs (or default) for 16- and 32-bit features."""
     return {w: configs for w in WIDTHS}
@@ -80,24 +84,35 @@ def per_width(configs: Sequence[dict] | dict) -> dict:
 
 @dataclass
 class Tunable:
-    """A Triton kernel's tuning surface.
+    """A Triton kernel's tuning surface, and what the tools need to know of it.
 
     Attributes:
-        name: the op name, the cache's key.
-        kernels: the JIT functions whose source makes up the cache's source hash.
+        name: the kernel's name in the tuning cache (``"kmeans_split"``, ``"max_aggregate"``).
+        kernels: the JIT functions whose source makes up the cache's source hash; the first is
+            the one launched (and compiled ahead of time).
         space: per feature width (``"e2"``, ``"e4"``), every config ``python -m autotune --gpu``
             tries. float32 operands of ``tl.dot`` run on FMA units with much larger operand
             fragments than fp16/bf16 on tensor cores, so their spill-free tiles are smaller.
         default: per feature width, the config used when the cache has no entry for a launch.
         interpret_space: the configs tried by ``--interpret`` (tiny, for CI), any width.
         bucket_fn: launch shape (keyword arguments) -> bucket string.
-        signature_fn: ``(dtype, config) -> (signature, constexprs)`` of the main kernel for an
-            ahead-of-time ``triton.compile`` (``kernels/resources.py``), at its most demanding
-            specialisation (largest K, widest cluster padding).
+        pointer_types, scalar_types, aot_constants: the ahead-of-time compile of the main kernel
+            (``kernels/resources.py``, :meth:`aot_signature`): a ``*_ptr`` argument points at the
+            feature dtype unless ``pointer_types`` names its type (``"*i32"``); another runtime
+            argument is ``i32`` unless ``scalar_types`` names one (``"fp32"``);
+            ``aot_constants(dtype, config)`` gives the constexprs that are not in the config, at
+            the most demanding specialisation the launcher makes (largest K, widest cluster
+            padding), and runtime arguments the JIT specialises to a constant (a unit stride).
         widths: the feature widths the kernel is launched for (``space`` and ``default`` have
             exactly these keys); a kernel for some GPUs or Triton versions only names them in
             ``archs`` (None: every arch the project compiles for) and ``min_triton``: its
             launcher never takes it elsewhere, so it is compiled and checked only there.
+        layer_launch: ``(B, N, C, kappa, K, dtype) -> (dtype, shape) | None``: the launch of
+            this kernel in the forward or backward of a DEGC layer (B images of N nodes, C
+            channels, kappa clusters, K neighbours, features of ``dtype``), its shape as the
+            keywords of ``bucket_fn``; None when such a layer does not launch it.
+        tune_call: ``(shape, dtype, device) -> (config -> output)``: the tuner's recipe, a
+            function running the kernel with one config on synthetic inputs like the model's.
     """
 
     name: str
@@ -106,11 +121,15 @@ class Tunable:
     default: dict[str, dict]
     interpret_space: Sequence[dict]
     bucket_fn: Callable[..., str]
-    signature_fn: Callable[[torch.dtype, dict], tuple[dict, dict]]
+    layer_launch: Callable[..., tuple[torch.dtype, dict] | None]
+    tune_call: Callable[[dict, torch.dtype, torch.device], Callable[[dict], object]]
+    pointer_types: dict[str, str] = field(default_factory=dict)
+    scalar_types: dict[str, str] = field(default_factory=dict)
+    aot_constants: Callable[[torch.dtype, dict], dict] = lambda dtype, config: {}
     widths: tuple[str, ...] = WIDTHS
     archs: tuple[int, ...] | None = None
     min_triton: tuple[int, int] | None = None
-    _memo: dict = field(default_factory=dict, repr=False)
+    _source_hash: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if set(self.space) != set(self.widths) or set(self.default) != set(self.widths):
@@ -123,7 +142,6 @@ class Tunable:
                 raise ValueError(
                     f"{self.name}: every config needs num_warps and num_stages: {config}"
                 )
-        REGISTRY[self.name] = self
 
     def builds_for(self, width: str, arch: int) -> bool:
         """Whether the kernel is launched (and so compiled and checked) for features of
@@ -139,17 +157,41 @@ class Tunable:
             seen += [c for c in self.space[width] if c not in seen]
         return seen
 
+    # -- ahead-of-time compilation -------------------------------------------------------------
+    def aot_signature(self, dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
+        """``(signature, constexprs)`` of the main kernel for ``triton.compile``, from its own
+        argument names (see the class docstring): an argument added to the kernel needs no
+        change here unless it is neither a feature pointer, an i32 nor a config key."""
+        kernel = self.kernels[0]
+        constants = {**self.aot_constants(dtype, config)}
+        constexprs_of_kernel = constexpr_names(kernel)
+        signature: dict[str, str] = {}
+        for name in kernel.arg_names:
+            if name in constexprs_of_kernel:
+                signature[name] = "constexpr"
+                if name not in constants and name in config:
+                    constants[name] = config[name]
+            elif name in constants:  # a runtime argument the JIT makes a constant
+                signature[name] = "constexpr"
+            elif name.endswith("_ptr"):
+                signature[name] = self.pointer_types.get(name, f"*{TRITON_TYPES[dtype]}")
+            else:
+                signature[name] = self.scalar_types.get(name, "i32")
+        missing = [n for n, kind in signature.items() if kind == "constexpr" and n not in constants]
+        if missing:
+            raise ValueError(f"{self.name}: no ahead-of-time value for constexprs {missing}")
+        return signature, {name: constants[name] for name in signature if name in constants}
+
     # -- hashes that invalidate cache entries -----------------------------------------------
     def source_hash(self) -> str:
         """Hash of the kernels' source: an edited kernel invalidates its tuned entries."""
-        if "source_hash" in self._memo:
-            return self._memo["source_hash"]
-        digest = hashlib.sha256()
-        for kernel in self.kernels:
-            fn = getattr(kernel, "fn", kernel)
-            digest.update(inspect.getsource(fn).encode())
-        self._memo["source_hash"] = digest.hexdigest()[:16]
-        return self._memo["source_hash"]
+        if self._source_hash is None:
+            digest = hashlib.sha256()
+            for kernel in self.kernels:
+                fn = getattr(kernel, "fn", kernel)
+                digest.update(inspect.getsource(fn).encode())
+            self._source_hash = digest.hexdigest()[:16]
+        return self._source_hash
 
     def space_hash(self) -> str:
         """Hash of the search space: a changed space invalidates its tuned entries."""
@@ -164,21 +206,17 @@ class Tunable:
     # -- lookup at launch ---------------------------------------------------------------------
     def config(self, device: torch.device, bucket: str) -> dict:
         """The config for a launch: the cached one for this GPU and bucket, else the default."""
-        key = (device.type, device.index, bucket)
-        hit = self._memo.get(key)
-        if hit is None:
-            from . import tuning_cache  # lazy: it imports this module for type names only
+        config, source = tuning_cache.config_for(self, device, bucket)
+        LAUNCHES[self.name] = (bucket, config, source)
+        return config
 
-            entry = tuning_cache.lookup(self, device, bucket)
-            default = self.default[bucket.split("/", 1)[0]]
-            hit = (dict(entry), "cache") if entry is not None else (dict(default), "default")
-            self._memo[key] = hit
-        LAUNCHES[self.name] = (bucket, hit[0], hit[1])
-        return hit[0]
 
-    def forget(self) -> None:
-        """Drop memoised lookups (after the cache file changed)."""
-        self._memo.clear()
+def constexpr_names(kernel) -> set[str]:
+    """The constexpr parameters of a JIT (or, under the interpreter, interpreted) kernel."""
+    if hasattr(kernel, "constexprs"):
+        return {kernel.arg_names[i] for i in kernel.constexprs}
+    params = inspect.signature(kernel.fn).parameters.values()
+    return {p.name for p in params if "constexpr" in str(p.annotation)}
 
 
 def triton_at_least(version: tuple[int, int]) -> bool:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import permute, reference
+from kernels import reference
+from kernels.partition import kernel as permute
 from tests.helpers import DTYPES, POISON_INT, poisoned
 
 
@@ -19,7 +20,7 @@ def test_partition_matches_reference(device, B, N, kappa):
     expected = reference.partition(labels, kappa)
     outs = tuple(poisoned(e.shape, torch.int32, device) for e in expected)
     config = permute.PARTITION.interpret_space[0] if device.type == "cpu" else None
-    got = permute.partition(labels.to(device), kappa, out=outs, config=config)
+    got = permute.launch_partition(labels.to(device), kappa, out=outs, config=config)
     for name, g, e in zip(("perm", "inverse", "offsets", "segment"), got, expected, strict=True):
         assert not (g == POISON_INT).any(), f"{name}: unwritten outputs"
         assert torch.equal(g.cpu(), e), name
@@ -27,7 +28,7 @@ def test_partition_matches_reference(device, B, N, kappa):
 
 def test_partition_of_a_strided_label_view(device):
     labels = torch.randint(0, 3, (4, 40), dtype=torch.int32)[:, ::2]  # column stride 2
-    got = permute.partition(labels.to(device), 3)
+    got = permute.launch_partition(labels.to(device), 3)
     for g, e in zip(got, reference.partition(labels, 3), strict=True):
         assert torch.equal(g.cpu(), e)
 
@@ -38,7 +39,7 @@ def test_permute_rows_matches_reference(device, M, C, dtype):
     x = torch.randn(M, C).to(dtype).to(device)
     index = torch.randperm(M, dtype=torch.int32).to(device)
     out = poisoned((M, C), dtype, device)
-    permute.permute_rows(x, index, out=out)
+    permute.launch_permute_rows(x, index, out=out)
     assert torch.equal(out.cpu(), reference.permute_rows(x.cpu(), index.cpu()))
 
 
@@ -48,11 +49,11 @@ def test_permute_rows_reads_any_strides(device):
     xt = torch.randn(33, 50).to(device).t()  # column stride 50
     index = torch.randperm(50, dtype=torch.int32).to(device)
     for view in (x, xt):
-        assert torch.equal(permute.permute_rows(view, index), view[index.long()])
+        assert torch.equal(permute.launch_permute_rows(view, index), view[index.long()])
 
 
 @pytest.mark.parametrize("config", permute.PERMUTE_ROWS.interpret_space)
 def test_permute_rows_every_interpreter_config(device, config):
     x = torch.randn(77, 45).to(device)
     index = torch.randperm(77, dtype=torch.int32).to(device)
-    assert torch.equal(permute.permute_rows(x, index, config=config), x[index.long()])
+    assert torch.equal(permute.launch_permute_rows(x, index, config=config), x[index.long()])

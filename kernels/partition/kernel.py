@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INDEX_DTYPE, next_power_of_2
-from ._tuning import TRITON_TYPES, Tunable, per_width, rows_bucket, split_launch_options
+from .._common import INDEX_DTYPE, next_power_of_2
+from ..tuning import Tunable, per_width, rows_bucket, split_launch_options
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,6 +70,18 @@ def _partition_kernel(
         running += tl.sum(onehot, axis=0)
 
 
+def _partition_launch(B: int, N: int, C: int, kappa: int, K: int, dtype: torch.dtype):
+    """A DEGC layer orders its B images' N labels (int32, whatever the features' dtype)."""
+    return torch.int32, {"N": N, "kappa": kappa}
+
+
+def _tune_partition(shape: dict, dtype: torch.dtype, device: torch.device):
+    kappa = shape["kappa"]
+    images = 64 if device.type == "cuda" else 4  # one program per image
+    labels = torch.randint(0, kappa, (images, shape["N"]), dtype=torch.int32, device=device)
+    return lambda config: launch_partition(labels, kappa, config=config)
+
+
 PARTITION = Tunable(
     name="partition",
     kernels=[_partition_kernel, _clamped_labels],
@@ -87,26 +99,17 @@ PARTITION = Tunable(
         {"BLOCK_N": 64, "num_warps": 4, "num_stages": 1},
     ],
     bucket_fn=lambda N, kappa: f"N{N}/k{kappa}",
-    signature_fn=lambda dtype, config: (
-        {
-            "labels_ptr": "*i32",
-            "perm_ptr": "*i32",
-            "inverse_ptr": "*i32",
-            "offsets_ptr": "*i32",
-            "segment_ptr": "*i32",
-            "N": "i32",
-            "num_images": "i32",
-            "stride_lb": "i32",
-            "KAPPA": "constexpr",
-            "KAPPA_PAD": "constexpr",
-            "BLOCK_N": "constexpr",
-        },
-        {"KAPPA": 16, "KAPPA_PAD": 16, "BLOCK_N": config["BLOCK_N"]},
-    ),
+    layer_launch=_partition_launch,
+    tune_call=_tune_partition,
+    pointer_types={
+        name: "*i32"
+        for name in ("labels_ptr", "perm_ptr", "inverse_ptr", "offsets_ptr", "segment_ptr")
+    },
+    aot_constants=lambda dtype, config: {"KAPPA": 16, "KAPPA_PAD": 16},
 )
 
 
-def partition(
+def launch_partition(
     labels: torch.Tensor,
     num_clusters: int,
     *,
@@ -181,10 +184,15 @@ def _permute_rows_kernel(
     tl.store(out_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], values, mask=mask)
 
 
+def _tune_permute_rows(shape: dict, dtype: torch.dtype, device: torch.device):
+    x = torch.randn(shape["M"], shape["C"], device=device).to(dtype)
+    index = torch.randperm(shape["M"], device=device).to(torch.int32)
+    return lambda config: launch_permute_rows(x, index, config=config)
+
+
 PERMUTE_ROWS = Tunable(
     name="permute_rows",
     kernels=[_permute_rows_kernel],
-    # Spill-free for sm_80 and sm_90 (tests/kernels/test_aot_compile.py).
     space=per_width(
         [
             {"BLOCK_M": 16, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
@@ -205,32 +213,25 @@ PERMUTE_ROWS = Tunable(
         {"BLOCK_M": 32, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
     ],
     bucket_fn=lambda M, C: f"C{C}/M{rows_bucket(M)}",
-    signature_fn=lambda dtype, config: (
-        {
-            "x_ptr": f"*{TRITON_TYPES[dtype]}",
-            "index_ptr": "*i32",
-            "out_ptr": f"*{TRITON_TYPES[dtype]}",
-            "M": "i32",
-            "C": "i32",
-            "stride_xm": "i32",
-            # The model's rows are contiguous: the JIT specialises a stride of 1 to a constant.
-            "stride_xc": "constexpr",
-            "BLOCK_M": "constexpr",
-            "BLOCK_C": "constexpr",
-        },
-        {"stride_xc": 1, "BLOCK_M": config["BLOCK_M"], "BLOCK_C": config["BLOCK_C"]},
-    ),
+    # The model no longer permutes rows (the k-NN gathers through perm): no layer launch.
+    layer_launch=lambda B, N, C, kappa, K, dtype: None,
+    tune_call=_tune_permute_rows,
+    pointer_types={"index_ptr": "*i32"},
+    # The model's rows are contiguous: the JIT specialises a stride of 1 to a constant.
+    aot_constants=lambda dtype, config: {"stride_xc": 1},
 )
 
 
-def permute_rows(
+def launch_permute_rows(
     x: torch.Tensor,
     index: torch.Tensor,
+    inverse: torch.Tensor | None = None,
     *,
     out: torch.Tensor | None = None,
     config: dict | None = None,
 ) -> torch.Tensor:
-    """Launch :func:`_permute_rows_kernel`: ``out[i] = x[index[i]]``, x ``(M, C)`` any strides."""
+    """Launch :func:`_permute_rows_kernel`: ``out[i] = x[index[i]]``, x ``(M, C)`` any strides.
+    ``inverse`` (the op's third argument, what its backward permutes by) is not read."""
     M, C = x.shape
     out = torch.empty(M, C, dtype=x.dtype, device=x.device) if out is None else out
     if M == 0 or C == 0:

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import TRITON_TYPES, Tunable, configs, per_width, rows_bucket, split_launch_options
+from ..tuning import Tunable, configs, per_width, rows_bucket, split_launch_options
 
 
 @triton.jit
@@ -59,6 +59,18 @@ _SPACE = configs(
     [(64, 32, 4, 1), (64, 64, 4, 1), (128, 64, 8, 1), (32, 32, 4, 1), (64, 16, 4, 1)],
 )
 
+
+def _layer_launch(B: int, N: int, C: int, kappa: int, K: int, dtype: torch.dtype):
+    """A DEGC layer centres its (B, C, H, W) input's N = H * W nodes."""
+    return dtype, {"B": B, "N": N, "C": C}
+
+
+def _tune_call(shape: dict, dtype: torch.dtype, device: torch.device):
+    side = int(shape["N"] ** 0.5)
+    x = torch.randn(shape["B"], shape["C"], side, shape["N"] // side, device=device).to(dtype)
+    return lambda config: launch_center_tokens(x, config=config)
+
+
 CENTER_TOKENS = Tunable(
     name="center_tokens",
     kernels=[_center_tokens_kernel],
@@ -69,24 +81,14 @@ CENTER_TOKENS = Tunable(
         {"BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
     ],
     bucket_fn=lambda B, N, C: f"N{N}/C{C}/M{rows_bucket(B * N)}",
-    signature_fn=lambda dtype, config: (
-        {
-            "x_ptr": f"*{TRITON_TYPES[dtype]}",
-            "out_ptr": f"*{TRITON_TYPES[dtype]}",
-            "N": "i32",
-            "C": "i32",
-            "stride_xb": "i32",
-            "stride_xc": "i32",
-            "stride_xn": "constexpr",
-            "BLOCK_N": "constexpr",
-            "BLOCK_C": "constexpr",
-        },
-        {"stride_xn": 1, "BLOCK_N": config["BLOCK_N"], "BLOCK_C": config["BLOCK_C"]},
-    ),
+    layer_launch=_layer_launch,
+    tune_call=_tune_call,
+    # The model's maps flatten to a unit node stride: the JIT makes it a constant.
+    aot_constants=lambda dtype, config: {"stride_xn": 1},
 )
 
 
-def center_tokens(
+def launch_center_tokens(
     x: torch.Tensor, *, out: torch.Tensor | None = None, config: dict | None = None
 ) -> torch.Tensor:
     """Launch :func:`_center_tokens_kernel`: x ``(B, C, H, W)`` (any strides whose H and W

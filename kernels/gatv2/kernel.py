@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import next_power_of_2
-from ._tuning import TRITON_TYPES, Tunable, batch_bucket, configs, per_width, split_launch_options
+from .._common import next_power_of_2
+from ..tuning import Tunable, batch_bucket, configs, per_width, split_launch_options
 
 
 @triton.jit
@@ -67,6 +67,19 @@ _SPACE = configs(
     ("BLOCK_C", "num_warps", "num_stages"), [(32, 4, 1), (64, 4, 1), (128, 4, 1), (64, 2, 1)]
 )
 
+
+def _layer_launch(B: int, N: int, C: int, kappa: int, K: int, dtype: torch.dtype):
+    """A DEGC layer's centroid graph: kappa centroids of C channels per image."""
+    return dtype, {"B": B, "kappa": kappa, "C": C}
+
+
+def _tune_call(shape: dict, dtype: torch.dtype, device: torch.device):
+    size = (shape["B"], shape["kappa"], shape["C"])
+    source, target = (torch.randn(size, device=device).to(dtype) for _ in range(2))
+    att, bias = (torch.randn(shape["C"], device=device).to(dtype) for _ in range(2))
+    return lambda config: launch_gatv2_attention(source, target, att, bias, 0.2, config=config)
+
+
 GATV2_ATTENTION = Tunable(
     name="gatv2_attention",
     kernels=[_gatv2_attention_kernel],
@@ -77,25 +90,14 @@ GATV2_ATTENTION = Tunable(
         {"BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
     ],
     bucket_fn=lambda B, kappa, C: f"k{kappa}/C{C}/B{batch_bucket(B)}",
-    signature_fn=lambda dtype, config: (
-        {
-            "source_ptr": f"*{TRITON_TYPES[dtype]}",
-            "target_ptr": f"*{TRITON_TYPES[dtype]}",
-            "att_ptr": f"*{TRITON_TYPES[dtype]}",
-            "bias_ptr": f"*{TRITON_TYPES[dtype]}",
-            "out_ptr": f"*{TRITON_TYPES[dtype]}",
-            "C": "i32",
-            "negative_slope": "fp32",
-            "KAPPA": "constexpr",
-            "KAPPA_PAD": "constexpr",
-            "BLOCK_C": "constexpr",
-        },
-        {"KAPPA": 6, "KAPPA_PAD": 8, "BLOCK_C": config["BLOCK_C"]},
-    ),
+    layer_launch=_layer_launch,
+    tune_call=_tune_call,
+    scalar_types={"negative_slope": "fp32"},
+    aot_constants=lambda dtype, config: {"KAPPA": 6, "KAPPA_PAD": 8},
 )
 
 
-def gatv2_attention(
+def launch_gatv2_attention(
     source: torch.Tensor,
     target: torch.Tensor,
     att: torch.Tensor,

@@ -26,11 +26,13 @@ member of rank ``j % s`` (the reference's rule).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import INDEX_DTYPE, dot_precision, next_power_of_2
-from ._tuning import TRITON_TYPES, Tunable, configs, rows_bucket, split_launch_options
+from .._common import INDEX_DTYPE, dot_precision, next_power_of_2
+from ..checking import partition_order
+from ..tuning import Tunable, configs, rows_bucket, split_launch_options
 
 _NO_KEY = tl.constexpr(2**63 - 1)  # "no candidate": above every real key
 _GONE = tl.constexpr(2**31 - 1)  # the same for the distance bits alone: above +inf's
@@ -263,6 +265,26 @@ _SPACE_32BIT = configs(
 )
 
 
+def _layer_launch(B: int, N: int, C: int, kappa: int, K: int, dtype: torch.dtype):
+    """A DEGC layer's graph: K neighbours of each of its B*N nodes inside partitions of at most
+    N nodes (S, the bucket's partition bound)."""
+    return dtype, {"M": B * N, "C": C, "K": K, "S": N}
+
+
+def _tune_call(shape: dict, dtype: torch.dtype, device: torch.device):
+    """The model's launch: image-order rows gathered through the partition order, normalised,
+    in partitions of the variants' sizes (about 49 nodes, or six partitions of a 28 x 28 map)."""
+    N = shape["S"]
+    B = max(1, shape["M"] // N)
+    kappa = min(N, max(1, round(N / 49)) if N <= 196 else 6)
+    rows = F.normalize(torch.randn(B * N, shape["C"], device=device), dim=-1).to(dtype)
+    labels = torch.randint(0, kappa, (B, N), device=device)
+    perm, offsets = partition_order(labels, kappa)
+    return lambda config: launch_partition_knn(
+        rows, offsets, shape["K"], N, perm, True, config=config
+    )
+
+
 PARTITION_KNN = Tunable(
     name="partition_knn",
     kernels=[
@@ -287,54 +309,34 @@ PARTITION_KNN = Tunable(
     bucket_fn=lambda M, C, K, S: (
         f"C{C}/K{next_power_of_2(K)}/S{next_power_of_2(S)}/M{rows_bucket(M)}"
     ),
-    signature_fn=lambda dtype, config: (
-        {
-            "x_ptr": f"*{TRITON_TYPES[dtype]}",
-            "perm_ptr": "*i32",
-            "offsets_ptr": "*i32",
-            "block_offsets_ptr": "*i32",
-            "out_ptr": "*i32",
-            "num_parts": "i32",
-            "M": "i32",
-            "C": "i32",
-            "stride_xm": "i32",
-            "K": "constexpr",
-            "K_PAD": "constexpr",
-            "NORMALIZE": "constexpr",
-            "GATHER": "constexpr",
-            "BLOCK_M": "constexpr",
-            "BLOCK_N": "constexpr",
-            "BLOCK_C": "constexpr",
-            "DOT_PRECISION": "constexpr",
-            "UPCAST": "constexpr",
-        },
-        {
-            # The models' smallest K (9, padded to 16) is the specialisation that spilled where
-            # K = 32 did not (found by reports.static, which compiles the launches the models
-            # make); the AOT tests also compile the defaults at every K the models use. The
-            # model's launches gather and normalise.
-            "K": 9,
-            "K_PAD": 16,
-            "NORMALIZE": True,
-            "GATHER": True,
-            "BLOCK_M": config["BLOCK_M"],
-            "BLOCK_N": config["BLOCK_N"],
-            "BLOCK_C": config["BLOCK_C"],
-            "DOT_PRECISION": dot_precision(dtype)[0],
-            "UPCAST": False,
-        },
-    ),
+    layer_launch=_layer_launch,
+    tune_call=_tune_call,
+    pointer_types={
+        name: "*i32" for name in ("perm_ptr", "offsets_ptr", "block_offsets_ptr", "out_ptr")
+    },
+    # The models' smallest K (9, padded to 16) is the specialisation that spilled where K = 32
+    # did not (found by reports.static, which compiles the launches the models make); the AOT
+    # tests also compile the defaults at every K the models use. The model's launches gather
+    # and normalise.
+    aot_constants=lambda dtype, config: {
+        "K": 9,
+        "K_PAD": 16,
+        "NORMALIZE": True,
+        "GATHER": True,
+        "DOT_PRECISION": dot_precision(dtype)[0],
+        "UPCAST": False,
+    },
 )
 
 
-def partition_knn(
+def launch_partition_knn(
     x: torch.Tensor,
     offsets: torch.Tensor,
     k: int,
     max_partition_size: int,
-    *,
     perm: torch.Tensor | None = None,
     normalize: bool = False,
+    *,
     out: torch.Tensor | None = None,
     config: dict | None = None,
 ) -> torch.Tensor:

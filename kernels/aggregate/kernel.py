@@ -6,8 +6,8 @@ and keeps a running max and the winning slot. The slot (uint8, first slot among 
 saved for the backward, which starts from ``-grad`` (relative) or zeros and routes ``grad[v, c]``
 to row ``nbr[v, slot[v, c]]`` with relaxed float atomics: its sums are not bit-reproducible
 (their order varies); ``torch.use_deterministic_algorithms(True)`` takes the reference's
-deterministic scatter instead (``kernels/ops.py``). Neighbour indices are clamped into ``[0, M)``
-so no input makes a kernel read or write outside its tensors.
+deterministic scatter instead (``kernels/aggregate/op.py``). Neighbour indices are clamped into
+``[0, M)`` so no input makes a kernel read or write outside its tensors.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import next_power_of_2
-from ._tuning import TRITON_TYPES, Tunable, configs, per_width, rows_bucket, split_launch_options
+from .._common import next_power_of_2
+from ..tuning import Tunable, configs, grid, per_width, rows_bucket, split_launch_options
+from . import reference
 
 
 @triton.jit
@@ -98,38 +99,17 @@ def _max_aggregate_backward_kernel(
 
 
 # Spill-free for sm_80 and sm_90 at every width (tests/kernels/test_aot_compile.py).
-_FORWARD_SPACE = configs(
+_FORWARD_SPACE = grid(BLOCK_M=(8, 16, 32), BLOCK_C=(64, 128, 256), num_warps=(4,), num_stages=(2,))
+_FORWARD_SPACE += configs(
     ("BLOCK_M", "BLOCK_C", "num_warps", "num_stages"),
-    [
-        (8, 64, 4, 2),
-        (8, 128, 4, 2),
-        (8, 256, 4, 2),
-        (16, 64, 4, 2),
-        (16, 128, 4, 2),
-        (16, 256, 4, 2),
-        (32, 64, 4, 2),
-        (32, 128, 4, 2),
-        (32, 256, 4, 2),
-        (16, 256, 8, 2),
-        (32, 128, 8, 2),
-        (32, 256, 8, 2),
-    ],
+    [(16, 256, 8, 2), (32, 128, 8, 2), (32, 256, 8, 2)],
 )
-_BACKWARD_SPACE = configs(
-    ("BLOCK_M", "BLOCK_C", "num_warps", "num_stages"),
-    [
-        (8, 64, 4, 1),
-        (8, 128, 4, 1),
-        (8, 256, 8, 1),
-        (16, 64, 4, 1),
-        (16, 128, 4, 1),
-        (16, 256, 8, 1),
-        (32, 64, 4, 1),
-        (32, 128, 4, 1),
-        (32, 256, 8, 1),
-        (64, 64, 4, 1),
-    ],
-)
+# The backward's atomics: 256-channel tiles take 8 warps.
+_BACKWARD_SPACE = [
+    {"BLOCK_M": m, "BLOCK_C": c, "num_warps": 8 if c == 256 else 4, "num_stages": 1}
+    for m in (8, 16, 32)
+    for c in (64, 128, 256)
+] + [{"BLOCK_M": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1}]
 
 _INTERPRET_SPACE = [
     {"BLOCK_M": 8, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
@@ -137,49 +117,37 @@ _INTERPRET_SPACE = [
 ]
 
 
-def _forward_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
-    t = TRITON_TYPES[dtype]
-    return (
-        {
-            "x_ptr": f"*{t}",
-            "nbr_ptr": "*i32",
-            "out_ptr": f"*{t}",
-            "slot_ptr": "*u8",
-            "M": "i32",
-            "C": "i32",
-            "stride_xm": "i32",
-            "K": "constexpr",
-            "RELATIVE": "constexpr",
-            "SAVE_SLOT": "constexpr",
-            "BLOCK_M": "constexpr",
-            "BLOCK_C": "constexpr",
-        },
-        {
-            "K": 32,
-            "RELATIVE": True,
-            "SAVE_SLOT": True,
-            "BLOCK_M": config["BLOCK_M"],
-            "BLOCK_C": config["BLOCK_C"],
-        },
-    )
+def _layer_launch(B: int, N: int, C: int, kappa: int, K: int, dtype: torch.dtype):
+    """A DEGC layer's aggregation over its (B*N, C) nodes (forward and backward alike)."""
+    return dtype, {"M": B * N, "C": C, "K": K}
 
 
-def _backward_signature(dtype: torch.dtype, config: dict) -> tuple[dict, dict]:
-    return (
-        {
-            "grad_ptr": f"*{TRITON_TYPES[dtype]}",
-            "nbr_ptr": "*i32",
-            "slot_ptr": "*u8",
-            "grad_x_ptr": "*fp32",
-            "M": "i32",
-            "C": "i32",
-            "K": "constexpr",
-            "BLOCK_M": "constexpr",
-            "BLOCK_C": "constexpr",
-        },
-        {"K": 32, "BLOCK_M": config["BLOCK_M"], "BLOCK_C": config["BLOCK_C"]},
-    )
+def _bucket(M: int, C: int, K: int) -> str:
+    return f"C{C}/K{next_power_of_2(K)}/M{rows_bucket(M)}"
 
+
+def _tune_forward(shape: dict, dtype: torch.dtype, device: torch.device):
+    x, nbr = _tuning_inputs(shape, dtype, device)
+    return lambda config: launch_max_aggregate(x, nbr, True, True, config=config)
+
+
+def _tune_backward(shape: dict, dtype: torch.dtype, device: torch.device):
+    x, nbr = _tuning_inputs(shape, dtype, device)
+    _, slot = reference.max_aggregate(x.cpu(), nbr.cpu(), True)
+    slot = slot.to(device)
+    grad = torch.randn(shape["M"], shape["C"], device=device).to(dtype)
+    return lambda config: launch_max_aggregate_backward(grad, nbr, slot, True, config=config)
+
+
+def _tuning_inputs(shape: dict, dtype: torch.dtype, device: torch.device):
+    M, C, K = shape["M"], shape["C"], shape["K"]
+    x = torch.randn(M, C, device=device).to(dtype)
+    nbr = torch.randint(0, M, (M, K), dtype=torch.int32, device=device)
+    return x, nbr
+
+
+#: What the forward and the backward share: their launch shapes, buckets and interpreter tiles.
+_SHAPES = {"interpret_space": _INTERPRET_SPACE, "bucket_fn": _bucket, "layer_launch": _layer_launch}
 
 MAX_AGGREGATE = Tunable(
     name="max_aggregate",
@@ -188,9 +156,10 @@ MAX_AGGREGATE = Tunable(
     # 64-channel slices: the models' C (192, 320, 640) are multiples, so no lane idles (128
     # left a quarter of them idle at C = 192).
     default=per_width({"BLOCK_M": 16, "BLOCK_C": 64, "num_warps": 4, "num_stages": 2}),
-    interpret_space=_INTERPRET_SPACE,
-    bucket_fn=lambda M, C, K: f"C{C}/K{next_power_of_2(K)}/M{rows_bucket(M)}",
-    signature_fn=_forward_signature,
+    **_SHAPES,
+    tune_call=_tune_forward,
+    pointer_types={"nbr_ptr": "*i32", "slot_ptr": "*u8"},
+    aot_constants=lambda dtype, config: {"K": 32, "RELATIVE": True, "SAVE_SLOT": True},
 )
 
 MAX_AGGREGATE_BACKWARD = Tunable(
@@ -198,13 +167,14 @@ MAX_AGGREGATE_BACKWARD = Tunable(
     kernels=[_max_aggregate_backward_kernel, _valid_rows],
     space=per_width(_BACKWARD_SPACE),
     default=per_width({"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1}),
-    interpret_space=_INTERPRET_SPACE,
-    bucket_fn=lambda M, C, K: f"C{C}/K{next_power_of_2(K)}/M{rows_bucket(M)}",
-    signature_fn=_backward_signature,
+    **_SHAPES,
+    tune_call=_tune_backward,
+    pointer_types={"nbr_ptr": "*i32", "slot_ptr": "*u8", "grad_x_ptr": "*fp32"},
+    aot_constants=lambda dtype, config: {"K": 32},
 )
 
 
-def max_aggregate(
+def launch_max_aggregate(
     x: torch.Tensor,
     nbr: torch.Tensor,
     relative: bool = True,
@@ -248,7 +218,7 @@ def max_aggregate(
     return result, argslot
 
 
-def max_aggregate_backward(
+def launch_max_aggregate_backward(
     grad: torch.Tensor,
     nbr: torch.Tensor,
     argslot: torch.Tensor,

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import TRITON_TYPES, Tunable, configs, per_width, rows_bucket, split_launch_options
+from ..tuning import Tunable, configs, per_width, rows_bucket, split_launch_options
 
 _SQRT_HALF = tl.constexpr(0.7071067811865476)
 
@@ -68,6 +68,21 @@ _SPACE = configs(
     [(16, 128, 4, 1), (32, 128, 4, 1), (32, 64, 4, 1), (64, 64, 4, 1), (64, 128, 8, 1)],
 )
 
+
+def _layer_launch(B: int, N: int, C: int, kappa: int, K: int, dtype: torch.dtype):
+    """A DEGC layer's local update: its MLP's (B*N, 2C) activations."""
+    return dtype, {"M": B * N, "C": 2 * C}
+
+
+def _tune_call(shape: dict, dtype: torch.dtype, device: torch.device):
+    M, C = shape["M"], shape["C"]
+    acc = torch.randn(M, C, device=device).to(dtype)
+    table = torch.randn(max(1, M // 49), C, device=device).to(dtype)
+    segment = torch.randint(0, table.shape[0], (M,), dtype=torch.int32, device=device)
+    norm = torch.rand(5, C, device=device).to(dtype) + 0.5
+    return lambda config: launch_segment_norm_gelu(acc, table, segment, norm, 1e-5, config=config)
+
+
 SEGMENT_NORM_GELU = Tunable(
     name="segment_norm_gelu",
     kernels=[_segment_norm_gelu_kernel],
@@ -79,52 +94,35 @@ SEGMENT_NORM_GELU = Tunable(
         {"BLOCK_M": 8, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
     ],
     bucket_fn=lambda M, C: f"C{C}/M{rows_bucket(M)}",
-    signature_fn=lambda dtype, config: (
-        {
-            "acc_ptr": f"*{TRITON_TYPES[dtype]}",
-            "table_ptr": f"*{TRITON_TYPES[dtype]}",
-            "segment_ptr": "*i32",
-            "bias_ptr": "*fp32",
-            "weight_ptr": "*fp32",
-            "shift_ptr": "*fp32",
-            "mean_ptr": "*fp32",
-            "var_ptr": "*fp32",
-            "out_ptr": f"*{TRITON_TYPES[dtype]}",
-            "M": "i32",
-            "C": "i32",
-            "P": "i32",
-            "stride_am": "i32",
-            "eps": "fp32",
-            "BLOCK_M": "constexpr",
-            "BLOCK_C": "constexpr",
-        },
-        {"BLOCK_M": config["BLOCK_M"], "BLOCK_C": config["BLOCK_C"]},
-    ),
+    layer_launch=_layer_launch,
+    tune_call=_tune_call,
+    pointer_types={
+        "segment_ptr": "*i32",
+        **{f"{name}_ptr": "*fp32" for name in ("bias", "weight", "shift", "mean", "var")},
+    },
+    scalar_types={"eps": "fp32"},
 )
 
 
-def segment_norm_gelu(
+def launch_segment_norm_gelu(
     acc: torch.Tensor,
     table: torch.Tensor,
     segment: torch.Tensor,
-    bias: torch.Tensor,
-    weight: torch.Tensor,
-    shift: torch.Tensor,
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
+    norm: torch.Tensor,
     eps: float,
     *,
     out: torch.Tensor | None = None,
     config: dict | None = None,
 ) -> torch.Tensor:
     """Launch :func:`_segment_norm_gelu_kernel`: acc ``(M, C)``, table ``(P, C)``, segment
-    ``(M,)`` int32 and the ``(C,)`` parameters -> ``(M, C)`` in acc's dtype. ``out`` may pass a
+    ``(M,)`` int32 and ``norm (5, C)``, the stacked linear bias, batch-norm weight, batch-norm
+    bias, running mean and running variance -> ``(M, C)`` in acc's dtype. ``out`` may pass a
     preallocated output (the tests poison it); ``config`` overrides the tuned config."""
     M, C = acc.shape
     if acc.stride(1) != 1:
         acc = acc.contiguous()
     table = table.to(acc.dtype).contiguous()  # both the module's dtype: no copy in the model
-    vectors = [t.detach().contiguous() for t in (bias, weight, shift, running_mean, running_var)]
+    vectors = norm.detach().contiguous().unbind(0)  # five (C,) rows: views, no copy
     out = torch.empty(M, C, dtype=acc.dtype, device=acc.device) if out is None else out
     if M == 0 or C == 0:
         return out
