@@ -6,7 +6,8 @@ that all take the op's arguments in schema order:
 
 - ``check``: argument validation (shapes and dtypes only; nothing reads a device's values);
 - ``fallback``: the compiled CPU kernel where it runs, else the PyTorch reference (any device);
-- ``fake``: empty outputs of the right shapes, for ``torch.compile`` and meta tensors.
+- ``fake``: empty outputs of the right shapes, for ``torch.compile`` and meta tensors (by
+  default one output shaped like the first argument).
 
 The kernel's Triton launcher (``CheckedKernel.launcher``, ``"module:function"``) is imported on
 first use (it imports Triton) and resolved at every call, so that a test's monkeypatch reaches
@@ -55,6 +56,11 @@ def _cpu_directly(x: torch.Tensor, differentiable: bool) -> bool:
     )
 
 
+def _like_first_argument(first: torch.Tensor, *rest) -> torch.Tensor:
+    """The default fake: one output of the first argument's shape, dtype and device."""
+    return first.new_empty(first.shape)
+
+
 class Op:
     """A DEGC op: see the module docstring. Call it with the op's arguments in schema order."""
 
@@ -65,7 +71,7 @@ class Op:
         *,
         check: Callable,
         fallback: Callable,
-        fake: Callable,
+        fake: Callable | None = None,
         kernel_applies: Callable[..., bool] | None = None,
         autograd: tuple[Callable, Callable] | None = None,
     ) -> None:
@@ -75,7 +81,7 @@ class Op:
         self.fallback = fallback
         self.kernel = kernel
         self._kernel_applies = kernel_applies
-        self._fake = fake
+        self._fake = fake or _like_first_argument
         self.differentiable = autograd is not None
         parsed = torch._C.parse_schema(f"clustervig::{name}{schema}")
         #: Defaults of the trailing arguments, filled in for a call that leaves them out.

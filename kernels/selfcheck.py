@@ -105,7 +105,7 @@ def _rows(results: list[CheckResult]) -> Iterator[str]:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kernels.selfcheck",
         description="Check every Triton kernel against its PyTorch reference on this device "
@@ -129,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-record", action="store_true", help="print the verdicts without recording them"
     )
     parser.add_argument("--version", action="version", version=package_version())
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.interpret and not interpreter_active():

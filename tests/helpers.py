@@ -4,6 +4,11 @@ the self-check) and well-separated random inputs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from kernels.checking import (
@@ -27,8 +32,11 @@ __all__ = [
     "poisoned",
     "random_partition_sizes",
     "relative_error",
+    "run_as_a_user",
     "tolerance",
 ]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: (atol, rtol) per dtype of one rounded result (see :data:`kernels.checking.BASE_TOLERANCE`).
 TOLERANCE = BASE_TOLERANCE
@@ -74,3 +82,19 @@ def neighbour_distances(x: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
     """Squared distances (float64) from every row of x to its listed neighbours, (M, K)."""
     xd = x.double()
     return ((xd[nbr.long()] - xd.unsqueeze(1)) ** 2).sum(-1)
+
+
+def run_as_a_user(args: list[str], timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    """``python *args`` from the repository root in a fresh process, as a user runs it: without
+    the suite's TRITON_INTERPRET, with ``env`` added. Asserts that it exits 0."""
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc

@@ -164,3 +164,22 @@ def test_every_op_folder_is_in_the_registry_and_names_only_its_own_files():
         for path in (op.launch_path, op.kernel.cases, *op.kernel.tunables.values()):
             assert path.startswith(f"kernels.{folder}."), (op.name, path)
     assert folders == set(OP_FOLDERS)
+
+
+def test_every_package_and_c_source_is_installed():
+    """A regular install (not the editable one the tests run from) ships every op folder and its
+    C twin: ``pyproject.toml`` lists the packages and the package data."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {
+        _module_name(p)
+        for p in ROOT.rglob("__init__.py")
+        if p.relative_to(ROOT).parts[0] in ("kernels", "clustervig", "autotune", "reports")
+        and "results" not in p.relative_to(ROOT).parts
+    }
+    assert packages == set(config["packages"])
+    patterns = config["package-data"]["kernels"]
+    for source in (ROOT / "kernels").rglob("*.[ch]"):
+        relative = source.relative_to(ROOT / "kernels")
+        assert any(relative.match(pattern) for pattern in patterns), relative

@@ -162,15 +162,16 @@ MAX_AGGREGATE = Tunable(
     aot_constants=lambda dtype, config: {"K": 32, "RELATIVE": True, "SAVE_SLOT": True},
 )
 
+#: The backward: the forward's launch shapes, its own kernel, tiles and recipe.
 MAX_AGGREGATE_BACKWARD = Tunable(
     name="max_aggregate_backward",
     kernels=[_max_aggregate_backward_kernel, _valid_rows],
-    space=per_width(_BACKWARD_SPACE),
-    default=per_width({"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1}),
-    **_SHAPES,
     tune_call=_tune_backward,
     pointer_types={"nbr_ptr": "*i32", "slot_ptr": "*u8", "grad_x_ptr": "*fp32"},
     aot_constants=lambda dtype, config: {"K": 32},
+    space=per_width(_BACKWARD_SPACE),
+    default=per_width({"BLOCK_M": 16, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1}),
+    **_SHAPES,
 )
 
 

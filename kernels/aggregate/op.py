@@ -53,7 +53,6 @@ MAX_AGGREGATE_BACKWARD = define_op(
     "(Tensor grad, Tensor nbr, Tensor argslot, bool relative) -> Tensor",
     check=_check_backward,
     fallback=reference.max_aggregate_backward,
-    fake=lambda grad, nbr, argslot, relative: grad.new_empty(grad.shape),
     kernel_applies=_not_deterministic,
 )
 

@@ -54,9 +54,9 @@ def _center_tokens_kernel(
 
 # Spill-free for sm_80 and sm_90 in every dtype under Triton 3.6 and 3.8
 # (tests/kernels/test_aot_compile.py); (128, 32, 4) and (256, 32, 8) spill in fp16.
+_KEYS = ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages")
 _SPACE = configs(
-    ("BLOCK_N", "BLOCK_C", "num_warps", "num_stages"),
-    [(64, 32, 4, 1), (64, 64, 4, 1), (128, 64, 8, 1), (32, 32, 4, 1), (64, 16, 4, 1)],
+    _KEYS, [(64, 32, 4, 1), (64, 64, 4, 1), (128, 64, 8, 1), (32, 32, 4, 1), (64, 16, 4, 1)]
 )
 
 
@@ -76,10 +76,7 @@ CENTER_TOKENS = Tunable(
     kernels=[_center_tokens_kernel],
     space=per_width(_SPACE),
     default=per_width({"BLOCK_N": 64, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1}),
-    interpret_space=[
-        {"BLOCK_N": 16, "BLOCK_C": 8, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
-    ],
+    interpret_space=configs(_KEYS, [(16, 8, 4, 1), (32, 16, 4, 1)]),
     bucket_fn=lambda B, N, C: f"N{N}/C{C}/M{rows_bucket(B * N)}",
     layer_launch=_layer_launch,
     tune_call=_tune_call,

@@ -63,9 +63,9 @@ def _segment_norm_gelu_kernel(
 
 
 # Spill-free for sm_80 and sm_90 (tests/kernels/test_aot_compile.py): an elementwise kernel.
+_KEYS = ("BLOCK_M", "BLOCK_C", "num_warps", "num_stages")
 _SPACE = configs(
-    ("BLOCK_M", "BLOCK_C", "num_warps", "num_stages"),
-    [(16, 128, 4, 1), (32, 128, 4, 1), (32, 64, 4, 1), (64, 64, 4, 1), (64, 128, 8, 1)],
+    _KEYS, [(16, 128, 4, 1), (32, 128, 4, 1), (32, 64, 4, 1), (64, 64, 4, 1), (64, 128, 8, 1)]
 )
 
 
@@ -89,10 +89,7 @@ SEGMENT_NORM_GELU = Tunable(
     space=per_width(_SPACE),
     # 128-channel slices: the models' 2C (384, 640, 1280) are multiples of 128.
     default=per_width({"BLOCK_M": 32, "BLOCK_C": 128, "num_warps": 4, "num_stages": 1}),
-    interpret_space=[
-        {"BLOCK_M": 16, "BLOCK_C": 32, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_M": 8, "BLOCK_C": 64, "num_warps": 4, "num_stages": 1},
-    ],
+    interpret_space=configs(_KEYS, [(16, 32, 4, 1), (8, 64, 4, 1)]),
     bucket_fn=lambda M, C: f"C{C}/M{rows_bucket(M)}",
     layer_launch=_layer_launch,
     tune_call=_tune_call,

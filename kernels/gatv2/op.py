@@ -17,9 +17,8 @@ KERNEL = CheckedKernel.in_folder("gatv2", "GATV2_ATTENTION")
 def _check(source: Tensor, target: Tensor, att: Tensor, bias: Tensor, negative_slope) -> None:
     name = "gatv2_attention"
     check_tensor(name, "source", source, ndim=3, dtypes=OP_DTYPES)
-    check_tensor(name, "target", target, ndim=3, dtypes=OP_DTYPES, device=source.device)
-    check_tensor(name, "att", att, ndim=1, dtypes=OP_DTYPES, device=source.device)
-    check_tensor(name, "bias", bias, ndim=1, dtypes=OP_DTYPES, device=source.device)
+    for arg, t, ndim in (("target", target, 3), ("att", att, 1), ("bias", bias, 1)):
+        check_tensor(name, arg, t, ndim=ndim, dtypes=OP_DTYPES, device=source.device)
     C = source.shape[2]
     if target.shape != source.shape or att.shape[0] != C or bias.shape[0] != C:
         raise ValueError(
@@ -35,7 +34,6 @@ GATV2_ATTENTION = define_op(
     "(Tensor source, Tensor target, Tensor att, Tensor bias, float negative_slope) -> Tensor",
     check=_check,
     fallback=reference.gatv2_attention,
-    fake=lambda source, *rest: source.new_empty(source.shape),
 )
 
 

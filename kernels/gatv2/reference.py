@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .._common import compute_dtype
 
-__all__ = ["gatv2_attention"]
-
 
 def gatv2_attention(
-    source: torch.Tensor,
-    target: torch.Tensor,
-    att: torch.Tensor,
-    bias: torch.Tensor,
-    negative_slope: float,
-) -> torch.Tensor:
+    source: Tensor, target: Tensor, att: Tensor, bias: Tensor, negative_slope: float
+) -> Tensor:
     """``out_i = sum_j softmax_j(att . LeakyReLU(target_i + source_j)) source_j + bias`` over
     each image's centroids: source, target ``(B, kappa, C)``, att and bias ``(C,)`` -> ``(B, kappa,
     C)`` in source's dtype, computed in float32 (float64 for float64 inputs)."""

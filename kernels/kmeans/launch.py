@@ -67,8 +67,20 @@ def _aot_constants(dtype: torch.dtype, config: dict) -> dict:
 
 
 _INDEX_POINTERS = {"labels_ptr": "*i32", "iterations_ptr": "*i32"}
-#: What the paths share: one launch shape and bucket per layer.
-_SHAPES = {"bucket_fn": _bucket, "layer_launch": _layer_launch}
+
+
+def _fp32(*names: str) -> dict[str, str]:
+    """The float32 buffers (centroids, sums) among a kernel's pointers."""
+    return {f"{name}_ptr": "*fp32" for name in names}
+
+
+#: What the image and split paths share: one launch shape and bucket per layer, tiny tiles
+#: under the interpreter.
+_SHAPES = {
+    "bucket_fn": _bucket,
+    "layer_launch": _layer_launch,
+    "interpret_space": spaces.INTERPRET_SPACE,
+}
 
 KMEANS = Tunable(
     name="kmeans",
@@ -84,15 +96,9 @@ KMEANS = Tunable(
     ],
     space={"e2": spaces.IMAGE_SPACE_16BIT, "e4": spaces.IMAGE_SPACE_32BIT},
     default=spaces.IMAGE_DEFAULT,
-    interpret_space=spaces.INTERPRET_SPACE,
     **_SHAPES,
     tune_call=_tune_call("image"),
-    pointer_types={
-        **_INDEX_POINTERS,
-        "scratch_labels_ptr": "*i32",
-        "centroids_ptr": "*fp32",
-        "sums_ptr": "*fp32",
-    },
+    pointer_types={**_INDEX_POINTERS, "scratch_labels_ptr": "*i32", **_fp32("centroids", "sums")},
     aot_constants=_aot_constants,
 )
 
@@ -110,14 +116,11 @@ KMEANS_SPLIT = Tunable(
     ],
     space=spaces.SPLIT_SPACE,
     default=spaces.SPLIT_DEFAULT,
-    interpret_space=spaces.INTERPRET_SPACE,
     **_SHAPES,
     tune_call=_tune_call("split"),
     pointer_types={
         **_INDEX_POINTERS,
-        "centroids_ptr": "*fp32",
-        "partial_sums_ptr": "*fp32",
-        "partial_counts_ptr": "*fp32",
+        **_fp32("centroids", "partial_sums", "partial_counts"),
         "changed_ptr": "*i32",
     },
     aot_constants=lambda dtype, config: {"FIRST": False, **_aot_constants(dtype, config)},
@@ -135,7 +138,7 @@ KMEANS_RESIDENT = Tunable(
     bucket_fn=_bucket,
     layer_launch=_resident_layer_launch,
     tune_call=_tune_call("resident"),
-    pointer_types={**_INDEX_POINTERS, "centroids_ptr": "*fp32"},
+    pointer_types={**_INDEX_POINTERS, **_fp32("centroids")},
     aot_constants=lambda dtype, config: {
         **_aot_constants(dtype, config),
         "BLOCK_N": RESIDENT_MAX_ROWS,

@@ -44,8 +44,8 @@ def _fake(x: Tensor, num_clusters: int, max_iters: int) -> tuple[Tensor, Tensor,
 KMEANS = define_op(
     KERNEL,
     "(Tensor x, int num_clusters, int max_iters) -> (Tensor, Tensor, Tensor)",
-    check=_check,
     fallback=native_or_reference(native_kmeans, reference.kmeans),
+    check=_check,
     fake=_fake,
 )
 

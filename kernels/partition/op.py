@@ -103,7 +103,6 @@ PERMUTE_ROWS = define_op(
     "(Tensor x, Tensor index, Tensor inverse) -> Tensor",
     check=_check_permute,
     fallback=lambda x, index, inverse: reference.permute_rows(x, index),
-    fake=lambda x, index, inverse: x.new_empty(x.shape),
     autograd=(_permute_backward, _permute_setup),
 )
 

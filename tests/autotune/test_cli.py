@@ -217,19 +217,12 @@ def test_dtype_spellings_are_interchangeable(cache_dir, capsys):
 def test_interpret_from_a_fresh_process(tmp_path):
     """As a user runs it, TRITON_INTERPRET unset: the CLI sets it before anything imports
     Triton (building the parser, --version included, must not import the kernels)."""
-    import os
+    from tests.helpers import run_as_a_user
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["CLUSTERVIG_AUTOTUNE_DIR"] = str(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-m", "autotune", "--interpret", "--ops", "partition", "--no-selfcheck"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = run_as_a_user(
+        ["-m", "autotune", "--interpret", "--ops", "partition", "--no-selfcheck"],
+        CLUSTERVIG_AUTOTUNE_DIR=str(tmp_path),
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "tuned 1 buckets" in proc.stdout
 
 

@@ -176,9 +176,11 @@ def _triton_vs_reference(train: bool) -> tuple[float, float]:
 
 @pytest.mark.parametrize("train", [False, True])
 def test_triton_kernels_reproduce_the_reference_model(train):
+    # Measured on a 2-core x86 CPU: outputs 2e-7 (eval) / 5e-6 (train), gradients 8e-7 / 1e-4
+    # (train: batch statistics carry the rounding through both layers); a 20x margin.
     out_error, grad_error = _triton_vs_reference(train)
     assert out_error < 1e-4, out_error
-    assert grad_error < 1e-4, grad_error
+    assert grad_error < 2e-3, grad_error
 
 
 def test_the_model_comparison_catches_a_wrong_backward(monkeypatch):
@@ -193,7 +195,7 @@ def test_the_model_comparison_catches_a_wrong_backward(monkeypatch):
 
     monkeypatch.setattr(aggregate, "launch_max_aggregate_backward", without_the_centre_term)
     _, grad_error = _triton_vs_reference(True)
-    assert grad_error > 1e-2, grad_error
+    assert grad_error > 0.1, grad_error  # measured 0.44
 
 
 @pytest.mark.slow

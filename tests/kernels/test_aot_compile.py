@@ -131,20 +131,22 @@ def test_aggregation_backward_atomics_are_relaxed_without_gpu_barriers():
 
 
 _EVERY_K = """
+import dataclasses
 import json
 import torch
 from kernels.resources import ARCHS, REGISTRY, compile_kernel, usage_fields
 knn = REGISTRY["partition_knn"]
-signature = knn.signature_fn
 spilled = []
 for dtype, width in ((torch.bfloat16, "e2"), (torch.float32, "e4")):
     for k in range(9, 19):
         pad = 16 if k <= 16 else 32
-        knn.signature_fn = lambda d, c, k=k, pad=pad: (
-            signature(d, c)[0], {**signature(d, c)[1], "K": k, "K_PAD": pad}
+        at_k = dataclasses.replace(
+            knn, aot_constants=lambda d, c, k=k, pad=pad: {
+                **knn.aot_constants(d, c), "K": k, "K_PAD": pad
+            }
         )
         for arch in ARCHS:
-            fields = usage_fields(compile_kernel(knn, knn.default[width], dtype, arch))
+            fields = usage_fields(compile_kernel(at_k, knn.default[width], dtype, arch))
             if fields.get("STACK", 0) or fields.get("LOCAL", 0):
                 spilled.append([str(dtype), k, arch, fields])
 print(json.dumps(spilled))
@@ -160,20 +162,21 @@ def test_knn_default_configs_compile_without_spills_at_every_model_k():
 
 
 _EVERY_KAPPA = """
+import dataclasses
 import json
 import torch
 from kernels.resources import REGISTRY, compile_kernel, usage_fields
 resident = REGISTRY["kmeans_resident"]
-signature = resident.signature_fn
 shapes = [(kappa, 256, 3) for kappa in range(1, 17)] + [(16, 128, 3), (16, 64, 2), (4, 16, 1)]
 spilled = []
 if resident.builds_for("e2", 90):
     for kappa, rows, chunks in shapes:
-        resident.signature_fn = lambda d, c, s=(kappa, rows, chunks): (
-            signature(d, c)[0],
-            {**signature(d, c)[1], "KAPPA": s[0], "BLOCK_N": s[1], "NUM_CHUNKS": s[2]},
+        shaped = dataclasses.replace(
+            resident, aot_constants=lambda d, c, s=(kappa, rows, chunks): {
+                **resident.aot_constants(d, c), "KAPPA": s[0], "BLOCK_N": s[1], "NUM_CHUNKS": s[2]
+            }
         )
-        compiled = compile_kernel(resident, resident.default["e2"], torch.bfloat16, 90)
+        compiled = compile_kernel(shaped, resident.default["e2"], torch.bfloat16, 90)
         fields = usage_fields(compiled)
         if fields.get("STACK", 0) or fields.get("LOCAL", 0):
             spilled.append([kappa, rows, chunks, fields])

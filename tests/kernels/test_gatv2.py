@@ -39,13 +39,13 @@ def test_nan_stays_in_its_image(device):
 
 
 def test_the_layer_in_inference_takes_the_op_with_the_same_result(monkeypatch):
-    from clustervig import layers
+    from clustervig import graph_updates
 
     calls = []
-    op = layers.gatv2_attention
-    monkeypatch.setattr(layers, "gatv2_attention", lambda *a: calls.append(1) or op(*a))
+    op = graph_updates.gatv2_attention
+    monkeypatch.setattr(graph_updates, "gatv2_attention", lambda *a: calls.append(1) or op(*a))
     torch.manual_seed(0)
-    layer = layers.GATv2GlobalUpdate(20)
+    layer = graph_updates.GATv2GlobalUpdate(20)
     z = torch.randn(3, 5, 20)
     with torch.no_grad():
         fused = layer(z)

@@ -55,47 +55,39 @@ def _run(x, kappa, iters, device, config=None, path="image"):
 CENTROID_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
-@pytest.mark.parametrize(
-    "B,N,C,kappa",
-    [
-        (1, 49, 24, 4),
-        (3, 37, 17, 6),
-        (2, 196, 40, 4),
-        (1, 20, 8, 1),
-        (1, 784, 12, 6),
-        (2, 40, 8, 16),
-    ],
-)
+def expect_reference_kmeans(out, x: torch.Tensor, kappa: int, iters: int = 20) -> None:
+    """``out = (labels, centroids, iterations)`` of k-means on x: labels and iteration counts
+    equal the float64 reference's, centroids (in x's dtype) within the dtype's tolerance."""
+    labels, centroids, iterations = out
+    e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), kappa, iters)
+    assert centroids.dtype == x.dtype
+    assert torch.equal(labels, e_labels) and torch.equal(iterations, e_iterations)
+    tol = CENTROID_TOL[x.dtype]
+    torch.testing.assert_close(centroids.double(), e_centroids, atol=tol * 8, rtol=tol)
+
+
+SHAPES = [(1, 49, 24, 4), (3, 37, 17, 6), (2, 196, 40, 4), (1, 20, 8, 1), (1, 784, 12, 6)]
+
+
+@pytest.mark.parametrize("B,N,C,kappa", [*SHAPES, (2, 40, 8, 16)])
 def test_float32_random_features_match_reference(device, path, B, N, C, kappa):
     x = torch.randn(B, N, C)
-    labels, centroids, iterations = _run(x, kappa, 20, device, path=path)
-    e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), kappa, 20)
-    assert torch.equal(labels, e_labels)
-    assert torch.equal(iterations, e_iterations)
-    torch.testing.assert_close(centroids.double(), e_centroids, atol=1e-5, rtol=1e-5)
+    expect_reference_kmeans(_run(x, kappa, 20, device, path=path), x, kappa)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,N,C,kappa", [(2, 49, 24, 4), (1, 196, 40, 6), (3, 30, 17, 3)])
 def test_separated_clusters_every_dtype(device, path, B, N, C, kappa, dtype):
     x = blobs(B, N, C, kappa, dtype)
-    labels, centroids, iterations = _run(x, kappa, 20, device, path=path)
-    e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), kappa, 20)
-    assert centroids.dtype == dtype
-    assert torch.equal(labels, e_labels)
-    assert torch.equal(iterations, e_iterations)
-    tol = CENTROID_TOL[dtype]
-    torch.testing.assert_close(centroids.double(), e_centroids.double(), atol=tol * 8, rtol=tol)
+    expect_reference_kmeans(_run(x, kappa, 20, device, path=path), x, kappa)
 
 
 def test_iteration_cap_and_early_stop(device, path):
     x = torch.randn(3, 80, 10)
     for cap in (1, 2, 50):
-        labels, centroids, iterations = _run(x, 5, cap, device, path=path)
-        e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), 5, cap)
-        assert torch.equal(labels, e_labels) and torch.equal(iterations, e_iterations)
-        torch.testing.assert_close(centroids.double(), e_centroids, atol=1e-5, rtol=1e-5)
-        assert int(iterations.max()) <= cap
+        out = _run(x, 5, cap, device, path=path)
+        expect_reference_kmeans(out, x, 5, cap)
+        assert int(out[2].max()) <= cap
 
 
 def test_empty_cluster_keeps_its_centroid(device, path):

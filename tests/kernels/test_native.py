@@ -19,16 +19,9 @@ from kernels.aggregate.native import native_max_aggregate
 from kernels.kmeans.native import native_kmeans
 from kernels.knn.native import native_partition_knn
 from kernels.partition.native import native_partition
-from tests.helpers import (
-    DTYPES,
-    POISON_INT,
-    integer_features,
-    neighbour_distances,
-    offsets_from_sizes,
-    poisoned,
-    random_partition_sizes,
-)
-from tests.kernels.test_kmeans import CENTROID_TOL, blobs
+from tests import helpers
+from tests.helpers import DTYPES, POISON_INT, integer_features, neighbour_distances, poisoned
+from tests.kernels.test_kmeans import blobs, expect_reference_kmeans
 from tests.kernels.test_knn import image_order_partition
 from tests.kernels.test_reference import empty_cluster_case
 
@@ -57,33 +50,22 @@ def _kmeans(x, kappa, iters):
 )
 def test_kmeans_random_features_match_the_float64_reference(B, N, C, kappa):
     x = torch.randn(B, N, C)
-    labels, centroids, iterations = _kmeans(x, kappa, 20)
-    e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), kappa, 20)
-    assert torch.equal(labels, e_labels)
-    assert torch.equal(iterations, e_iterations)
-    torch.testing.assert_close(centroids.double(), e_centroids, atol=1e-5, rtol=1e-5)
+    expect_reference_kmeans(_kmeans(x, kappa, 20), x, kappa)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,N,C,kappa", [(2, 49, 24, 4), (1, 196, 40, 6), (3, 30, 17, 3)])
 def test_kmeans_separated_clusters_every_dtype(B, N, C, kappa, dtype):
     x = blobs(B, N, C, kappa, dtype)
-    labels, centroids, iterations = _kmeans(x, kappa, 20)
-    e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), kappa, 20)
-    assert centroids.dtype == dtype
-    assert torch.equal(labels, e_labels) and torch.equal(iterations, e_iterations)
-    tol = CENTROID_TOL[dtype]
-    torch.testing.assert_close(centroids.double(), e_centroids.double(), atol=tol * 8, rtol=tol)
+    expect_reference_kmeans(_kmeans(x, kappa, 20), x, kappa)
 
 
 def test_kmeans_iteration_cap_and_early_stop():
     x = torch.randn(3, 80, 10)
     for cap in (1, 2, 50):
-        labels, centroids, iterations = _kmeans(x, 5, cap)
-        e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), 5, cap)
-        assert torch.equal(labels, e_labels) and torch.equal(iterations, e_iterations)
-        torch.testing.assert_close(centroids.double(), e_centroids, atol=1e-5, rtol=1e-5)
-        assert int(iterations.max()) <= cap
+        out = _kmeans(x, 5, cap)
+        expect_reference_kmeans(out, x, 5, cap)
+        assert int(out[2].max()) <= cap
 
 
 def test_kmeans_empty_cluster_keeps_its_centroid():
@@ -122,7 +104,7 @@ def test_kmeans_non_finite_nodes_keep_labels_valid(value):
 # --------------------------------------------------------------------------------------------
 def _sizes(B, N, kappa):
     """Ragged partitions, with a single-node and an empty one where kappa allows."""
-    sizes = random_partition_sizes(B, N, kappa, min_size=1)
+    sizes = helpers.random_partition_sizes(B, N, kappa, min_size=1)
     if kappa > 1:
         sizes[0, 1], sizes[0, 0] = 1, sizes[0, 0] + sizes[0, 1] - 1
     if kappa > 2:
@@ -146,7 +128,7 @@ def _knn(x, offsets, K):
 )
 def test_knn_integer_features_match_the_reference_exactly(B, N, C, kappa, K, dtype):
     """Integer features: exact distances in every dtype, so exact ties test the index rule."""
-    offsets = offsets_from_sizes(_sizes(B, N, kappa))
+    offsets = helpers.offsets_from_sizes(_sizes(B, N, kappa))
     x = integer_features(B * N, C, dtype)
     assert torch.equal(_knn(x, offsets, K), reference.partition_knn(x.double(), offsets, K))
 
@@ -155,7 +137,7 @@ def test_knn_integer_features_match_the_reference_exactly(B, N, C, kappa, K, dty
 def test_knn_unit_features_give_the_nearest_neighbours(B, N, C, kappa, K):
     """Model-like inputs: the same neighbours as the float32 reference, and distances that are
     the K smallest up to float32 rounding of the float64 oracle's."""
-    offsets = offsets_from_sizes(_sizes(B, N, kappa))
+    offsets = helpers.offsets_from_sizes(_sizes(B, N, kappa))
     x = torch.nn.functional.normalize(torch.randn(B * N, C), dim=-1)
     out = _knn(x, offsets, K)
     assert torch.equal(out, reference.partition_knn(x, offsets, K))
@@ -179,7 +161,7 @@ def test_knn_non_finite_rows_rank_as_the_reference_ranks_them(value):
     """A NaN distance ranks as +inf and a negative one as 0, tied by index: the float32
     reference's rule, so the lists are equal, and every index stays in its partition."""
     sizes = torch.tensor([[13, 20, 7]])
-    offsets = offsets_from_sizes(sizes)
+    offsets = helpers.offsets_from_sizes(sizes)
     x = integer_features(40, 6, torch.float32)
     x[3, 1] = value  # one row
     x[13:33] = value  # a whole partition
@@ -263,7 +245,7 @@ def test_knn_gathered_and_normalised_matches_reference(normalize):
 # --------------------------------------------------------------------------------------------
 def test_work_split_over_threads_gives_the_same_result(monkeypatch):
     x = torch.randn(5, 60, 12)
-    offsets = offsets_from_sizes(_sizes(5, 60, 4))
+    offsets = helpers.offsets_from_sizes(_sizes(5, 60, 4))
     rows = x.reshape(300, 12)
     nbr = torch.randint(0, 300, (300, 9), dtype=torch.int32)
 

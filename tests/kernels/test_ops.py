@@ -136,6 +136,12 @@ def test_backward_without_saved_slots_raises_clearly():
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
+def _knn(k=2, offsets=None, max_partition_size=6, perm=None):
+    """partition_knn of 6 rows in one partition, with one argument made wrong."""
+    offsets = torch.tensor([0, 6], dtype=torch.int32) if offsets is None else offsets
+    return kernels.partition_knn(torch.randn(6, 2), offsets, k, max_partition_size, perm=perm)
+
+
 @pytest.mark.parametrize(
     "call,match",
     [
@@ -163,52 +169,17 @@ def test_backward_without_saved_slots_raises_clearly():
             ),
             "'index' and 'inverse'",
         ),
+        (lambda: _knn(k=33), "'k'"),
+        (lambda: _knn(k=0), "'k'"),
+        (lambda: _knn(offsets=torch.tensor([0, 5], dtype=torch.int32)), "'offsets'"),
+        (lambda: _knn(max_partition_size=4), "max_partition_size"),
+        (lambda: _knn(offsets=torch.tensor([0, 6])), "'offsets' must have dtype"),
         (
-            lambda: kernels.partition_knn(
-                torch.randn(6, 2), torch.tensor([0, 6], dtype=torch.int32), 33, 6
-            ),
-            "'k'",
-        ),
-        (
-            lambda: kernels.partition_knn(
-                torch.randn(6, 2), torch.tensor([0, 6], dtype=torch.int32), 0, 6
-            ),
-            "'k'",
-        ),
-        (
-            lambda: kernels.partition_knn(
-                torch.randn(6, 2), torch.tensor([0, 5], dtype=torch.int32), 2, 6
-            ),
-            "'offsets'",
-        ),
-        (
-            lambda: kernels.partition_knn(
-                torch.randn(6, 2), torch.tensor([0, 6], dtype=torch.int32), 2, 4
-            ),
-            "max_partition_size",
-        ),
-        (
-            lambda: kernels.partition_knn(torch.randn(6, 2), torch.tensor([0, 6]), 2, 6),
-            "'offsets' must have dtype",
-        ),
-        (
-            lambda: kernels.partition_knn(
-                torch.randn(6, 2),
-                torch.tensor([0, 6], dtype=torch.int32),
-                2,
-                6,
-                perm=torch.arange(5, dtype=torch.int32),
-            ),
+            lambda: _knn(perm=torch.arange(5, dtype=torch.int32)),
             "'perm' must have x.shape\\[0\\] = 6",
         ),
         (
-            lambda: kernels.partition_knn(
-                torch.randn(6, 2),
-                torch.tensor([0, 6], dtype=torch.int32),
-                2,
-                6,
-                perm=torch.arange(1, 7, dtype=torch.int32),
-            ),
+            lambda: _knn(perm=torch.arange(1, 7, dtype=torch.int32)),
             "'perm' must hold rows of x in \\[0, 6\\)",
         ),
         (

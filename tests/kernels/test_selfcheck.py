@@ -163,20 +163,10 @@ def test_unknown_kernel_or_mode_is_a_clear_error():
 def test_cli_interpret_from_a_fresh_process(tmp_path):
     """As a user runs it: TRITON_INTERPRET unset (importing the package imports Triton, so the
     CLI restarts itself with the variable set)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.helpers import run_as_a_user
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["CLUSTERVIG_AUTOTUNE_DIR"] = str(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-m", "kernels.selfcheck", "--interpret", "--kernels", "partition"],
-        cwd=Path(__file__).resolve().parents[2],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_as_a_user(
+        ["-m", "kernels.selfcheck", "--interpret", "--kernels", "partition"],
+        CLUSTERVIG_AUTOTUNE_DIR=str(tmp_path),
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "1 of 1 kernel/dtype checks passed" in proc.stdout
