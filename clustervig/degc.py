@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from kernels import batched_kmeans, center_tokens, one_cpu_thread, partition, partition_knn
 from kernels._common import MAX_CLUSTERS, MAX_NEIGHBORS, SINGLE_THREAD_ROWS
 
-from .layers import LOCAL_UPDATES, SMALL_BATCH_ROWS, GATv2GlobalUpdate
+from .graph_updates import LOCAL_UPDATES, GATv2GlobalUpdate
+from .layers import SMALL_BATCH_ROWS
 
 __all__ = ["DEGC", "PartitionGraph"]
 

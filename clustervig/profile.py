@@ -19,7 +19,7 @@ _GRAPH_OPS = [
     ("degc", "batched_kmeans", "kmeans", "k-means"),
     ("degc", "partition", "partition", "partition"),
     ("degc", "partition_knn", "partition_knn", "k-NN"),
-    ("layers", "max_aggregate", "max_aggregate", "aggregation"),
+    ("graph_updates", "max_aggregate", "max_aggregate", "aggregation"),
 ]
 #: DEGC steps by custom op (their time includes everything they run inside).
 GRAPH_STEPS = {f"clustervig::{op}": step for _, _, op, step in _GRAPH_OPS}
@@ -55,9 +55,9 @@ def _inside_graph_op(event) -> bool:
 @contextlib.contextmanager
 def _wrapped_graph_ops(wrap):
     """Every graph-op call made by the model replaced by ``wrap(op, step, fn)`` meanwhile."""
-    from . import degc, layers
+    from . import degc, graph_updates
 
-    modules = {"degc": degc, "layers": layers}
+    modules = {"degc": degc, "graph_updates": graph_updates}
     saved = [(modules[m], name, getattr(modules[m], name)) for m, name, _, _ in _GRAPH_OPS]
     try:
         for (module, name, fn), (_, _, op, step) in zip(saved, _GRAPH_OPS, strict=True):

@@ -8,14 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clustervig.layers import (
-    GGIN,
-    GMRGCN,
-    LOCAL_UPDATES,
-    CViGStem,
-    GATv2GlobalUpdate,
-    GroupedLinear,
-)
+from clustervig import layers
+from clustervig.graph_updates import GGIN, GMRGCN, LOCAL_UPDATES, GATv2GlobalUpdate
+from clustervig.grouped_linear import GroupedLinear
+from clustervig.layers import CViGStem
 
 
 @torch.no_grad()
@@ -228,3 +224,12 @@ def test_cvig_stem_reduces_to_the_grid(img, grid, strides):
 def test_cvig_stem_rejects_a_grid_it_cannot_reach():
     with pytest.raises(ValueError, match="power of two"):
         CViGStem(96, 224, 15)
+
+
+def test_the_moved_graph_layers_are_still_importable_from_layers():
+    from clustervig import graph_updates, grouped_linear
+
+    for name in ("GATv2GlobalUpdate", "GMRGCN", "GEdgeConv", "GGraphSAGE", "GGIN"):
+        assert getattr(layers, name) is getattr(graph_updates, name), name
+    assert layers.LOCAL_UPDATES is graph_updates.LOCAL_UPDATES
+    assert layers.GroupedLinear is grouped_linear.GroupedLinear

@@ -21,13 +21,13 @@ def test_profile_attributes_every_degc_step():
 
 
 def test_timed_graph_ops_cover_every_step_and_restore_the_ops():
-    from clustervig import degc, layers
+    from clustervig import degc, graph_updates
 
     torch.manual_seed(0)
     model = create_model("cvig_ti", img_size=64).eval()
-    before = (degc.batched_kmeans, degc.partition_knn, layers.max_aggregate)
+    before = (degc.batched_kmeans, degc.partition_knn, graph_updates.max_aggregate)
     timed = time_graph_ops(model, torch.randn(2, 3, 64, 64), repeats=2)
-    assert (degc.batched_kmeans, degc.partition_knn, layers.max_aggregate) == before
+    assert (degc.batched_kmeans, degc.partition_knn, graph_updates.max_aggregate) == before
     for step in ("k-means", "partition", "k-NN", "aggregation"):
         assert 0 < timed[step] < timed["forward"], step
     assert sum(v for k, v in timed.items() if k != "forward") < timed["forward"]
