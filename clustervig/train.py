@@ -16,13 +16,17 @@ across processes); logging and checkpoints on rank 0 only.
 args), ``metrics.jsonl`` (one object per epoch) and ``curves.png`` (redrawn every epoch).
 ``--resume OUT/last.pt`` continues an interrupted run where its last finished epoch ended, with
 the same result as an uninterrupted run (every epoch reseeds from ``--seed`` and its number).
+
+This module holds the command line, the recipes and the training loop; beside it
+:mod:`clustervig.distributed` (the process group, batch norm across processes),
+:mod:`clustervig.transforms` (the image transforms) and :mod:`clustervig.run_files` (the
+checkpoints the flags read, the files ``OUT`` receives).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import random
@@ -37,8 +41,28 @@ from torch import Tensor, nn
 
 from . import __version__
 from ._config import parse_override
+from .distributed import Distributed, sync_batch_norm
+from .run_files import (
+    load_pretrained,
+    read_checkpoint_blob,
+    read_metrics,
+    resume_checkpoint,
+    write_epoch,
+)
+from .transforms import eval_transform, train_transform
 
-__all__ = ["RECIPES", "auto_grid", "build_parser", "main"]
+__all__ = [
+    "RECIPES",
+    "auto_grid",
+    "build_model",
+    "build_parser",
+    "eval_transform",
+    "evaluate",
+    "main",
+    "recalibrate_batch_norm",
+    "resolved_overrides",
+    "run",
+]
 
 #: Values each recipe gives the flags left unset. ``deit`` is the paper's (DeiT's) ImageNet
 #: recipe at batch 1024 (``lr`` scales linearly with the global batch: lr * batch / 1024).
@@ -212,93 +236,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------
-# distributed helpers
-# ---------------------------------------------------------------------------------------------
-class _Dist:
-    """The process group (torchrun's environment) or a single process."""
-
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.enabled = self.world > 1
-        if self.enabled:
-            import torch.distributed as dist
-
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            dist.init_process_group(backend)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, values: list[float]) -> list[float]:
-        if not self.enabled:
-            return values
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t)
-        return t.tolist()
-
-    def close(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-class _CrossProcessBatchNorm(nn.BatchNorm2d):
-    """Batch norm whose training statistics span every process (sums all-reduced with
-    gradients), for CPU process groups, where ``nn.SyncBatchNorm`` refuses to run. Same
-    parameters and buffers as the ``BatchNorm2d`` / ``BatchNorm1d`` it replaces."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        import torch.distributed as dist
-
-        if not (self.training and dist.is_initialized()):
-            return super().forward(x)
-        dims = [0] + list(range(2, x.dim()))
-        count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device)
-        stats = torch.cat([x.sum(dims), (x * x).sum(dims), count.reshape(1)])
-        with warnings.catch_warnings():  # deprecated for functional collectives, still exact
-            warnings.simplefilter("ignore", FutureWarning)
-            from torch.distributed.nn.functional import all_reduce
-
-            stats = all_reduce(stats)
-        c = x.shape[1]
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
-        with torch.no_grad():
-            self.num_batches_tracked += 1
-            # momentum None: a cumulative average, as BatchNorm2d does
-            m = self.momentum if self.momentum is not None else 1.0 / int(self.num_batches_tracked)
-            self.running_mean.mul_(1 - m).add_(m * mean.detach())
-            self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1))
-        shape = [1, c] + [1] * (x.dim() - 2)
-        y = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
-        return y * self.weight.reshape(shape) + self.bias.reshape(shape)
-
-    def _check_input_dim(self, x: Tensor) -> None:
-        if x.dim() not in (2, 3, 4):
-            raise ValueError(f"expected 2-D, 3-D or 4-D input, got {x.dim()}-D")
-
-
-def _sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for parent in model.modules():
-        for name, child in list(parent.named_children()):
-            if type(child) in (nn.BatchNorm1d, nn.BatchNorm2d):
-                new = _CrossProcessBatchNorm(
-                    child.num_features, child.eps, child.momentum, child.affine
-                ).to(child.weight.device)
-                new.load_state_dict(child.state_dict())
-                setattr(parent, name, new)
-    return model
-
-
-# ---------------------------------------------------------------------------------------------
 # pieces
 # ---------------------------------------------------------------------------------------------
 def _seed(seed: int) -> None:
@@ -312,49 +249,12 @@ def _seed(seed: int) -> None:
         pass
 
 
-def _train_transform(args):
-    from timm.data import create_transform
-
-    from .conventions import IMAGENET_MEAN, IMAGENET_STD
-
-    return create_transform(
-        args.img_size,
-        is_training=True,
-        scale=tuple(args.scale),
-        hflip=args.hflip,
-        color_jitter=0.0 if args.img_size < 128 else 0.4,
-        auto_augment=None if args.randaugment == "none" else args.randaugment,
-        interpolation="bicubic",
-        re_prob=args.reprob,
-        re_mode="pixel",
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-    )
-
-
-def eval_transform(img_size: int):
-    """Resize + centre crop (none below 128 px: a 32 px image has no border to spare) +
-    ImageNet normalisation."""
-    from timm.data import create_transform
-
-    from .conventions import IMAGENET_MEAN, IMAGENET_STD
-
-    return create_transform(
-        img_size,
-        is_training=False,
-        interpolation="bicubic",
-        crop_pct=1.0 if img_size < 128 else 0.9,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-    )
-
-
-def _loaders(args, dist: _Dist, classes: list[str]):
+def _loaders(args, dist: Distributed, classes: list[str]):
     from torch.utils.data import DataLoader, DistributedSampler
 
     from .data import ImageFolderData, collate_skipping_unreadable
 
-    train_set = ImageFolderData(Path(args.data) / "train", classes, _train_transform(args))
+    train_set = ImageFolderData(Path(args.data) / "train", classes, train_transform(args))
     val_set = ImageFolderData(Path(args.data) / "val", classes, eval_transform(args.img_size))
     workers = args.workers if args.workers is not None else max(0, (os.cpu_count() or 1) - 2)
     # One sampler for 1 or N processes: the same permutation per epoch (seed + epoch), rank r
@@ -378,7 +278,9 @@ def _loaders(args, dist: _Dist, classes: list[str]):
     return train, val, sampler, len(train_set), len(val_set)
 
 
-def _build_model(args, num_classes: int) -> nn.Module:
+def build_model(args, num_classes: int) -> nn.Module:
+    """The model ``args`` name (``args.model``) with :func:`resolved_overrides` for
+    ``num_classes``: the one a checkpoint of this command rebuilds from its ``args``."""
     from .registry import create_model
 
     return create_model(args.model, **resolved_overrides(args, num_classes))
@@ -400,60 +302,11 @@ def resolved_overrides(args, num_classes: int) -> dict:
     return overrides
 
 
-def _load_pretrained(model: nn.Module, path: str) -> str:
-    """Fine-tuning start: every tensor that fits; the position embedding interpolated to the
-    model's grid; the classifiers kept as built when the class count differs."""
-    from .checkpoint import convert_state_dict, read_state_dict
-
-    state = read_state_dict(_model_state(path))
-    ours = model.state_dict()
-    if (
-        "pos_embed" in state
-        and "pos_embed" in ours
-        and state["pos_embed"].shape != ours["pos_embed"].shape
-    ):
-        state["pos_embed"] = F.interpolate(
-            state["pos_embed"].float(), size=ours["pos_embed"].shape[2:], mode="bicubic"
-        ).to(ours["pos_embed"].dtype)
-    converted, layout, dropped = convert_state_dict(state, model, strict=False)
-    fitting = {k: v for k, v in converted.items() if k in ours and v.shape == ours[k].shape}
-    fresh = sorted(k for k in ours if k not in fitting and not k.endswith("relative_pos"))
-    stray = [k for k in fresh if not k.startswith("head.")]
-    if stray:
-        raise ValueError(
-            f"--pretrained: {path} does not fit {type(model).__name__} beyond its classifier "
-            f"(missing: {', '.join(stray[:5])}); is it a checkpoint of another model?"
-        )
-    model.load_state_dict(fitting, strict=False)
-    note = f"loaded {len(fitting)} tensors ({layout} layout)"
-    return note + (f"; classifier re-initialised ({len(fresh)} tensors)" if fresh else "")
-
-
-def _read_blob(path: str, flag: str):
-    """``torch.load`` of a checkpoint (tensors and plain containers only), or a ``ValueError``
-    naming ``flag`` for a missing, damaged or foreign file."""
-    if not Path(path).is_file():
-        raise ValueError(f"{flag}: no checkpoint file at {path!r}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, pickle of arbitrary objects, not a checkpoint
-        raise ValueError(f"{flag}: cannot read {path} as a checkpoint ({err})") from None
-
-
-def _model_state(path: str):
-    """The model weights of ``path``: a checkpoint of this command (``{"model": ...}``) or any
-    state-dict file."""
-    if path.endswith(".safetensors"):
-        return path
-    blob = _read_blob(path, "--pretrained")
-    return blob["model"] if isinstance(blob, dict) and "model" in blob else blob
-
-
 def _teacher(args, num_classes: int, device: torch.device) -> nn.Module | None:
     if not args.teacher:
         return None
     if Path(args.teacher).is_file():
-        blob = _read_blob(args.teacher, "--teacher")
+        blob = read_checkpoint_blob(args.teacher, "--teacher")
         if not (isinstance(blob, dict) and "args" in blob and "model" in blob):
             raise ValueError(
                 f"--teacher: {args.teacher} is not a checkpoint written by clustervig.train; "
@@ -465,7 +318,7 @@ def _teacher(args, num_classes: int, device: torch.device) -> nn.Module | None:
                 f"has {num_classes}"
             )
         teacher_args = argparse.Namespace(**blob["args"])
-        teacher = _build_model(teacher_args, blob["num_classes"])
+        teacher = build_model(teacher_args, blob["num_classes"])
         teacher.load_state_dict(blob["model"])
     else:
         import timm
@@ -552,7 +405,7 @@ def _on_step(epoch: int, step: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device, amp_dtype, dist: _Dist) -> dict[str, float]:
+def evaluate(model: nn.Module, loader, device, amp_dtype, dist: Distributed) -> dict[str, float]:
     """Loss, top-1 and top-5 (percent) over ``loader`` (summed across processes), images/s."""
     model.eval()
     loss_sum = top1 = top5 = count = skipped = 0.0
@@ -589,38 +442,6 @@ def _autocast(device: torch.device, dtype):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _save(path: Path, blob: dict) -> None:
-    """Write atomically: a crash mid-write never leaves a truncated checkpoint."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-
-
-def _plot(metrics: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [m["epoch"] for m in metrics]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
-    left.plot(epochs, [m["val_loss"] for m in metrics], "s-", label="val")
-    left.set(xlabel="epoch", ylabel="loss", title="loss", yscale="log")
-    left.legend()
-    right.plot(epochs, [m["val_top1"] for m in metrics], "o-", label="val top-1")
-    right.plot(epochs, [m["val_top5"] for m in metrics], "s-", label="val top-5")
-    if any("ema_val_top1" in m for m in metrics):
-        right.plot(epochs, [m.get("ema_val_top1") for m in metrics], "^--", label="EMA top-1")
-    right.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy", ylim=(0, 100))
-    right.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def _progress(total: int, epoch: int, epochs: int, enabled: bool):
     from tqdm import tqdm
 
@@ -652,7 +473,7 @@ def run(args: argparse.Namespace) -> dict:
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: a GPU each
         torch.cuda.set_device(device)
-    dist = _Dist(device)
+    dist = Distributed(device)
     try:
         classes = check_image_folder(args.data)
         out = Path(args.output)
@@ -660,16 +481,16 @@ def run(args: argparse.Namespace) -> dict:
             out.mkdir(parents=True, exist_ok=True)
         _seed(args.seed)
         args.model_overrides = resolved_overrides(args, len(classes))
-        model = _build_model(args, len(classes))
+        model = build_model(args, len(classes))
         if args.pretrained:
-            note = _load_pretrained(model, args.pretrained)
+            note = load_pretrained(model, args.pretrained)
             if dist.main:
                 print(f"--pretrained: {note}", file=sys.stderr)
         if args.grad_checkpointing:
             model.set_grad_checkpointing(True)
         model.to(device)
         if dist.enabled:
-            model = _sync_batch_norm(model, device)
+            model = sync_batch_norm(model, device)
         teacher = _teacher(args, len(classes), device)
         train_loader, val_loader, sampler, n_train, n_val = _loaders(args, dist, classes)
         steps_per_epoch = len(train_loader)
@@ -699,8 +520,10 @@ def run(args: argparse.Namespace) -> dict:
             )
         start_epoch, best_top1, metrics = 0, -1.0, []
         if args.resume:
-            start_epoch, best_top1 = _resume(args.resume, model, optimizer, scheduler, scaler, ema)
-            metrics = _read_metrics(out / "metrics.jsonl")[:start_epoch]
+            start_epoch, best_top1 = resume_checkpoint(
+                args.resume, model, optimizer, scheduler, scaler, ema
+            )
+            metrics = read_metrics(out / "metrics.jsonl")[:start_epoch]
         train_model = model
         if dist.enabled:
             train_model = nn.parallel.DistributedDataParallel(
@@ -813,7 +636,7 @@ def run(args: argparse.Namespace) -> dict:
                     "classes": classes,
                     "version": __version__,
                 }
-                _write_epoch(out, checkpoint, improved, metrics)
+                write_epoch(out, checkpoint, improved, metrics)
                 print(
                     f"epoch {epoch + 1}/{args.epochs}: train loss {last['train_loss']:.4f}, "
                     f"val loss {last['val_loss']:.4f}, top-1 {last['val_top1']:.2f}%, top-5 "
@@ -829,39 +652,6 @@ def run(args: argparse.Namespace) -> dict:
         return last
     finally:
         dist.close()
-
-
-def _write_epoch(out: Path, checkpoint: dict, improved: bool, metrics: list[dict]) -> None:
-    """``last.pt`` (and ``best.pt`` when validation improved), ``metrics.jsonl``, the curves."""
-    _save(out / "last.pt", checkpoint)
-    if improved:
-        _save(out / "best.pt", checkpoint)
-    tmp = out / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in metrics))
-    os.replace(tmp, out / "metrics.jsonl")
-    _plot(metrics, out / "curves.png")
-
-
-def _resume(path, model, optimizer, scheduler, scaler, ema) -> tuple[int, float]:
-    blob = _read_blob(path, "--resume")
-    try:
-        model.load_state_dict(blob["model"])
-        optimizer.load_state_dict(blob["optimizer"])
-        scheduler.load_state_dict(blob["scheduler"])
-        scaler.load_state_dict(blob["scaler"])
-        if ema is not None and blob.get("ema") is not None:
-            ema.module.load_state_dict(blob["ema"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
-        raise ValueError(
-            f"--resume: {path} is not a checkpoint of this run's model and options ({err})"
-        ) from None
-    return int(blob["epoch"]), float(blob.get("best_top1", -1.0))
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,13 +51,18 @@ def validate(args) -> dict:
     from torch.utils.data import DataLoader
 
     from .data import ImageFolderData, check_image_folder, collate_skipping_unreadable
+    from .distributed import Distributed
     from .registry import canonical_name
-    from .train import _build_model, _Dist, _read_blob, eval_transform, evaluate
+    from .run_files import read_checkpoint_blob
+    from .train import build_model, evaluate
+    from .transforms import eval_transform
 
     path = Path(args.checkpoint)
     if not path.is_file():
         raise ValueError(f"--checkpoint: no checkpoint file at {str(path)!r}")
-    blob = _read_blob(str(path), "--checkpoint") if path.suffix != ".safetensors" else None
+    blob = None
+    if path.suffix != ".safetensors":
+        blob = read_checkpoint_blob(str(path), "--checkpoint")
     ours = isinstance(blob, dict) and "args" in blob and "model" in blob
     saved = blob["args"] if ours else {}
     model_name = args.model or saved.get("model")
@@ -82,7 +87,7 @@ def validate(args) -> dict:
         raise ValueError(
             f"--data: classes the checkpoint was not trained on: {', '.join(missing[:5])}"
         )
-    model = _build_model(build_args, len(classes))
+    model = build_model(build_args, len(classes))
     if ours:
         state = blob["ema"] if args.ema else blob["model"]
         if state is None:
@@ -107,7 +112,7 @@ def validate(args) -> dict:
         collate_fn=collate_skipping_unreadable,
     )
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    result = evaluate(model, loader, device, amp, _Dist(device))
+    result = evaluate(model, loader, device, amp, Distributed(device))
     return {"model": model_name, "checkpoint": str(path), "split": args.split, **result}
 
 
