@@ -6,7 +6,7 @@
     # and kernels.resources.usage_fields appended to /tmp/before/kernels/resources.py
     python reports/results/static/before_report.py /tmp/before cvig_ti 256 h100 OUT.json
 
-Today's ``reports/static.py`` (its GPU table, L2 re-read rule, matmul roofline, steady-state
+Today's ``reports/static/`` (its GPU table, L2 re-read rule, matmul roofline, steady-state
 trace) runs against the old ``kernels`` and ``clustervig``; only the work models of the kernels
 whose structure changed since are the old ones, below: the old k-means read x twice per Lloyd
 iteration (assign, then update: 2 * iters + 2 passes, all but the first re-reads), and the old
@@ -28,7 +28,10 @@ ROOT = HERE.parents[3]
 def main() -> int:
     old_tree, model, batch, gpu, out = sys.argv[1:6]
     sys.path.insert(0, old_tree)  # the old kernels and clustervig
-    spec = importlib.util.spec_from_file_location("static_now", ROOT / "reports" / "static.py")
+    package = ROOT / "reports" / "static"
+    spec = importlib.util.spec_from_file_location(
+        "static_now", package / "__init__.py", submodule_search_locations=[str(package)]
+    )
     static = importlib.util.module_from_spec(spec)
     sys.modules["static_now"] = static
     spec.loader.exec_module(static)
@@ -58,7 +61,7 @@ def main() -> int:
         M, C = x.shape
         c = launch.constexprs
         bm, bn, bc, k = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_C"], c["K"]
-        sizes = static._partition_sizes(shape["N"], shape["kappa"]) * shape["B"]
+        sizes = static.partition_sizes(shape["N"], shape["kappa"]) * shape["B"]
         active = sum(math.ceil(s / bm) for s in sizes)
         tile_pairs = sum(math.ceil(s / bm) * math.ceil(s / bn) for s in sizes)
         return Work(
@@ -75,7 +78,7 @@ def main() -> int:
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}["bf16"]
     result = static.report(model, int(batch), gpu, dtype, 12)
     result["meta"]["commit"] = "6dc2131 (before), work models of the old k-means and k-NN"
-    static._print(result)
+    static.print_report(result)
     Path(out).write_text(json.dumps(result, indent=1, default=str) + "\n")
     return 0
 
