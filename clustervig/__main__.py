@@ -10,6 +10,7 @@ import torch
 
 from . import __version__
 from ._config import parse_override
+from .cli import canonical_model_name, user_error
 from .counting import count_gmacs, count_parameters
 from .paper import COUNTER_GMACS, PAPER_GMACS, PAPER_PARAMS_M
 from .registry import DISPLAY_NAMES, canonical_name, create_model, list_models
@@ -37,10 +38,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-forward", action="store_true", help="skip the forward check")
     parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
     args = parser.parse_args(argv)
-    try:
-        args.models = [canonical_name(m) for m in args.models]
-    except ValueError as err:
-        parser.error(str(err))
+    args.models = [canonical_model_name(parser, m) for m in args.models]
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     return args
@@ -79,8 +77,7 @@ def _convert(argv: list[str]) -> int:
         model = create_model(canonical_name(args.model), **overrides)
         report = load_checkpoint(model, args.source)
     except ValueError as err:
-        print(f"python -m clustervig convert: {err}", file=sys.stderr)
-        return 2
+        return user_error("python -m clustervig convert", err)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, args.destination)
     print(f"{report}\nwrote {args.destination} ({len(state)} tensors)")
@@ -113,8 +110,7 @@ def _export(argv: list[str]) -> int:
         write = export_onnx if args.format == "onnx" else export_program
         path = write(model, out, img_size=args.img_size, batch=args.batch_size)
     except ValueError as err:
-        print(f"python -m clustervig export: {err}", file=sys.stderr)
-        return 2
+        return user_error("python -m clustervig export", err)
     print(
         f"wrote {path} ({args.format}, input ({args.batch_size}, 3, {args.img_size}, "
         f"{args.img_size}))"
@@ -157,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                         model(x)
                         times.append(time.perf_counter() - start)
             except ValueError as err:  # the user's sizes: say so, no traceback
-                print(f"python -m clustervig: {err}", file=sys.stderr)
-                return 2
+                return user_error("python -m clustervig", err)
             elapsed = sorted(times)[1]
             ok = out.shape == (args.batch_size, 1000) and bool(torch.isfinite(out).all())
             failures += not ok

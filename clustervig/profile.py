@@ -161,9 +161,9 @@ def profile_forward(model: nn.Module, x: torch.Tensor, repeats: int = 3) -> dict
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
-    import sys
 
-    from .registry import canonical_name, create_model
+    from .cli import canonical_model_name, user_error
+    from .registry import create_model
 
     # A CUDA build of torch on a machine without a GPU: the profiler's GPU probe would print
     # "gpuGetDeviceCount failed" into the report (this command profiles the CPU only).
@@ -184,10 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.repeats < 1:
         parser.error("--batch-size and --repeats must be >= 1")
-    try:
-        name = canonical_name(args.model)
-    except ValueError as err:
-        parser.error(str(err))
+    name = canonical_model_name(parser, args.model)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -197,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         timed = time_graph_ops(model, x, args.repeats)
         steps = profile_forward(model, x, args.repeats)
     except ValueError as err:
-        print(f"python -m clustervig.profile: {err}", file=sys.stderr)
-        return 2
+        return user_error("python -m clustervig.profile", err)
     total = steps.pop("forward")
     graph = sum(steps.get(s, 0.0) for s in GRAPH_ORDER)
     timed_total = timed.pop("forward")

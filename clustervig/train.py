@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from ._config import parse_override
+from .cli import user_error
 from .distributed import Distributed, sync_batch_norm
 from .run_files import (
     load_pretrained,
@@ -661,8 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except (DataError, ValueError) as err:
-        print(f"python -m clustervig.train: error: {err}", file=sys.stderr)
-        return 2
+        return user_error("python -m clustervig.train: error", err)
     except KeyboardInterrupt:
         print(
             f"\ninterrupted; continue with --resume {Path(args.output) / 'last.pt'} "

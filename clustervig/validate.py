@@ -18,6 +18,7 @@ import torch
 
 from . import __version__
 from ._config import parse_override
+from .cli import user_error
 
 __all__ = ["main"]
 
@@ -121,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = validate(args)
     except ValueError as err:
-        print(f"python -m clustervig.validate: error: {err}", file=sys.stderr)
-        return 2
+        return user_error("python -m clustervig.validate: error", err)
     print(
         f"{result['model']} on {args.data}/{args.split}: top-1 {result['top1']:.2f}%, top-5 "
         f"{result['top5']:.2f}%, loss {result['loss']:.4f}, {result['images']} images, "

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from . import __version__
 from .baselines.graph import ViGGrapher
 from .baselines.pvig import PViG
+from .cli import user_error
 from .conventions import IMAGENET_MEAN, IMAGENET_STD
 from .degc import DEGC
 from .model import CViG
@@ -233,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise ValueError(f"visualize: {name} has no graph to draw here (use cvig_* or pvig_*)")
     except ValueError as err:
-        print(f"python -m clustervig.visualize: {err}", file=sys.stderr)
-        return 2
+        return user_error("python -m clustervig.visualize", err)
     print(f"wrote {draw(pixels, graph, args.out)}")
     return 0
 

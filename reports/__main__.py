@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from clustervig import __version__
+from clustervig.cli import user_error
 
 from . import bench, micro, plot, scaling
 from .common import (
@@ -317,8 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             written = [_cmd_run(args), _cmd_scaling(args), _cmd_micro(args)]
             _cmd_plot(written, args.out)
     except (ResultError, FileNotFoundError) as err:
-        print(f"python -m reports {args.command}: {err}", file=sys.stderr)
-        return 2
+        return user_error(f"python -m reports {args.command}", err)
     progress(f"done in {time.perf_counter() - start:.0f} s")
     return 0
 

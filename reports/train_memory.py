@@ -128,12 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         row = _one(args.child[0], int(args.child[1]), args.batch_size, args.steps, device)
         print(json.dumps(row))
         return 0
-    from clustervig import canonical_name
+    from clustervig.cli import canonical_model_name
 
-    try:
-        models = [canonical_name(m) for m in args.models]
-    except ValueError as err:
-        parser.error(str(err))
+    models = [canonical_model_name(parser, m) for m in args.models]
     rows = []
     for model in models:
         for size in args.sizes:

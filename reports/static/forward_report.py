@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from clustervig import __version__
+from clustervig.cli import canonical_model_name
 
 from .estimate import compiled_facts, estimate_us
 from .gpus import GPU, GPUS, L2_RESIDENT_SHARE, LAUNCH_FLOOR_US, SM_BANDWIDTH_SHARE
@@ -240,12 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    from clustervig import canonical_name
-
-    try:
-        name = canonical_name(args.model)
-    except ValueError as err:
-        parser.error(str(err))
+    name = canonical_model_name(parser, args.model)
     if not name.startswith("cvig"):
         parser.error(
             f"--model must be a ClusterViG model (the baselines launch no kernels), "
