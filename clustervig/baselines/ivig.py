@@ -5,20 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .._config import apply_overrides
-from ..conventions import BackboneConventions, pretrained_cfg
-from ..layers import FFN, ClassifierHead, ConvBN, add_position_embedding, check_images
+from ..layers import FFN, ClassifierHead, ConvBN
 from ..model import _init_weights, neighbour_schedule
+from .backbone import ViGBaseline
 from .graph import ViGGrapher
 
 __all__ = ["IViG", "IViGConfig", "IVIG_VARIANTS"]
-
-# Leaves under torch.fx symbolic tracing (timm / torchvision feature extraction): both read
-# shapes and values in Python.
-torch.fx.wrap("check_images")
-torch.fx.wrap("add_position_embedding")
 
 
 @dataclass(frozen=True)
@@ -56,7 +51,7 @@ class ViGStem(nn.Sequential):
         super().__init__(*layers)
 
 
-class IViG(BackboneConventions, nn.Module):
+class IViG(ViGBaseline, nn.Module):
     """Isotropic ViG: 14x14 nodes, k-NN over all 196 nodes with dilation ``min(i // 4 + 1,
     196 // max K)``, K = ``int(linspace(9, 18, depth))``; ``(B, 3, H, W) -> (B, classes)``."""
 
@@ -85,23 +80,3 @@ class IViG(BackboneConventions, nn.Module):
         self.head = ClassifierHead(c, config.num_classes, drop_rate=config.drop_rate)
         self.validate_inputs = True
         _init_weights(self)
-
-    def _embed(self, x: Tensor) -> Tensor:
-        """Checked input -> stem -> + position embedding: the backbone's input."""
-        check_images(
-            "IViG",
-            x,
-            self.config.in_channels,
-            self.reduction,
-            min_nodes=self.min_nodes,
-            needs="k * dilation",
-            check_finite=self.validate_inputs,
-            like=self.pos_embed,
-        )
-        return add_position_embedding(self.stem(x), self.pos_embed)
-
-    @property
-    def pretrained_cfg(self) -> dict:
-        c = self.config
-        size = c.img_size // self.reduction
-        return pretrained_cfg(self.num_classes, c.img_size, c.in_channels, size, "stem.0.0")

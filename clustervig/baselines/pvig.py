@@ -5,20 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .._config import apply_overrides
-from ..conventions import BackboneConventions, pretrained_cfg
-from ..layers import FFN, ClassifierHead, ConvBN, add_position_embedding, check_images
+from ..layers import FFN, ClassifierHead, ConvBN
 from ..model import _init_weights
+from .backbone import ViGBaseline
 from .graph import ViGGrapher
 
 __all__ = ["PViG", "PViGConfig", "PVIG_VARIANTS"]
-
-# Leaves under torch.fx symbolic tracing (timm / torchvision feature extraction): both read
-# shapes and values in Python.
-torch.fx.wrap("check_images")
-torch.fx.wrap("add_position_embedding")
 
 
 @dataclass(frozen=True)
@@ -53,7 +48,7 @@ class PViGStem(nn.Sequential):
         )
 
 
-class PViG(BackboneConventions, nn.Module):
+class PViG(ViGBaseline, nn.Module):
     """Pyramid ViG: four stages at 1/4, 1/8, 1/16, 1/32 resolution joined by stride-2 3x3 conv +
     BN; every Grapher uses K = 9, the relative-position bias and keys pooled by 4, 2, 1, 1; the
     dilation of block i (counted over all stages) is ``min(i // 4 + 1, 49 // 9)``."""
@@ -96,26 +91,11 @@ class PViG(BackboneConventions, nn.Module):
         self.validate_inputs = True
         _init_weights(self)
 
-    def _embed(self, x: Tensor) -> Tensor:
-        """Checked input -> stem -> + position embedding: the backbone's input."""
-        check_images(
-            "PViG",
-            x,
-            self.config.in_channels,
-            self.reduction,
-            min_nodes=self.config.k * (49 // self.config.k),
-            needs="k * dilation",
-            check_finite=self.validate_inputs,
-            like=self.pos_embed,
-        )
-        return add_position_embedding(self.stem(x), self.pos_embed)
+    @property
+    def min_nodes(self) -> int:
+        """The fewest nodes an input may give: the coarsest graph's k * dilation keys."""
+        return self.config.k * (49 // self.config.k)
 
     def feature_taps(self) -> list[tuple[int, int, int]]:
         """``(backbone index, channels, reduction)`` at the end of each of the four stages."""
         return list(self._stage_ends)
-
-    @property
-    def pretrained_cfg(self) -> dict:
-        c = self.config
-        size = c.img_size // self.reduction
-        return pretrained_cfg(self.num_classes, c.img_size, c.in_channels, size, "stem.0.0")
