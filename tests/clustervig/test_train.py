@@ -53,6 +53,13 @@ def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def _train_one_epoch(argv: list[str], out: Path) -> tuple[dict, dict]:
+    """Train as ``argv`` says (one epoch) into ``out``: its metrics row and ``last.pt``."""
+    assert _train([*argv, "--output", str(out)]) == 0
+    (row,) = _metrics(out)
+    return row, torch.load(out / "last.pt", weights_only=True)
+
+
 def test_auto_grid_gives_small_images_enough_nodes():
     assert auto_grid(32, "cvig_ti") == 4
     assert auto_grid(64, "cvig_ti") == 8
@@ -66,15 +73,12 @@ def test_auto_grid_gives_small_images_enough_nodes():
 
 def test_one_epoch_end_to_end_then_validate_the_checkpoint(digits, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = _one_epoch(digits)
-    assert _train([*argv, "--output", str(out)]) == 0
-    (row,) = _metrics(out)
+    row, blob = _train_one_epoch(_one_epoch(digits), out)
     assert METRIC_KEYS <= set(row) and row["epoch"] == 1
     assert all(isinstance(row[k], float) for k in METRIC_KEYS - {"epoch"})
     assert 0 <= row["val_top1"] <= row["val_top5"] <= 100
     for name in ("last.pt", "best.pt", "curves.png"):
         assert (out / name).stat().st_size > 0, name
-    blob = torch.load(out / "last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "scaler", "ema", "epoch", "args"} <= set(blob)
     capsys.readouterr()
     result = tmp_path / "val.json"
@@ -147,19 +151,9 @@ def test_fp16_overflowing_step_is_skipped_and_training_goes_on(digits, tmp_path,
         return loss * 1e38 * 1e38 if calls["n"] == 1 else loss  # inf: gradients overflow
 
     monkeypatch.setattr(train_module, "_loss", overflowing_first)
-    out = tmp_path / "fp16"
-    argv = [
-        *_one_epoch(digits),
-        "--amp",
-        "fp16",
-        "--output",
-        str(out),
-    ]
-    assert _train(argv) == 0
-    (row,) = _metrics(out)
+    row, blob = _train_one_epoch([*_one_epoch(digits), "--amp", "fp16"], tmp_path / "fp16")
     assert row["skipped_steps"] >= 1
     assert row["train_loss"] == row["train_loss"] and row["train_loss"] < float("inf")
-    blob = torch.load(out / "last.pt", weights_only=True)
     assert blob["scaler"]["scale"] < 65536.0  # the scaler backed off
 
 
@@ -324,13 +318,9 @@ def test_distillation_from_a_checkpoint_teacher_with_ema_and_checkpointing(
         mode,
         "--ema",
         "--grad-checkpointing",
-        "--output",
-        str(student),
     ]
-    assert _train(argv) == 0
-    (row,) = _metrics(student)
+    row, blob = _train_one_epoch(argv, student)
     assert 0 <= row["ema_val_top1"] <= 100 and row["train_loss"] < float("inf")
-    blob = torch.load(student / "last.pt", weights_only=True)
     assert blob["ema"] is not None
     capsys.readouterr()
     assert (
