@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from kernels import reference
 from kernels.reference import kmeans_init_index
 
-from . import degc, layers
+from . import degc, graph_updates
 
 __all__ = ["export_onnx", "export_program", "onnx_ops"]
 
@@ -130,12 +130,12 @@ def onnx_ops(model: nn.Module) -> Iterator[None]:
     and no value checks of the input (a traced model cannot branch on values)."""
     swaps = [
         (degc, "center_tokens", reference.center_tokens),
-        (layers, "gatv2_attention", reference.gatv2_attention),
-        (layers, "segment_norm_gelu", reference.segment_norm_gelu),
+        (graph_updates, "gatv2_attention", reference.gatv2_attention),
+        (graph_updates, "segment_norm_gelu", reference.segment_norm_gelu),
         (degc, "batched_kmeans", _kmeans),
         (degc, "partition", _partition),
         (degc, "partition_knn", _partition_knn),
-        (layers, "max_aggregate", _max_aggregate),
+        (graph_updates, "max_aggregate", _max_aggregate),
     ]
     saved = [(module, name, getattr(module, name)) for module, name, _ in swaps]
     checks = [(m, m.validate_inputs) for m in model.modules() if hasattr(m, "validate_inputs")]

@@ -132,6 +132,11 @@ def set_launch_recorder(recorder):
     return previous
 
 
+def launch_recorder():
+    """The :class:`kernels.launches.LaunchRecorder` installed now, or None."""
+    return _launch_recorder
+
+
 def recording_launches(t: torch.Tensor, op: str) -> bool:
     """Whether the op ``op`` on ``t`` is being recorded (a ``meta`` tensor inside
     :func:`kernels.launches.record_launches`): its fake implementation then runs the Triton

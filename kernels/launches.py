@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import _common
 from .tuning import constexpr_names
@@ -97,13 +99,37 @@ class Launch:
 
 class LaunchRecorder:
     """What :func:`record_launches` yields: ``launches`` in order; set ``label`` to tag the
-    launches that follow (a model hook sets it to the layer's name)."""
+    launches that follow (a model hook sets it to the layer's name). ``host_ops`` lists every
+    tensor op a launcher ran on a CPU tensor (``"op: aten.name"``): on a GPU each is a host
+    tensor in the launch path (a pageable copy and a stream sync per call, and a launch that
+    CUDA graphs cannot capture), so it should stay empty."""
 
     def __init__(self, capability: tuple[int, int] | None = None) -> None:
         self.launches: list[Launch] = []
         self.label = ""
         self.op = ""
         self.capability = capability  # the GPU the recorded launches are for, if one is named
+        self.host_ops: list[str] = []
+
+    def watching_host_tensors(self) -> _HostTensorWatch:
+        """A context in which every tensor op that touches a CPU tensor is noted in
+        :attr:`host_ops` (the ops' fakes run their launchers in it)."""
+        return _HostTensorWatch(self)
+
+
+class _HostTensorWatch(TorchDispatchMode):
+    """Notes the tensor ops with a CPU tensor among their inputs or outputs."""
+
+    def __init__(self, recorder: LaunchRecorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        leaves = pytree.tree_leaves((args, kwargs, out))
+        if any(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in leaves):
+            self.recorder.host_ops.append(f"{self.recorder.op}: {func}")
+        return out
 
 
 def _describe(value: object) -> object:

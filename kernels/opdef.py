@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from ._common import recording_launches, resolve
+from ._common import launch_recorder, recording_launches, resolve
 from .backend import backend, runs_native, runs_triton
 from .checking import CheckedKernel
 
@@ -115,7 +115,8 @@ class Op:
         args = self._complete(args)
         self.check(*args)
         if recording_launches(args[0], self.name):
-            return self.launch(*args)
+            with launch_recorder().watching_host_tensors():
+                return self.launch(*args)
         return self._fake(*args)
 
     def __call__(self, *args):
