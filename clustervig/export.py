@@ -75,16 +75,11 @@ def _partition(labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor, Tenso
 
 
 def _partition_knn(
-    x: Tensor,
-    offsets: Tensor,
-    k: int,
-    max_partition_size: int,
-    perm: Tensor | None = None,
-    normalize: bool = False,
+    x: Tensor, offsets: Tensor, k: int, max_partition_size: int, perm=None, normalize=False
 ) -> Tensor:
-    """:func:`kernels.partition_knn`: rows gathered into partition order through ``perm`` (if
-    given), optionally L2-normalised, ranked by :func:`_partition_ordered_knn`, and the lists
-    scattered back to the rows of x as rows of x."""
+    """:func:`kernels.partition_knn`: rows gathered into partition order through ``perm`` (an
+    int32 tensor, if given), optionally L2-normalised, ranked by :func:`_partition_ordered_knn`,
+    and the lists scattered back to the rows of x as rows of x."""
     if normalize:
         x = F.normalize(x, dim=-1, eps=1e-12)
     if perm is None:
