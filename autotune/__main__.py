@@ -45,7 +45,7 @@ def _positive_ints(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from kernels.registry import tunable_names  # the op folders' names; no kernel is imported
+    from kernels.registry import tunable_names  # the ops' names; no kernel module is imported
 
     parser = argparse.ArgumentParser(
         prog="python -m autotune",
@@ -280,13 +280,15 @@ def _summary(cache, identity, outcomes, cached, existing, interpret: bool) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--interpret" in argv:
+        # Before anything imports Triton: building the parser reads the op registry (the --ops
+        # help), and importing torch.library imports Triton, which reads the variable once.
+        os.environ["TRITON_INTERPRET"] = "1"
     parser = _parser()
     args = parser.parse_args(argv)
     if args.cache_dir:
         os.environ["CLUSTERVIG_AUTOTUNE_DIR"] = args.cache_dir
-    if args.interpret:
-        # Must precede the first import of the kernel modules.
-        os.environ["TRITON_INTERPRET"] = "1"
 
     import torch
 

@@ -97,9 +97,15 @@ def test_a_broken_kernel_fails_is_recorded_and_falls_back_with_one_warning(tmp_p
 
 def test_first_use_check_runs_once_and_records(tmp_path, monkeypatch):
     monkeypatch.setenv("CLUSTERVIG_SELFCHECK", "on")
+    from kernels import checking
+
     ran = []
-    real = selfcheck.check
-    monkeypatch.setattr(selfcheck, "check", lambda *a, **k: ran.append(a[:2]) or real(*a, **k))
+    real = checking.run_check
+    monkeypatch.setattr(
+        checking,
+        "run_check",
+        lambda k, d, *a, **kw: ran.append((k.name, d)) or real(k, d, *a, **kw),
+    )
     x = torch.randn(12, 8)
     nbr = torch.randint(0, 12, (12, 3), dtype=torch.int32)
     with kernels.use_backend("triton"):
@@ -132,7 +138,9 @@ def test_a_failing_first_use_check_falls_back(monkeypatch):
     with kernels.use_backend("triton"):
         again = kernels.max_aggregate(x, nbr)
     assert not calls
-    expected = kernels.reference.max_aggregate(x, nbr, True, False)[0]
+    from kernels import reference
+
+    expected = reference.max_aggregate(x, nbr, True, False)[0]
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(again, expected)
 
@@ -146,7 +154,9 @@ def test_a_verdict_for_another_kernel_source_is_ignored(tmp_path):
     doc["verdicts"]["partition/int32"]["source_hash"] = "0" * 16
     path.write_text(json.dumps(doc))
     tuning_cache.reset()
-    assert selfcheck.recorded_verdict("partition", torch.int32, CPU) is None
+    from kernels import registry, verdicts
+
+    assert verdicts.recorded_verdict(registry.kernel("partition"), torch.int32, CPU) is None
     labels = torch.randint(0, 3, (2, 10), dtype=torch.int32)
     with warnings.catch_warnings(), kernels.use_backend("triton"):
         warnings.simplefilter("error")
