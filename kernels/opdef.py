@@ -18,9 +18,6 @@ launches the Triton kernel when :func:`kernels.backend.runs_triton` says so, els
 its fake (which runs the launcher inside :func:`kernels.launches.record_launches`, so the
 launches are recorded), optional autograd, and :meth:`Op.__call__`, the public entry: eager
 calls on CPU tensors that nobody traces skip the dispatcher.
-
-An op names the :class:`kernels.checking.CheckedKernel` it launches: what the self-check and the
-launch gate know of a kernel (its name, its tunables, its self-check cases).
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ from ._common import launch_recorder, recording_launches, resolve
 from .backend import backend, runs_native, runs_triton
 from .checking import CheckedKernel
 
-__all__ = ["CheckedKernel", "Op", "concrete_sum", "define_op", "native_or_reference", "resolve"]
+__all__ = ["CheckedKernel", "Op", "concrete_sum", "define_op", "native_or_reference"]
 
 
 def _cpu_directly(x: torch.Tensor, differentiable: bool) -> bool:

@@ -19,6 +19,8 @@ from kernels.knn import kernel as knn
 from kernels.registry import tunables
 from kernels.tuning import LAUNCHES
 
+#: The CLI's --interpret flow, in this process: it needs the interpreter the suite started with.
+pytestmark = pytest.mark.interpreter
 ROOT = Path(__file__).resolve().parents[2]
 FAST_OPS = ["partition", "max_aggregate", "max_aggregate_backward"]
 

@@ -90,6 +90,7 @@ def test_resource_report_prints_every_default_build(tmp_path):
     assert "no spills" in proc.stdout
 
 
+@pytest.mark.interpreter
 def test_compiling_interpreted_kernels_fails_clearly():
     from kernels import resources
 

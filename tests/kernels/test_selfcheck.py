@@ -32,6 +32,7 @@ def _recorded(tmp_path) -> dict:
     return json.loads(path.read_text())["verdicts"]
 
 
+@pytest.mark.interpreter  # in this process: without the interpreter the CLI would restart it
 def test_cli_interpret_passes_and_records_every_kernel(tmp_path, capsys):
     assert selfcheck.main(["--interpret"]) == 0
     out = capsys.readouterr().out
@@ -126,6 +127,7 @@ def test_first_use_check_can_be_turned_off(tmp_path, monkeypatch):
     assert not path.exists()
 
 
+@pytest.mark.interpreter
 def test_a_failing_first_use_check_falls_back(monkeypatch):
     monkeypatch.setenv("CLUSTERVIG_SELFCHECK", "on")
     calls = _broken_max_aggregate(monkeypatch)
