@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.tuning import Tunable
+from kernels.tuning import Tunable, TuneCase
 
 from .space import Launch
 
@@ -29,19 +29,10 @@ class Outcome:
     rejected: list[tuple[dict, str]]
 
 
-def make_call(launch: Launch, tunable: Tunable, device: torch.device) -> Callable[[dict], object]:
-    """A function ``config -> output`` running the launch's kernel on synthetic inputs (the
-    kernel's own recipe, :attr:`kernels.tuning.Tunable.tune_call`)."""
+def make_call(launch: Launch, tunable: Tunable, device: torch.device) -> TuneCase:
+    """The launch's kernel on synthetic inputs, and how to tell a correct output (the kernel's
+    own recipe, :attr:`kernels.tuning.Tunable.tune_call`)."""
     return tunable.tune_call(launch.shape, launch.dtype, device)
-
-
-def _same(a: object, b: object) -> bool:
-    if isinstance(a, tuple):
-        return all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if a.is_floating_point():
-        # Atomic float adds (backward) and float32 sums can differ in the last bits by order.
-        return torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2)
-    return torch.equal(a, b)
 
 
 def time_config(
@@ -114,7 +105,8 @@ def tune(
     warmup: int,
     repeats: int,
 ) -> Outcome:
-    call = make_call(launch, tunable, device)
+    case = make_call(launch, tunable, device)
+    call = case.run
     width = launch.bucket.split("/", 1)[0]
     default = tunable.default[width] if device.type == "cuda" else configs[0]
     expected = call(default)
@@ -122,7 +114,7 @@ def tune(
     rejected: list[tuple[dict, str]] = []
     for i, config in enumerate(configs):
         try:
-            if not _same(call(config), expected):
+            if not case.agrees(call(config), expected):
                 rejected.append((config, "output differs from the default config's"))
                 continue
             timings[i] = time_config(call, config, device, warmup, repeats)

@@ -26,6 +26,7 @@ import torch
 from . import tuning_cache
 
 __all__ = [
+    "TuneCase",
     "Tunable",
     "LAUNCHES",
     "WIDTHS",
@@ -34,6 +35,7 @@ __all__ = [
     "grid",
     "per_width",
     "rows_bucket",
+    "same_values",
     "width_tag",
 ]
 
@@ -111,8 +113,9 @@ class Tunable:
             this kernel in the forward or backward of a DEGC layer (B images of N nodes, C
             channels, kappa clusters, K neighbours, features of ``dtype``), its shape as the
             keywords of ``bucket_fn``; None when such a layer does not launch it.
-        tune_call: ``(shape, dtype, device) -> (config -> output)``: the tuner's recipe, a
-            function running the kernel with one config on synthetic inputs like the model's.
+        tune_call: ``(shape, dtype, device) -> TuneCase``: the tuner's recipe, running the
+            kernel with one config on synthetic inputs like the model's and telling a correct
+            output from a wrong one.
     """
 
     name: str
@@ -122,7 +125,7 @@ class Tunable:
     interpret_space: Sequence[dict]
     bucket_fn: Callable[..., str]
     layer_launch: Callable[..., tuple[torch.dtype, dict] | None]
-    tune_call: Callable[[dict, torch.dtype, torch.device], Callable[[dict], object]]
+    tune_call: Callable[[dict, torch.dtype, torch.device], TuneCase]
     pointer_types: dict[str, str] = field(default_factory=dict)
     scalar_types: dict[str, str] = field(default_factory=dict)
     aot_constants: Callable[[torch.dtype, dict], dict] = lambda dtype, config: {}
@@ -217,6 +220,30 @@ def constexpr_names(kernel) -> set[str]:
         return {kernel.arg_names[i] for i in kernel.constexprs}
     params = inspect.signature(kernel.fn).parameters.values()
     return {p.name for p in params if "constexpr" in str(p.annotation)}
+
+
+def same_values(output: object, expected: object) -> bool:
+    """Whether two kernel outputs (tensors or tuples of them) are the same answer: integers
+    equal, floats within 1e-2 (atomic float adds and float32 sums differ in the last bits by
+    order)."""
+    if isinstance(output, tuple):
+        return all(same_values(a, b) for a, b in zip(output, expected, strict=True))
+    if output.is_floating_point():
+        return torch.allclose(output.float(), expected.float(), atol=1e-2, rtol=1e-2)
+    return torch.equal(output, expected)
+
+
+@dataclass(frozen=True)
+class TuneCase:
+    """The tuner's recipe for one launch shape (:attr:`Tunable.tune_call`): ``run(config)``
+    launches the kernel with ``config`` on synthetic inputs like the model's; ``agrees(output,
+    expected)`` says whether an output is the same answer as the default config's. Other block
+    sizes sum in another order, so where the answer has near-ties (a node almost equidistant from
+    two centroids, two equally near neighbours) a correct config can pick the other side: those
+    kernels compare what the answer means (the k-means objective, the neighbours' distances)."""
+
+    run: Callable[[dict], object]
+    agrees: Callable[[object, object], bool] = same_values
 
 
 def triton_at_least(version: tuple[int, int]) -> bool:

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .._common import next_power_of_2
-from ..tuning import Tunable, configs, grid, per_width, rows_bucket, split_launch_options
+from ..tuning import Tunable, TuneCase, configs, grid, per_width, rows_bucket, split_launch_options
 from . import reference
 
 
@@ -128,7 +128,7 @@ def _bucket(M: int, C: int, K: int) -> str:
 
 def _tune_forward(shape: dict, dtype: torch.dtype, device: torch.device):
     x, nbr = _tuning_inputs(shape, dtype, device)
-    return lambda config: launch_max_aggregate(x, nbr, True, True, config=config)
+    return TuneCase(lambda config: launch_max_aggregate(x, nbr, True, True, config=config))
 
 
 def _tune_backward(shape: dict, dtype: torch.dtype, device: torch.device):
@@ -136,7 +136,9 @@ def _tune_backward(shape: dict, dtype: torch.dtype, device: torch.device):
     _, slot = reference.max_aggregate(x.cpu(), nbr.cpu(), True)
     slot = slot.to(device)
     grad = torch.randn(shape["M"], shape["C"], device=device).to(dtype)
-    return lambda config: launch_max_aggregate_backward(grad, nbr, slot, True, config=config)
+    return TuneCase(
+        lambda config: launch_max_aggregate_backward(grad, nbr, slot, True, config=config)
+    )
 
 
 def _tuning_inputs(shape: dict, dtype: torch.dtype, device: torch.device):

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..tuning import Tunable, configs, per_width, rows_bucket, split_launch_options
+from ..tuning import Tunable, TuneCase, configs, per_width, rows_bucket, split_launch_options
 
 
 @triton.jit
@@ -68,7 +68,7 @@ def _layer_launch(B: int, N: int, C: int, kappa: int, K: int, dtype: torch.dtype
 def _tune_call(shape: dict, dtype: torch.dtype, device: torch.device):
     side = int(shape["N"] ** 0.5)
     x = torch.randn(shape["B"], shape["C"], side, shape["N"] // side, device=device).to(dtype)
-    return lambda config: launch_center_tokens(x, config=config)
+    return TuneCase(lambda config: launch_center_tokens(x, config=config))
 
 
 CENTER_TOKENS = Tunable(

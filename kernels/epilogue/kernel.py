@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..tuning import Tunable, configs, per_width, rows_bucket, split_launch_options
+from ..tuning import Tunable, TuneCase, configs, per_width, rows_bucket, split_launch_options
 
 _SQRT_HALF = tl.constexpr(0.7071067811865476)
 
@@ -80,7 +80,9 @@ def _tune_call(shape: dict, dtype: torch.dtype, device: torch.device):
     table = torch.randn(max(1, M // 49), C, device=device).to(dtype)
     segment = torch.randint(0, table.shape[0], (M,), dtype=torch.int32, device=device)
     norm = torch.rand(5, C, device=device).to(dtype) + 0.5
-    return lambda config: launch_segment_norm_gelu(acc, table, segment, norm, 1e-5, config=config)
+    return TuneCase(
+        lambda config: launch_segment_norm_gelu(acc, table, segment, norm, 1e-5, config=config)
+    )
 
 
 SEGMENT_NORM_GELU = Tunable(

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .._common import next_power_of_2
-from ..tuning import Tunable, batch_bucket, configs, per_width, split_launch_options
+from ..tuning import Tunable, TuneCase, batch_bucket, configs, per_width, split_launch_options
 
 
 @triton.jit
@@ -77,7 +77,9 @@ def _tune_call(shape: dict, dtype: torch.dtype, device: torch.device):
     size = (shape["B"], shape["kappa"], shape["C"])
     source, target = (torch.randn(size, device=device).to(dtype) for _ in range(2))
     att, bias = (torch.randn(shape["C"], device=device).to(dtype) for _ in range(2))
-    return lambda config: launch_gatv2_attention(source, target, att, bias, 0.2, config=config)
+    return TuneCase(
+        lambda config: launch_gatv2_attention(source, target, att, bias, 0.2, config=config)
+    )
 
 
 GATV2_ATTENTION = Tunable(

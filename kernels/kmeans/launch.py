@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import triton
 
 from .._common import INDEX_DTYPE, dot_precision, next_power_of_2, target_capability
-from ..tuning import Tunable, batch_bucket, split_launch_options, width_tag
+from ..tuning import Tunable, TuneCase, batch_bucket, split_launch_options, width_tag
 from . import spaces
 from .kernels import (
     _accumulate_block,
@@ -26,7 +26,7 @@ from .kernels import (
     _resident_pass,
     _seed_centroids,
 )
-from .reference import kmeans_init_index
+from .reference import kmeans_init_index, kmeans_objective
 from .spaces import RESIDENT_MAX_CHANNELS, RESIDENT_MAX_ROWS
 
 
@@ -46,14 +46,36 @@ def _resident_layer_launch(B: int, N: int, C: int, kappa: int, K: int, dtype: to
 
 
 def _tune_call(path: str):
-    """The tuner's recipe for one path: the model's L2-normalised features."""
+    """The tuner's recipe for one path: the model's L2-normalised features; a config agrees with
+    the default when it finds an equally good clustering (:func:`same_clustering`)."""
 
-    def call(shape: dict, dtype: torch.dtype, device: torch.device):
+    def call(shape: dict, dtype: torch.dtype, device: torch.device) -> TuneCase:
         B, N, C = shape["B"], shape["N"], shape["C"]
         x = F.normalize(torch.randn(B * N, C, device=device), dim=-1).to(dtype).reshape(B, N, C)
-        return lambda config: launch_kmeans(x, shape["kappa"], 20, config=config, path=path)
+        return TuneCase(
+            lambda config: launch_kmeans(x, shape["kappa"], 20, config=config, path=path),
+            lambda output, expected: same_clustering(x, output, expected),
+        )
 
     return call
+
+
+def same_clustering(x: torch.Tensor, output: tuple, expected: tuple) -> bool:
+    """Whether ``output = (labels, centroids, iterations)`` of k-means on x is as good an answer
+    as ``expected``: labels in range, finite centroids, and each image's objective
+    (:func:`kernels.kmeans.reference.kmeans_objective`) equal within float tolerance. Labels may
+    differ: block sizes sum in another order, and a node almost equidistant from two centroids
+    may then go the other way (the objective moves by about that gap, a rounding error)."""
+    labels, centroids, _ = output
+    kappa = expected[1].shape[1]
+    if labels.shape != expected[0].shape or int(labels.min()) < 0 or int(labels.max()) >= kappa:
+        return False
+    if not torch.isfinite(centroids).all():
+        return False
+    got = kmeans_objective(x, labels, centroids)
+    want = kmeans_objective(x, expected[0], expected[1])
+    rtol = 1e-5 if x.dtype == torch.float32 else 1e-3
+    return bool(((got - want).abs() <= rtol * want.abs() + 1e-9).all())
 
 
 def _aot_constants(dtype: torch.dtype, config: dict) -> dict:

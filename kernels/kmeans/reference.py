@@ -7,7 +7,7 @@ import torch
 
 from .._common import INDEX_DTYPE, compute_dtype, one_cpu_thread
 
-__all__ = ["kmeans", "kmeans_init_index"]
+__all__ = ["kmeans", "kmeans_init_index", "kmeans_objective"]
 
 
 def kmeans_init_index(
@@ -161,3 +161,15 @@ def _lloyd_cpu(
         return labels, z, iterations
     store()
     return done[0], done[1], done[2]
+
+
+def kmeans_objective(
+    x: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor
+) -> torch.Tensor:
+    """``(B,)`` float64: each image's sum of squared distances from its nodes to the centroid
+    they are labelled with. x ``(B, N, C)``, labels ``(B, N)`` in ``[0, kappa)``, centroids
+    ``(B, kappa, C)``. Two clusterings with equal objectives are equally good answers even where
+    their labels differ (a node almost equidistant from two centroids)."""
+    index = labels.long().clamp(0, centroids.shape[1] - 1).unsqueeze(-1).expand(-1, -1, x.shape[2])
+    chosen = torch.gather(centroids.double(), 1, index)
+    return ((x.double() - chosen) ** 2).sum(dim=(1, 2))

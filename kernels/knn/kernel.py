@@ -32,7 +32,8 @@ import triton.language as tl
 
 from .._common import INDEX_DTYPE, dot_precision, next_power_of_2
 from ..checking import partition_order
-from ..tuning import Tunable, configs, rows_bucket, split_launch_options
+from ..tuning import Tunable, TuneCase, configs, rows_bucket, split_launch_options
+from . import reference
 
 _NO_KEY = tl.constexpr(2**63 - 1)  # "no candidate": above every real key
 _GONE = tl.constexpr(2**31 - 1)  # the same for the distance bits alone: above +inf's
@@ -280,9 +281,35 @@ def _tune_call(shape: dict, dtype: torch.dtype, device: torch.device):
     rows = F.normalize(torch.randn(B * N, shape["C"], device=device), dim=-1).to(dtype)
     labels = torch.randint(0, kappa, (B, N), device=device)
     perm, offsets = partition_order(labels, kappa)
-    return lambda config: launch_partition_knn(
-        rows, offsets, shape["K"], N, perm, True, config=config
+    return TuneCase(
+        lambda config: launch_partition_knn(
+            rows, offsets, shape["K"], N, perm, True, config=config
+        ),
+        lambda output, expected: same_neighbours(rows, perm, offsets, output, expected),
     )
+
+
+def same_neighbours(
+    x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, output, expected
+) -> bool:
+    """Whether the neighbour lists ``output (M, K)`` of the rows of x (in image order, gathered
+    through ``perm`` into the partitions ``offsets``, normalised) are as good an answer as
+    ``expected``: every neighbour inside its row's partition, and each row's sorted distances
+    (:func:`kernels.knn.reference.neighbour_distances`) equal within the features' rounding.
+    Ids may differ where candidates are equally near: other block sizes break such ties at
+    other bits."""
+    M = x.shape[0]
+    if output.shape != expected.shape or int(output.min()) < 0 or int(output.max()) >= M:
+        return False
+    sizes = (offsets[1:] - offsets[:-1]).long()
+    part = torch.empty(M, dtype=torch.long, device=x.device)
+    part[perm.long()] = torch.repeat_interleave(torch.arange(sizes.numel(), device=x.device), sizes)
+    if not torch.equal(part[output.long()], part.unsqueeze(1).expand_as(output)):
+        return False
+    got = reference.neighbour_distances(x, output, normalize=True).sort(dim=1).values
+    want = reference.neighbour_distances(x, expected, normalize=True).sort(dim=1).values
+    atol = 1e-5 if x.dtype == torch.float32 else 2e-2  # unit rows: distances up to 4
+    return bool(torch.allclose(got, want, atol=atol, rtol=0))
 
 
 PARTITION_KNN = Tunable(

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .._common import INDEX_DTYPE, SINGLE_THREAD_ROWS, compute_dtype, one_cpu_thread
 
-__all__ = ["partition_knn"]
+__all__ = ["neighbour_distances", "partition_knn"]
 
 
 def _nearest_first(
@@ -215,3 +215,17 @@ def _knn_padded(
             order = torch.gather(order, 2, rank.unsqueeze(1).expand(-1, S, -1))  # (Q, S, K)
         nbr = order + st.view(-1, 1, 1)
         out[torch.where(valid, rows, M)] = nbr.to(INDEX_DTYPE)
+
+
+def neighbour_distances(
+    x: torch.Tensor, nbr: torch.Tensor, normalize: bool = False
+) -> torch.Tensor:
+    """``(M, K)`` float64: the squared distance from every row of x ``(M, C)`` to each of its
+    listed neighbours (``nbr (M, K)`` rows of x; with ``normalize``, of the rows scaled to unit
+    length, as :func:`partition_knn` ranks them). Two lists with equal sorted distances are
+    equally good answers even where their ids differ (equally near candidates)."""
+    xd = x.double()
+    if normalize:
+        xd = F.normalize(xd, dim=-1, eps=1e-12)
+    index = nbr.long().clamp(0, max(0, x.shape[0] - 1))
+    return ((xd[index] - xd.unsqueeze(1)) ** 2).sum(-1)

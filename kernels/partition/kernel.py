@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .._common import INDEX_DTYPE, next_power_of_2
-from ..tuning import Tunable, per_width, rows_bucket, split_launch_options
+from ..tuning import Tunable, TuneCase, per_width, rows_bucket, split_launch_options
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def _tune_partition(shape: dict, dtype: torch.dtype, device: torch.device):
     kappa = shape["kappa"]
     images = 64 if device.type == "cuda" else 4  # one program per image
     labels = torch.randint(0, kappa, (images, shape["N"]), dtype=torch.int32, device=device)
-    return lambda config: launch_partition(labels, kappa, config=config)
+    return TuneCase(lambda config: launch_partition(labels, kappa, config=config))
 
 
 PARTITION = Tunable(
@@ -187,7 +187,7 @@ def _permute_rows_kernel(
 def _tune_permute_rows(shape: dict, dtype: torch.dtype, device: torch.device):
     x = torch.randn(shape["M"], shape["C"], device=device).to(dtype)
     index = torch.randperm(shape["M"], device=device).to(torch.int32)
-    return lambda config: launch_permute_rows(x, index, config=config)
+    return TuneCase(lambda config: launch_permute_rows(x, index, config=config))
 
 
 PERMUTE_ROWS = Tunable(

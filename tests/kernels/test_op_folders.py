@@ -85,8 +85,8 @@ def test_changing_one_ops_kernel_touches_only_its_folder(tmp_path):
         "     (torch.float32, torch.bfloat16)]\n"
         "assert all(x.ok for x in r), [x.detail for x in r]\n"
         "t = tunables()['max_aggregate']\n"
-        "out, _ = t.tune_call({'M': 40, 'C': 24, 'K': 5}, torch.float32, torch.device('cpu'))(\n"
-        "    t.interpret_space[0])\n"
+        "case = t.tune_call({'M': 40, 'C': 24, 'K': 5}, torch.float32, torch.device('cpu'))\n"
+        "out, _ = case.run(t.interpret_space[0])\n"
         "print('checked', out.shape[0])\n",
         interpret=True,
     )
