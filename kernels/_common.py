@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import sys
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -183,7 +184,10 @@ def package_version() -> str:
 def resolve(path: str):
     """The object ``"package.module:attribute"`` names (the module imported on first use)."""
     module, _, attribute = path.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    # Each launch resolves its launcher (so a monkeypatch reaches it): the loaded module is a
+    # dict lookup, not a trip through the import machinery.
+    loaded = sys.modules.get(module) or importlib.import_module(module)
+    return getattr(loaded, attribute)
 
 
 def next_power_of_2(n: int) -> int:

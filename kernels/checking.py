@@ -51,6 +51,7 @@ __all__ = [
     "relative_error",
     "run_check",
     "tolerance",
+    "within_partitions",
 ]
 
 #: (atol, rtol) of one rounded float result against a float64 reference, per dtype: a few units
@@ -60,10 +61,6 @@ BASE_TOLERANCE = {
     torch.float16: (1e-3, 1e-3),
     torch.bfloat16: (8e-3, 8e-3),
     torch.float64: (1e-12, 1e-12),
-}
-#: The self-check's tolerances (unscaled: its inputs are O(1) and its sums short).
-TOLERANCE = {
-    dtype: BASE_TOLERANCE[dtype] for dtype in (torch.float32, torch.float16, torch.bfloat16)
 }
 POISON_INT = -7
 
@@ -171,6 +168,20 @@ def partition_order(labels: torch.Tensor, kappa: int) -> tuple[torch.Tensor, tor
     return perm.to(torch.int32), offsets.to(torch.int32)
 
 
+def within_partitions(nbr: torch.Tensor, offsets: torch.Tensor, perm=None) -> bool:
+    """Whether every id of the neighbour lists ``nbr (M, K)`` is a row of the M rows and lies in
+    its own row's partition (partition positions ``[offsets[q], offsets[q+1])``; with ``perm``,
+    position p holds row ``perm[p]``, as :func:`partition_order` returns it)."""
+    M = nbr.shape[0]
+    if nbr.numel() and (int(nbr.min()) < 0 or int(nbr.max()) >= M):
+        return False
+    sizes = (offsets[1:] - offsets[:-1]).long()
+    part = torch.repeat_interleave(torch.arange(sizes.numel(), device=nbr.device), sizes)
+    if perm is not None:
+        part = torch.empty_like(part).index_copy_(0, perm.long(), part)  # by row, not position
+    return torch.equal(part[nbr.long()], part.unsqueeze(1).expand_as(nbr))
+
+
 def graph_inputs(shapes: Shapes, seed: int):
     """``(B, N, C, kappa, K, sizes, offsets, x)`` of a graph case: ragged partitions of
     :func:`ragged_sizes` and integer features ``x (B*N, C)`` in partition order."""
@@ -223,13 +234,14 @@ def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def compare_float(res: CheckResult, case: str, actual, expected, dtype) -> None:
-    atol, rtol = TOLERANCE[dtype]
+    atol, rtol = tolerance(dtype)  # unscaled: the self-check's inputs are O(1), its sums short
     a, e = actual.double().cpu(), expected.double().cpu()
-    res.max_error = max(res.max_error, max_error(a, e))
+    error = max_error(a, e)
+    res.max_error = max(res.max_error, error)
     if torch.isnan(a).ne(torch.isnan(e)).any():
         res.fail(case, "NaN where the reference has none, or a number where it has NaN")
     elif not torch.allclose(a.nan_to_num(0.0), e.nan_to_num(0.0), atol=atol, rtol=rtol):
-        res.fail(case, f"values differ from the reference (max error {max_error(a, e):.3g})")
+        res.fail(case, f"values differ from the reference (max error {error:.3g})")
 
 
 def compare_exact(res: CheckResult, case: str, name: str, actual, expected) -> None:

@@ -74,7 +74,6 @@ class Op:
     ) -> None:
         name = self.name = kernel.name
         self.check = check
-        self.launch_path = kernel.launcher
         self.fallback = fallback
         self.kernel = kernel
         self._kernel_applies = kernel_applies
@@ -95,7 +94,7 @@ class Op:
 
     def launch(self, *args):
         """The Triton launcher on the op's arguments."""
-        return resolve(self.launch_path)(*args)
+        return resolve(self.kernel.launcher)(*args)
 
     def _complete(self, args: tuple) -> tuple:
         return (*args, *self._defaults[len(args) :])

@@ -20,6 +20,7 @@ from kernels.checking import (
     relative_error,
     tolerance,
 )
+from kernels.knn.reference import neighbour_distances
 
 __all__ = [
     "DTYPES",
@@ -76,12 +77,6 @@ def integer_features(
     (fp32 accumulation of integer products is exact), so a kernel and the float64 reference
     see the same distances and equal distances are exact ties the lowest-index rule resolves."""
     return torch.randint(low, high, (rows, channels), generator=generator).to(dtype)
-
-
-def neighbour_distances(x: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
-    """Squared distances (float64) from every row of x to its listed neighbours, (M, K)."""
-    xd = x.double()
-    return ((xd[nbr.long()] - xd.unsqueeze(1)) ** 2).sum(-1)
 
 
 def run_as_a_user(args: list[str], timeout: int = 600, **env: str) -> subprocess.CompletedProcess:

@@ -159,9 +159,9 @@ def test_every_op_folder_is_in_the_registry_and_names_only_its_own_files():
 
     folders = set()
     for op in registry.OPS:
-        folder = op.launch_path.split(":")[0].split(".")[1]
+        folder = op.kernel.launcher.split(":")[0].split(".")[1]
         folders.add(folder)
-        for path in (op.launch_path, op.kernel.cases, *op.kernel.tunables.values()):
+        for path in (op.kernel.launcher, op.kernel.cases, *op.kernel.tunables.values()):
             assert path.startswith(f"kernels.{folder}."), (op.name, path)
     assert folders == set(OP_FOLDERS)
 

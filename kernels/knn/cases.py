@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import torch
 
-from ..checking import POISON_INT, Shapes, compare_exact, generator, graph_inputs, partition_order
+from ..checking import (
+    POISON_INT,
+    Shapes,
+    compare_exact,
+    generator,
+    graph_inputs,
+    partition_order,
+    within_partitions,
+)
 from . import kernel, reference
 
 
@@ -26,11 +34,7 @@ def check_partition_knn(res, dtype, device, shapes: list[Shapes], seed: int) -> 
             got = kernel.launch_partition_knn(
                 rows.to(device), offsets.to(device), K, N, out=out
             ).cpu()
-            part = torch.repeat_interleave(torch.arange(sizes.numel()), sizes.reshape(-1))
-            inside = (got >= 0) & (got < B * N)
-            if not inside.all() or not torch.equal(
-                part[got.long().clamp(0, B * N - 1)], part.unsqueeze(1).expand(-1, K)
-            ):
+            if not within_partitions(got, offsets):
                 res.fail(case, "a neighbour outside its node's partition")
                 continue
             compare_exact(res, case, "neighbours", got, reference.partition_knn(rows, offsets, K))
@@ -53,7 +57,6 @@ def check_gathered_knn(res, dtype, device, B, N, K, sizes, offsets, x, seed) -> 
     rows = torch.empty_like(x)
     rows[perm.long()] = x  # partition position i holds the features x[i], as above
     rows = rows.to(dtype)
-    label = labels.reshape(-1).long() + torch.arange(B).repeat_interleave(N) * kappa
     for normalize in (False, True):
         case = f"gathered{' normalised' if normalize else ''} B={B} N={N} K={K}"
         res.cases.append(case)
@@ -62,10 +65,7 @@ def check_gathered_knn(res, dtype, device, B, N, K, sizes, offsets, x, seed) -> 
             rows.to(device), offsets.to(device), K, N, perm=perm.to(device),
             normalize=normalize, out=out,
         ).cpu()  # fmt: skip
-        inside = (got >= 0) & (got < B * N)
-        if not inside.all() or not torch.equal(
-            label[got.long().clamp(0, B * N - 1)], label.unsqueeze(1).expand(-1, K)
-        ):
+        if not within_partitions(got, offsets, perm):
             res.fail(case, "a neighbour outside its node's partition")
         elif not normalize:  # normalised integer rows can be parallel: membership only
             expected = reference.partition_knn(rows, offsets, K, perm=perm)

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .._common import INDEX_DTYPE, dot_precision, next_power_of_2
-from ..checking import partition_order
+from ..checking import partition_order, within_partitions
 from ..tuning import Tunable, TuneCase, configs, rows_bucket, split_launch_options
 from . import reference
 
@@ -298,13 +298,7 @@ def same_neighbours(
     (:func:`kernels.knn.reference.neighbour_distances`) equal within the features' rounding.
     Ids may differ where candidates are equally near: other block sizes break such ties at
     other bits."""
-    M = x.shape[0]
-    if output.shape != expected.shape or int(output.min()) < 0 or int(output.max()) >= M:
-        return False
-    sizes = (offsets[1:] - offsets[:-1]).long()
-    part = torch.empty(M, dtype=torch.long, device=x.device)
-    part[perm.long()] = torch.repeat_interleave(torch.arange(sizes.numel(), device=x.device), sizes)
-    if not torch.equal(part[output.long()], part.unsqueeze(1).expand_as(output)):
+    if output.shape != expected.shape or not within_partitions(output, offsets, perm):
         return False
     got = reference.neighbour_distances(x, output, normalize=True).sort(dim=1).values
     want = reference.neighbour_distances(x, expected, normalize=True).sort(dim=1).values

@@ -227,5 +227,4 @@ def neighbour_distances(
     xd = x.double()
     if normalize:
         xd = F.normalize(xd, dim=-1, eps=1e-12)
-    index = nbr.long().clamp(0, max(0, x.shape[0] - 1))
-    return ((xd[index] - xd.unsqueeze(1)) ** 2).sum(-1)
+    return ((xd[nbr.long()] - xd.unsqueeze(1)) ** 2).sum(-1)
