@@ -118,6 +118,39 @@ def interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def mend_interpreter_scalars() -> bool:
+    """Let Triton 3.6's interpreter use scalar arguments as Python ints under NumPy >= 2.4.
+
+    The interpreter holds a scalar kernel argument as a one-element 1-D array and converts it
+    for ``range(0, N, BLOCK)`` with ``int(array)``, which NumPy 2.4 turned from a deprecation
+    into ``TypeError: only 0-dimensional arrays can be converted to Python scalars``: every
+    kernel that loops to a runtime bound failed (the GPU image has NumPy 2.5). Triton 3.7+
+    converts the squeezed array; for older versions the interpreter's tensor patch is wrapped
+    to do the same. Returns whether it mended anything (only interpreters that need it)."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:  # pragma: no cover - Triton is a dependency
+        return False
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "mends_scalars", False):
+        return False
+    try:
+        import inspect
+
+        if "squeeze" in inspect.getsource(patch):  # this Triton converts scalars itself
+            return False
+    except (OSError, TypeError):
+        pass
+
+    def patch_lang_tensor(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patch_lang_tensor.mends_scalars = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
+    return True
+
+
 # --------------------------------------------------------------------------------------------
 # Launch recording (the state :mod:`kernels.launches` installs; the ops' fakes read it)
 # --------------------------------------------------------------------------------------------
@@ -192,3 +225,7 @@ def resolve(path: str):
 
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+if interpreter_active():
+    mend_interpreter_scalars()
