@@ -226,6 +226,10 @@ def _lloyd_pass(
             x_img, sums_img, label, rows, row_mask, C, stride_xn,
             True, KAPPA_PAD, KAPPA_PAD, BLOCK_C, DOT_PRECISION, UPCAST,
         )  # fmt: skip
+        # The next block reads these sums back in the load's thread layout, not the dot's that
+        # stored them: every thread's stores must land first. (Without this the order held only
+        # through barriers Triton happened to insert for unrelated layout conversions.)
+        tl.debug_barrier()
     if FIRST:
         changed = N
     return counts, changed
@@ -338,7 +342,7 @@ def _kmeans_kernel(
 # --------------------------------------------------------------------------------------------
 # The split path: several programs per image, one launch per Lloyd iteration
 # --------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=["step"])  # one compile for every Lloyd step
 def _kmeans_step(
     x_ptr,  # *T (B, N, C): features, strides (stride_xb, stride_xn, 1)
     labels_ptr,  # *i32 (B, N): in/out, cluster of every node

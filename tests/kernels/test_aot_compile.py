@@ -192,3 +192,40 @@ def test_resident_kmeans_default_compiles_without_spills_for_every_kappa():
     widest tile it takes) and on smaller tiles, where the installed Triton launches it."""
     stdout = _run_script(_EVERY_KAPPA, timeout=1200)
     assert json.loads(stdout.strip().splitlines()[-1]) == []
+
+
+_KMEANS_IR = """
+import json
+import torch
+from kernels import resources
+from kernels.kmeans import kernels as km
+from kernels.kmeans.launch import KMEANS as T
+ttir = resources.compile_kernel(T, T.default["e2"], torch.bfloat16, 90).asm["ttir"]
+unspecialised = [p.name for p in km._kmeans_step.params if p.do_not_specialize]
+print(json.dumps({"ttir": ttir, "unspecialised": unspecialised}))
+"""
+
+
+def _row_loops(ir: str) -> list[str]:
+    """The bodies of the IR's loops over row blocks (``scf.for %n0 = ...``); a loop's closing
+    brace is the first ``}`` line at its own indentation."""
+    lines = ir.splitlines()
+    bodies = []
+    for i, line in enumerate(lines):
+        if "scf.for %n0 " in line:
+            indent = " " * (len(line) - len(line.lstrip()))
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith(indent + "}"))
+            bodies.append("\n".join(lines[i + 1 : end]))
+    return bodies
+
+
+def test_image_kmeans_orders_its_sums_explicitly_and_compiles_once_per_shape():
+    """Each row block of an image-path Lloyd pass stores the cluster sums in the dot's thread
+    layout and the next block loads them in another: the row loop must hold an explicit barrier
+    in the kernel's own IR (TTIR, before Triton adds any for its layout conversions). And the
+    split path's step counter is not a specialisation key (steps 1, 16, 32 would each compile)."""
+    out = json.loads(_run_script(_KMEANS_IR, timeout=600).strip().splitlines()[-1])
+    accumulating = [b for b in _row_loops(out["ttir"]) if "tt.dot" in b and "tt.store" in b]
+    assert len(accumulating) == 3, "expected the first pass and the two alternating passes"
+    assert all(re.search(r"\b(gpu|ttg)\.barrier\b", body) for body in accumulating)
+    assert out["unspecialised"] == ["step"]
