@@ -22,21 +22,21 @@ def blobs(B: int, N: int, C: int, kappa: int, gen: torch.Generator) -> torch.Ten
 
 
 def check_kmeans(res, dtype, device, shapes: list[Shapes], seed: int) -> None:
-    for path in _kmeans_paths(dtype, device, shapes):
-        for i, s in enumerate(shapes):
-            B, N, C, kappa = s.kmeans
-            gen = generator(seed + i)
-            x = blobs(B, N, C, kappa, gen).to(dtype)
-            case = f"{path} B={B} N={N} C={C} kappa={kappa}"
-            res.cases.append(case)
-            labels, centroids, iterations = _run_kmeans(x, kappa, device, path)
-            e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), kappa, 20)
-            compare_exact(res, case, "labels", labels, e_labels)
-            compare_exact(res, case, "iterations", iterations, e_iterations)
-            compare_float(res, case, centroids, e_centroids.to(dtype), dtype)
+    for path, i in kmeans_plan(dtype, device, shapes):
+        B, N, C, kappa = shapes[i].kmeans
+        gen = generator(seed + i)
+        x = blobs(B, N, C, kappa, gen).to(dtype)
+        case = f"{path} B={B} N={N} C={C} kappa={kappa}"
+        res.cases.append(case)
+        labels, centroids, iterations = _run_kmeans(x, kappa, device, path)
+        e_labels, e_centroids, e_iterations = reference.kmeans(x.double(), kappa, 20)
+        compare_exact(res, case, "labels", labels, e_labels)
+        compare_exact(res, case, "iterations", iterations, e_iterations)
+        compare_float(res, case, centroids, e_centroids.to(dtype), dtype)
 
-        # Non-finite rows: image 0 gets a NaN node, image 1 an Inf node, image 2 is finite.
-        B, N, C, kappa = shapes[0].kmeans
+    # Non-finite rows: image 0 gets a NaN node, image 1 an Inf node, image 2 is finite.
+    B, N, C, kappa = shapes[0].kmeans
+    for path in _paths(dtype, device, shapes[0]):
         x = blobs(3, N, C, kappa, generator(seed + 99))
         x[0, N // 3, 1] = float("nan")
         x[1, N // 2, 0] = float("inf")
@@ -53,16 +53,32 @@ def check_kmeans(res, dtype, device, shapes: list[Shapes], seed: int) -> None:
         compare_float(res, case, centroids[2:], alone[1], dtype)
 
 
-def _kmeans_paths(dtype, device, shapes: list[Shapes]) -> list[str]:
-    """The k-means paths to check: one program per image and the split path everywhere; the
-    resident path where its launcher can take it (this GPU and Triton, shapes that fit; every
-    dtype under the interpreter)."""
+def kmeans_plan(dtype, device, shapes: list[Shapes]) -> list[tuple[str, int]]:
+    """``(path, shape index)`` of every blob case, path by path: each shape by the image and the
+    split paths, and by the resident path wherever its launcher can take that shape (on the
+    full check: CViG-Ti's 196 x 192 images, on the tile and channel slices a GPU launches)."""
+    return [
+        (path, i)
+        for path in ("image", "split", "resident")
+        for i, s in enumerate(shapes)
+        if path in _paths(dtype, device, s)
+    ]
+
+
+def _paths(dtype, device, shapes: Shapes) -> list[str]:
+    """The paths one shape is checked by: the resident one only where it fits, and on a GPU
+    where this GPU and Triton launch it (every dtype under the interpreter)."""
     paths = ["image", "split"]
-    fits = all(launch.resident_fits(s.kmeans[1], s.kmeans[2], s.kmeans[3]) for s in shapes)
-    probe = torch.empty(0, dtype=dtype, device=device)
-    if fits and (device.type != "cuda" or launch.resident_supported(probe)):
+    B, N, C, kappa = shapes.kmeans
+    if launch.resident_fits(N, C, kappa) and _resident_launched(dtype, device):
         paths.append("resident")
     return paths
+
+
+def _resident_launched(dtype, device) -> bool:
+    if device.type != "cuda":
+        return True
+    return launch.resident_supported(torch.empty(0, dtype=dtype, device=device))
 
 
 def _run_kmeans(x, kappa, device, path):

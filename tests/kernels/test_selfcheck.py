@@ -182,3 +182,18 @@ def test_cli_interpret_from_a_fresh_process(tmp_path):
         CLUSTERVIG_AUTOTUNE_DIR=str(tmp_path),
     )
     assert "1 of 1 kernel/dtype checks passed" in proc.stdout
+
+
+def test_full_check_runs_the_resident_kmeans_at_cvig_ti_shape():
+    """The resident verdict covers its kernel's source: the full check must launch it at the
+    models' shape that takes it (196 x 192), not only at the small first-use shapes (it used to
+    drop the path for every shape once one shape did not fit)."""
+    from kernels.checking import SHAPES
+    from kernels.kmeans import cases
+
+    plan = cases.kmeans_plan(torch.bfloat16, CPU, SHAPES["full"])
+    resident = [SHAPES["full"][i].kmeans for path, i in plan if path == "resident"]
+    assert (1, 196, 192, 4) in resident
+    assert all(s[1] <= 256 for s in resident)  # and only where it fits
+    image = [SHAPES["full"][i].kmeans for path, i in plan if path == "image"]
+    assert len(image) == len(SHAPES["full"])
