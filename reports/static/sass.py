@@ -65,6 +65,11 @@ def _has(opcodes: dict[str, int], *prefixes: str) -> bool:
     return any(op.startswith(prefixes) for op in opcodes)
 
 
+def _shared_fma(opcodes: dict[str, int]) -> bool:
+    """A float32 product without tensor cores: FMA over tiles staged in shared memory."""
+    return _has(opcodes, "FFMA") and _has(opcodes, "LDS") and _has(opcodes, "STS")
+
+
 #: Innermost loops a work model counts separately, recognised by what they execute: per kernel,
 #: role -> predicate over the loop's opcodes (the largest matching loop stands for the role).
 LOOP_ROLES = {
@@ -73,16 +78,17 @@ LOOP_ROLES = {
         "reduce": lambda o: _has(o, "FADD") and _has(o, "LDG") and not _has(o, "HMMA", "HGMMA"),
         # a channel slice's product (the accumulate loop; the label loop's body, which holds
         # the reduce loop and so is no innermost loop, is of the same size and counted as it)
-        "slice": lambda o: _has(o, "HMMA", "HGMMA") and _has(o, "STG"),
+        "slice": lambda o: (_has(o, "HMMA", "HGMMA") or _shared_fma(o)) and _has(o, "STG"),
     },
     "_partition_knn_kernel": {
         # a selection pass over one tile: 32-bit minima, no memory access
         "selection": lambda o: _has(o, "VIMNMX", "IMNMX") and not _has(o, "LDG", "STG"),
         # a merge pass of tile and running top-K: 64-bit key compares (the ``.EX`` half)
         "merge": lambda o: any(".EX" in op for op in o) and not _has(o, "LDG", "STG", "IABS"),
-        # channel slices: squared norms (FMA) and products (tensor cores or FMA)
-        "norms": lambda o: _has(o, "LDG") and not _has(o, "HMMA", "HGMMA", "LDGSTS"),
-        "dot": lambda o: _has(o, "HMMA", "HGMMA", "LDGSTS"),
+        # channel slices: squared norms (FMA on registers) and products (tensor cores, or in
+        # float32 FMA on tiles staged through shared memory)
+        "norms": lambda o: _has(o, "LDG") and not _has(o, "HMMA", "HGMMA", "LDGSTS", "LDS"),
+        "dot": lambda o: _has(o, "HMMA", "HGMMA", "LDGSTS") or _shared_fma(o),
     },
 }
 

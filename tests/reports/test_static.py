@@ -77,3 +77,35 @@ def test_report_lists_every_launch_with_estimates(tmp_path):
         assert row["est_us"] > 0 and row["active_programs"] <= max(row["programs"], 0) + 0
     knn = next(r for r in launches if r["kernel"] == "_partition_knn_kernel")
     assert knn["registers"] > 0 and not knn["spills"] and knn["sass_instructions"] > 0
+
+
+_ROLES = """
+import json
+import torch
+from kernels import resources
+from kernels.registry import tunables
+from reports.static.sass import LOOP_ROLES, loop_roles, parse_sass
+found = {}
+for name, kernel in (("partition_knn", "_partition_knn_kernel"), ("kmeans_split", "_kmeans_step")):
+    t = tunables()[name]
+    for dtype, width in ((torch.float32, "e4"), (torch.bfloat16, "e2")):
+        sass = parse_sass(resources.disassemble(resources.compile_kernel(t, t.default[width], dtype, 90)))
+        roles = loop_roles(kernel, sass)
+        found[f"{kernel} {dtype}"] = [sorted(roles), sorted(LOOP_ROLES[kernel]), roles]
+print(json.dumps(found))
+"""
+
+
+def test_every_loop_role_is_found_in_float32_and_bfloat16():
+    """The work models count loops by role; float32 products run on FMA over shared-memory
+    tiles, not tensor cores, and ``--dtype fp32`` used to stop with "loops ['dot'] not found"."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", _ROLES], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    for case, (roles, expected, sizes) in found.items():
+        assert roles == expected, case
+        if "_partition_knn_kernel" in case:  # the product loop is not the norms loop
+            assert sizes["dot"] != sizes["norms"], case
