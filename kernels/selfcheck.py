@@ -5,6 +5,7 @@ itself where it lands::
 
     python -m kernels.selfcheck               # every kernel on this GPU, the models' launch shapes
     python -m kernels.selfcheck --quick       # the small first-use check (every code path)
+    python -m kernels.selfcheck --mode launch --dtypes bfloat16   # CViG-Ti's and B-dagger's shapes
     python -m kernels.selfcheck --interpret   # on the CPU under the Triton interpreter
 
 Inputs are built so that the expected answer is unique (integer-valued features whose distances
@@ -18,7 +19,8 @@ Each op's cases live in its folder (``kernels/<op>/cases.py``), built with the h
 :mod:`kernels.checking`; this module runs them for every kernel of :mod:`kernels.registry` and
 is the command line. Verdicts are recorded per kernel and dtype (``"kmeans/bfloat16"``) for this
 GPU and Triton version in the per-GPU cache, with the kernels' source hash: an edited kernel is
-checked again. ``python -m autotune --gpu`` runs the full check first. At launch the gate of
+checked again, each as soon as it is decided (a check killed half way keeps the verdicts it
+reached). ``python -m autotune --gpu`` runs the full check first. At launch the gate of
 :mod:`kernels.verdicts` reads them: a failed verdict makes the op run its PyTorch reference on
 the GPU instead, with one warning; a missing verdict triggers the quick check on first use in
 the process (``CLUSTERVIG_SELFCHECK``: ``auto``, ``on``, ``off``).
@@ -27,15 +29,18 @@ the process (``CLUSTERVIG_SELFCHECK``: ``auto``, ``on``, ``off``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 
 from . import checking, registry, tuning_cache
-from ._common import interpreter_active, package_version
+from ._common import FLOAT_DTYPES, dtype_label, interpreter_active, package_version
 from .checking import CheckResult
 from .verdicts import KernelSelfCheckWarning, device_name, kernel_allowed, record, reset
 
@@ -54,6 +59,7 @@ __all__ = [
 
 #: Kernel names as the verdicts know them, in the order a DEGC layer runs them.
 KERNELS = tuple(registry.KERNELS)
+DTYPES_BY_LABEL = {dtype_label(d): d for d in FLOAT_DTYPES}
 
 
 def dtypes_of(kernel: str) -> tuple[torch.dtype, ...]:
@@ -64,7 +70,8 @@ def dtypes_of(kernel: str) -> tuple[torch.dtype, ...]:
 def check(
     kernel: str, dtype: torch.dtype, device: torch.device, mode: str = "quick", seed: int = 0
 ) -> CheckResult:
-    """Run one kernel's self-check for one dtype on ``device`` (``mode``: quick | full).
+    """Run one kernel's self-check for one dtype on ``device`` (``mode``: quick | launch | full,
+    the keys of :data:`kernels.checking.SHAPES`).
 
     Any exception (a compile error, a launch failure) is a failed check, not a crash.
     """
@@ -76,16 +83,27 @@ def check_all(
     mode: str = "full",
     kernels: tuple[str, ...] = KERNELS,
     on_result: Callable[[CheckResult], None] | None = None,
+    dtypes: tuple[torch.dtype, ...] | None = None,
 ) -> list[CheckResult]:
-    """Every kernel, every dtype it takes; ``on_result`` sees each result as it completes."""
+    """Every kernel, every dtype it takes (or those of ``dtypes`` it takes; an index kernel,
+    which takes no float dtype, is checked once anyway); ``on_result`` sees each result as it
+    completes."""
     results = []
     for kernel in kernels:
-        for dtype in dtypes_of(kernel):
+        for dtype in _selected(dtypes_of(kernel), dtypes):
             res = check(kernel, dtype, device, mode)
             results.append(res)
             if on_result is not None:
                 on_result(res)
     return results
+
+
+def _selected(
+    takes: tuple[torch.dtype, ...], wanted: tuple[torch.dtype, ...] | None
+) -> tuple[torch.dtype, ...]:
+    if wanted is None or not any(d.is_floating_point for d in takes):
+        return takes
+    return tuple(d for d in takes if d in wanted)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,6 +137,24 @@ def _parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="the small first-use shapes only (GPU: seconds)"
     )
     parser.add_argument(
+        "--mode",
+        choices=tuple(checking.SHAPES),
+        help="the shapes to check: quick (small, every code path), launch (the shapes CViG-Ti "
+        "and CViG-B-dagger launch, nothing else), full (every model's; the default on a GPU)",
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=[dtype_label(d) for d in FLOAT_DTYPES],
+        metavar="DTYPE",
+        help="float dtypes to check (default: every one a kernel takes: "
+        + ", ".join(dtype_label(d) for d in FLOAT_DTYPES)
+        + ")",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the results here, row by row"
+    )
+    parser.add_argument(
         "--kernels", nargs="+", choices=KERNELS, metavar="KERNEL", help="kernels (default: all)"
     )
     parser.add_argument(
@@ -132,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if args.quick and args.mode not in (None, "quick"):
+        parser.error(f"argument --quick: not allowed with --mode {args.mode}")
     if args.interpret and not interpreter_active():
         # Triton reads TRITON_INTERPRET when it is imported, and importing this package has
         # imported it (torch.library does): start again with the variable set.
@@ -146,31 +184,65 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     device = torch.device("cpu") if args.interpret else torch.device("cuda")
-    mode = "quick" if (args.quick or args.interpret) else "full"
+    mode = args.mode or ("quick" if (args.quick or args.interpret) else "full")
+    dtypes = None if args.dtypes is None else tuple(DTYPES_BY_LABEL[d] for d in args.dtypes)
+    results: list[CheckResult] = []
+    try:
+        rows = _JsonRows(args.json, device, mode) if args.json else None
+    except OSError as err:
+        print(
+            f"python -m kernels.selfcheck: cannot write --json {args.json}: {err}", file=sys.stderr
+        )
+        return 2
     print(
         f"self-check on {device_name(device)}, triton {tuning_cache.triton_version()}, "
         f"{mode} shapes"
     )
-    results: list[CheckResult] = []
 
     def show(res: CheckResult) -> None:
         if not results:
             print(next(_rows([])), flush=True)
         results.append(res)
-        print(list(_rows([res]))[1], flush=True)
+        if not args.no_record:  # now: a check killed later keeps this verdict
+            record([res], device, mode)
+        if rows is not None:
+            rows.add(res)
+        print(list(_rows([res]))[1], flush=True)  # printed: recorded
 
     with warnings.catch_warnings():
         # numpy inside the interpreter reports the NaN/Inf the non-finite cases feed it
         warnings.filterwarnings("ignore", category=RuntimeWarning, module="triton")
-        check_all(device, mode, tuple(args.kernels or KERNELS), on_result=show)
-    if not args.no_record:
-        record(results, device, mode)
+        check_all(device, mode, tuple(args.kernels or KERNELS), on_result=show, dtypes=dtypes)
     failed = [r for r in results if not r.ok]
     print(
         f"\n{len(results) - len(failed)} of {len(results)} kernel/dtype checks passed"
         + (f"; failed: {', '.join(f'{r.kernel}/{r.dtype}' for r in failed)}" if failed else "")
     )
     return 1 if failed else 0
+
+
+class _JsonRows:
+    """The results as a JSON file rewritten (atomically) after every row."""
+
+    def __init__(self, path: Path, device: torch.device, mode: str) -> None:
+        self.path = path
+        self.data = {
+            "device": device_name(device),
+            "triton": tuning_cache.triton_version(),
+            "torch": torch.__version__,
+            "mode": mode,
+            "rows": [],
+        }
+        self._write()
+
+    def add(self, res: CheckResult) -> None:
+        self.data["rows"].append(dataclasses.asdict(res))
+        self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        os.replace(tmp, self.path)
 
 
 if __name__ == "__main__":

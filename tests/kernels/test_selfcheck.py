@@ -197,3 +197,58 @@ def test_full_check_runs_the_resident_kmeans_at_cvig_ti_shape():
     assert all(s[1] <= 256 for s in resident)  # and only where it fits
     image = [SHAPES["full"][i].kmeans for path, i in plan if path == "image"]
     assert len(image) == len(SHAPES["full"])
+
+
+@pytest.mark.interpreter
+def test_a_check_killed_half_way_keeps_the_verdicts_it_reached(tmp_path):
+    """Verdicts are recorded as each is decided: kill the CLI once a few kernels are done and
+    find exactly those kernels' verdicts (and the rows of its --json so far)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "CLUSTERVIG_AUTOTUNE_DIR": str(tmp_path), "TRITON_INTERPRET": "1"}
+    out = tmp_path / "rows.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kernels.selfcheck", "--interpret", "--json", str(out)],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    printed = []
+    try:
+        for line in proc.stdout:
+            fields = line.split()
+            if fields and fields[0] in selfcheck.KERNELS:
+                printed.append(f"{fields[0]}/{fields[1]}")
+            if len(printed) == 4:  # center_tokens x3 and kmeans/float32: then kill it
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    verdicts = _recorded(tmp_path)
+    assert set(printed) <= set(verdicts), (printed, sorted(verdicts))
+    assert len(verdicts) < 25  # it was stopped before the end
+    assert all(verdicts[k]["ok"] for k in printed)
+    rows = json.loads(out.read_text())["rows"]
+    assert [f"{r['kernel']}/{r['dtype']}" for r in rows][: len(printed)] == printed
+
+
+def test_dtypes_narrow_the_float_kernels_and_keep_the_index_kernel(monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        selfcheck, "check", lambda k, d, dev, mode: seen.append((k, d, mode)) or None
+    )
+    selfcheck.check_all(CPU, "launch", ("kmeans", "partition"), dtypes=(torch.bfloat16,))
+    assert seen == [("kmeans", torch.bfloat16, "launch"), ("partition", torch.int32, "launch")]
+
+
+def test_quick_and_another_mode_conflict(capsys):
+    with pytest.raises(SystemExit) as stop:
+        selfcheck.main(["--quick", "--mode", "full"])
+    assert stop.value.code == 2 and "--quick" in capsys.readouterr().err
