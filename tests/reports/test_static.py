@@ -89,7 +89,8 @@ found = {}
 for name, kernel in (("partition_knn", "_partition_knn_kernel"), ("kmeans_split", "_kmeans_step")):
     t = tunables()[name]
     for dtype, width in ((torch.float32, "e4"), (torch.bfloat16, "e2")):
-        sass = parse_sass(resources.disassemble(resources.compile_kernel(t, t.default[width], dtype, 90)))
+        compiled = resources.compile_kernel(t, t.default[width], dtype, 90)
+        sass = parse_sass(resources.disassemble(compiled))
         roles = loop_roles(kernel, sass)
         found[f"{kernel} {dtype}"] = [sorted(roles), sorted(LOOP_ROLES[kernel]), roles]
 print(json.dumps(found))
