@@ -124,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
         "--max-minutes",
         type=float,
         default=None,
-        help="stop starting new buckets after this long (tuned ones are saved)",
+        help="stop after this long, inside a bucket too (buckets tuned by then are saved; one "
+        "cut short is not)",
     )
     return parser
 
@@ -220,8 +221,9 @@ def _tune_all(args, cache, device, identity, todo, selected) -> list:
     outcomes = []
     spill_memo: dict = {}  # every bucket of an op and dtype compiles the same configs
     start = time.perf_counter()
+    deadline = None if args.max_minutes is None else time.monotonic() + 60 * args.max_minutes
     for i, launch in enumerate(todo, start=1):
-        if args.max_minutes is not None and time.perf_counter() - start > 60 * args.max_minutes:
+        if deadline is not None and time.monotonic() >= deadline:
             print(
                 f"[autotune] --max-minutes {args.max_minutes} reached: {len(todo) - i + 1} "
                 "buckets left untuned (run again to continue)"
@@ -241,7 +243,14 @@ def _tune_all(args, cache, device, identity, todo, selected) -> list:
             f"on {launch.shape} ...",
             flush=True,
         )
-        outcome = tune(launch, tunable, configs, device, warmup, repeats)
+        outcome = tune(launch, tunable, configs, device, warmup, repeats, deadline)
+        if outcome is None:
+            print(
+                f"[autotune] --max-minutes {args.max_minutes} reached inside {launch.op} "
+                f"{launch.bucket}: not saved; {len(todo) - i + 1} buckets left untuned "
+                "(run again to continue)"
+            )
+            break
         for config, reason in outcome.rejected:
             print(f"    rejected {_fmt_config(config)}: {reason}")
         print(

@@ -104,7 +104,11 @@ def tune(
     device: torch.device,
     warmup: int,
     repeats: int,
-) -> Outcome:
+    deadline: float | None = None,
+) -> Outcome | None:
+    """Time every config of ``configs`` that agrees with the default's result; the fastest is
+    the outcome. Past ``deadline`` (a ``time.monotonic()`` value) the search stops and returns
+    ``None``: a bucket searched in part is not a tuned bucket."""
     case = make_call(launch, tunable, device)
     call = case.run
     width = launch.bucket.split("/", 1)[0]
@@ -113,6 +117,8 @@ def tune(
     timings: dict[int, float] = {}
     rejected: list[tuple[dict, str]] = []
     for i, config in enumerate(configs):
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
         try:
             if not case.agrees(call(config), expected):
                 rejected.append((config, "output differs from the default config's"))

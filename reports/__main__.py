@@ -148,6 +148,38 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, default=224)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _capped(parser: argparse.ArgumentParser) -> None:
+    """The options a time-capped run (``.ci/gpu-session``) gives: one output file, rewritten
+    after every row, and a time cap after which nothing new starts."""
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="write the results to FILE (rewritten after every row) instead of --results-dir",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=_seconds,
+        metavar="S",
+        help="start nothing new after S seconds; rows not reached say 'skipped' (default: none)",
+    )
+
+
+def _deadline(args) -> float | None:
+    seconds = getattr(args, "max_seconds", None)
+    return None if seconds is None else time.monotonic() + seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m reports",
@@ -168,6 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="benchmark models x batch sizes, write results JSON")
     _common(run)
     _run_args(run)
+    _capped(run)
     sc = sub.add_parser("scaling", help="one DEGC layer vs one dense k-NN layer at N = 196..3136")
     _common(sc)
     sc.add_argument("--batch-size", type=int, default=None, help="default: CPU 2, CUDA 32")
@@ -175,6 +208,14 @@ def _parser() -> argparse.ArgumentParser:
     _common(mi)
     mi.add_argument("--batch-sizes", type=_positive_ints, metavar="'8 64'")
     mi.add_argument("--cases", nargs="+", choices=sorted(micro.CASES))
+    mi.add_argument(
+        "--dtype",
+        dest="micro_dtype",
+        type=_dtype_name,
+        help="one feature dtype (float32, bfloat16, float16; default: CUDA bfloat16 and "
+        "float32, CPU float32)",
+    )
+    _capped(mi)
     pl = sub.add_parser("plot", help="draw figures and tables from result files")
     pl.add_argument(
         "results",
@@ -214,8 +255,8 @@ def _defaults(args: argparse.Namespace) -> None:
 
 def _cmd_run(args) -> Path:
     batch_sizes = args.batch_sizes or bench.DEFAULT_BATCH_SIZES[args.device.type]
-    path = result_path("models", args.device, args.results_dir)
-    progress(f"[run] results go to {path} (rewritten after every batch size)")
+    path = getattr(args, "json", None) or result_path("models", args.device, args.results_dir)
+    progress(f"[run] results go to {path} (rewritten after every row)")
     doc = bench.run(
         args.device,
         args.models,
@@ -226,9 +267,10 @@ def _cmd_run(args) -> Path:
         args.warmup,
         args.repeats,
         on_update=lambda partial: write_json(path, partial),
+        deadline=_deadline(args),
     )
     write_json(path, doc)
-    progress(f"[run] wrote {path}")
+    progress(f"[run] wrote {path}" + ("" if doc["complete"] else " (stopped at --max-seconds)"))
     return path
 
 
@@ -242,9 +284,18 @@ def _cmd_scaling(args) -> Path:
 
 
 def _cmd_micro(args, batch_sizes: list[int] | None = None) -> Path:
-    doc = micro.run(args.device, getattr(args, "cases", None), batch_sizes)
-    path = write_json(result_path("micro", args.device, args.results_dir), doc)
-    progress(f"[micro] wrote {path}")
+    path = getattr(args, "json", None) or result_path("micro", args.device, args.results_dir)
+    dtype = getattr(args, "micro_dtype", None)
+    doc = micro.run(
+        args.device,
+        getattr(args, "cases", None),
+        batch_sizes,
+        dtypes=None if dtype is None else [bench.DTYPES[dtype]],
+        on_update=lambda partial: write_json(path, partial),
+        deadline=_deadline(args),
+    )
+    write_json(path, doc)
+    progress(f"[micro] wrote {path}" + ("" if doc["complete"] else " (stopped at --max-seconds)"))
     return path
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import statistics
+import time
 import traceback
 from collections.abc import Callable
 
@@ -122,6 +123,13 @@ def _release(device: torch.device) -> None:
 
 
 SKIPPED_OOM = {"status": "oom", "error": "skipped: a smaller batch ran out of memory"}
+#: A row the run's time cap (``deadline``) left unmeasured.
+SKIPPED_TIME = {"status": "skipped", "error": "skipped: no time left (the run's time cap)"}
+
+
+def _past(deadline: float | None) -> bool:
+    """Whether ``deadline`` (a ``time.monotonic()`` value) has passed."""
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def _out_of_memory(err: BaseException) -> bool:
@@ -154,10 +162,12 @@ def _measure_batch(
     warmup: int,
     repeats: int,
     min_seconds: float,
+    deadline: float | None = None,
 ) -> dict[str, dict]:
     """One batch size, every model: warm-up (and peak memory) per model, then ``repeats``
     rounds that each time every model once, in an order rotated every round, so that a change
-    in the machine's load hits all models alike. Returns a row update per model."""
+    in the machine's load hits all models alike. Past ``deadline`` no further round starts
+    (at least one runs; the rows say how many did). Returns a row update per model."""
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     calls: dict[str, object] = {}
     results: dict[str, dict] = {}
@@ -183,6 +193,8 @@ def _measure_batch(
     order = list(calls)
     rounds = 0
     while order and (rounds < repeats or min(sum(v) for v in samples.values()) < min_seconds):
+        if rounds and _past(deadline):
+            break
         for key in order[rounds % len(order) :] + order[: rounds % len(order)]:
             try:
                 samples[key].append(time_once(calls[key], device))
@@ -232,12 +244,15 @@ def run(
     repeats: int = 20,
     min_seconds: float = 0.0,
     on_update: Callable[[dict], None] | None = None,
+    deadline: float | None = None,
 ) -> dict:
     """Benchmark ``models`` on ``device``; returns the result document (``reports/schema.py``).
 
     Models are measured side by side (interleaved rounds, one batch size at a time), never one
-    after the other. ``on_update(doc)`` sees the document after every batch size (with
-    ``"complete": False`` until the end), so an interrupted run keeps what it measured.
+    after the other. ``on_update(doc)`` sees the document after every row (with
+    ``"complete": False`` until the end), so an interrupted run keeps what it measured. Past
+    ``deadline`` (a ``time.monotonic()`` value) nothing new is built or measured: the rows left
+    say ``skipped`` and the document ``"complete": False``.
     """
     keys = [resolve_model_name(m) for m in models]
     rows: list[dict] = []
@@ -259,31 +274,42 @@ def run(
         "rows": rows,
     }
     rank = {key: i for i, key in enumerate(keys)}
+    timed_out = False
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        rows.sort(key=lambda r: (r["compile"], rank[r["model"]], r["batch_size"]))
+        if on_update is not None:
+            on_update(doc)
+
     for mode in compile_modes:
+        if _past(deadline):
+            timed_out = True
+            for key in keys:
+                for b in batches_for(mode, batch_sizes):
+                    add(dict(_base(key, mode, dtype, img_size), batch_size=b, **SKIPPED_TIME))
+            continue
         progress(f"[run] compile={mode}: building {', '.join(display_name(k) for k in keys)}")
         torch.manual_seed(0)
         runners, base, failed = {}, {}, set()
         for key in keys:
-            base[key] = {
-                "model": key,
-                "display": display_name(key),
-                "compile": mode,
-                "dtype": str(dtype).replace("torch.", ""),
-                "img_size": img_size,
-            }
+            base[key] = _base(key, mode, dtype, img_size)
             try:
                 runners[key], base[key]["params_m"] = _build_runner(key, device, mode)
             except Exception as err:  # a model that cannot be built fails its rows, not the run
                 failed.add(key)
-                rows += [
-                    dict(base[key], batch_size=b, **_failure(err))
-                    for b in batches_for(mode, batch_sizes)
-                ]
+                for b in batches_for(mode, batch_sizes):
+                    add(dict(base[key], batch_size=b, **_failure(err)))
         out_of_memory: set[str] = set()
         for batch in batches_for(mode, batch_sizes):
+            if _past(deadline):
+                timed_out = True
+                for key in runners:
+                    add(dict(base[key], batch_size=batch, **SKIPPED_TIME))
+                continue
             live = {k: r for k, r in runners.items() if k not in out_of_memory}
             measured = _measure_batch(
-                live, batch, device, dtype, img_size, warmup, repeats, min_seconds
+                live, batch, device, dtype, img_size, warmup, repeats, min_seconds, deadline
             )
             for key in runners:
                 if key in out_of_memory:
@@ -293,15 +319,22 @@ def run(
                     if update["status"] == "oom":
                         out_of_memory.add(key)
                 row = dict(base[key], batch_size=batch, **update)
-                rows.append(row)
+                add(row)
                 _report(row, mode, batch)
-            rows.sort(key=lambda r: (r["compile"], rank[r["model"]], r["batch_size"]))
-            if on_update is not None:
-                on_update(doc)
         runners = None
         _release(device)
-    doc["complete"] = True
+    doc["complete"] = not timed_out
     return doc
+
+
+def _base(key: str, mode: str, dtype: torch.dtype, img_size: int) -> dict:
+    return {
+        "model": key,
+        "display": display_name(key),
+        "compile": mode,
+        "dtype": str(dtype).replace("torch.", ""),
+        "img_size": img_size,
+    }
 
 
 def _report(row: dict, mode: str, batch: int) -> None:

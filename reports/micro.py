@@ -10,6 +10,7 @@ interpreter is a correctness tool, not a speed one).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -156,18 +157,36 @@ def run(
     batch_sizes: list[int] | None = None,
     dtypes: list[torch.dtype] | None = None,
     repeats: int = 20,
+    on_update: Callable[[dict], None] | None = None,
+    deadline: float | None = None,
 ) -> dict:
-    """Time every op and implementation; returns the result document (see ``reports.schema``)."""
+    """Time every op and implementation; returns the result document (see ``reports.schema``).
+
+    ``on_update(doc)`` sees the document after every op (``"complete": False`` until the end);
+    past ``deadline`` (a ``time.monotonic()`` value) no new shape starts."""
     on_gpu = device.type == "cuda"
     cases = cases or DEFAULT_CASES[device.type]
     batch_sizes = batch_sizes or DEFAULT_BATCHES[device.type]
     dtypes = dtypes or ([torch.bfloat16, torch.float32] if on_gpu else [torch.float32])
     peaks = measure_peaks(device)
     rows = []
+    doc = {
+        "kind": "micro",
+        "schema": SCHEMA_VERSION,
+        "environment": environment(device),
+        "peaks": peaks,
+        "complete": False,
+        "rows": rows,
+    }
+    stopped = False
     for case in cases:
         N, C, kappa, K = CASES[case]
         for B in batch_sizes:
             for dtype in dtypes:
+                if deadline is not None and time.monotonic() >= deadline:
+                    progress(f"[micro] time cap reached: {case} B={B} {dtype} not measured")
+                    stopped = True
+                    continue
                 torch.manual_seed(0)
                 t = _inputs(B, N, C, kappa, K, dtype, device)
                 esize = torch.empty((), dtype=dtype).element_size()
@@ -194,6 +213,8 @@ def run(
                             "gbps": nbytes / timing.median / 1e9,
                             "tflops": flops / timing.median / 1e12 if flops else None,
                         }
+                        if op == "kmeans":  # what a static estimate must assume
+                            row["lloyd_iterations_mean"] = float(t["iterations"].float().mean())
                         if peaks:
                             row["fraction_of_copy_bw"] = row["gbps"] / peaks["copy_gbps"]
                             if flops:
@@ -201,6 +222,8 @@ def run(
                                 row["fraction_of_matmul"] = row["tflops"] / peak
                         times[impl] = timing.median
                         rows.append(row)
+                    if on_update is not None:
+                        on_update(doc)
                     base = times.get("reference")
                     fastest = min(times, key=times.get)
                     progress(
@@ -212,10 +235,5 @@ def run(
                             else ""
                         )
                     )
-    return {
-        "kind": "micro",
-        "schema": SCHEMA_VERSION,
-        "environment": environment(device),
-        "peaks": peaks,
-        "rows": rows,
-    }
+    doc["complete"] = not stopped
+    return doc

@@ -236,6 +236,10 @@ def plot_throughput(doc: dict, rows: list[dict], compile_mode: str, dtype: str, 
     return out
 
 
+def _any_skipped(rows: list[dict]) -> bool:
+    return any(row.get("status") == "skipped" for row in rows)
+
+
 def table6(doc: dict, rows: list[dict], compile_mode: str, dtype: str) -> str:
     batches = sorted({row["batch_size"] for row in rows})
     names = _names(rows)
@@ -247,13 +251,16 @@ def table6(doc: dict, rows: list[dict], compile_mode: str, dtype: str) -> str:
             if status == "ok"
             else "-"
             if status == "oom"
+            else "·"
+            if status == "skipped"
             else "x"
         )
     env = doc["environment"]
     lines = [
         f"Throughput (images / s) on {env['device']}, {dtype}, compile={compile_mode}, "
         f"torch {env['torch']}, {env['date'][:10]}. `-` = out of memory, `x` = failed, "
-        "(noisy) = flagged as noise (spread or machine load).",
+        + ("`·` = not measured (the run's time cap), " if _any_skipped(rows) else "")
+        + "(noisy) = flagged as noise (spread or machine load).",
         "",
         "| model | " + " | ".join(f"b = {b}" for b in batches) + " |",
         "|---|" + "---|" * len(batches),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 SCHEMA_VERSION = 1
 KINDS = ("models", "micro", "scaling")
-STATUSES = ("ok", "oom", "failed")
+STATUSES = ("ok", "oom", "failed", "skipped")  # skipped: the run's time cap came first
 
 _ENVIRONMENT_KEYS = ("device", "device_type", "device_slug", "torch", "triton", "date")
 _ROW_KEYS = {

@@ -31,6 +31,11 @@ GPUS = {
     "h100": GPU(
         "H100 SXM", 90, 132, 1.98, 3.35, 989.0, 494.0, 67.0, 64, 50, 5.5, smem_per_sm_kib=228
     ),
+    # H200 SXM: the H100's SMs, clocks and tensor cores with 141 GB of HBM3e at 4.8 TB/s
+    # (NVIDIA H200 datasheet; measured on the lent machine: ~4.3 TB/s copy, ~790 TFLOP/s bf16)
+    "h200": GPU(
+        "H200 SXM", 90, 132, 1.98, 4.8, 989.0, 494.0, 67.0, 64, 50, 5.5, smem_per_sm_kib=228
+    ),
     "a100": GPU(
         "A100 SXM 80GB", 80, 108, 1.41, 2.04, 312.0, 156.0, 19.5, 64, 40, 4.0, smem_per_sm_kib=164
     ),

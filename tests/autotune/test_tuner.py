@@ -99,3 +99,25 @@ def test_the_tuner_keeps_a_config_at_a_near_tie_and_rejects_a_broken_one(monkeyp
     outcome = tune(launch, Recipe, configs, CPU, warmup=0, repeats=1)
     assert [c["name"] for c, _ in outcome.rejected] == ["c"]
     assert "differs" in outcome.rejected[0][1]
+
+
+def test_the_time_cap_stops_inside_a_bucket_and_nothing_is_claimed_tuned():
+    """``--max-minutes`` is checked between the configs of a bucket, not only between buckets:
+    a search cut short returns no outcome (the CLI then saves nothing for that bucket)."""
+    import time
+
+    calls = []
+
+    class Recipe:
+        name = "partition"
+        default = {"e4": {"name": "a"}}
+
+        @staticmethod
+        def tune_call(shape, dtype, device):
+            return TuneCase(lambda config: calls.append(config["name"]) or 1, lambda o, e: True)
+
+    launch = Launch("partition", torch.float32, {"B": 1, "N": 8, "kappa": 2}, "e4/x")
+    configs = [{"name": n} for n in "abc"]
+    assert tune(launch, Recipe, configs, CPU, 0, 1, deadline=time.monotonic() - 1) is None
+    assert calls == ["a"]  # the default's reference answer, then no config
+    assert tune(launch, Recipe, configs, CPU, 0, 1, deadline=time.monotonic() + 60) is not None
