@@ -166,12 +166,16 @@ def _measure_batch(
 ) -> dict[str, dict]:
     """One batch size, every model: warm-up (and peak memory) per model, then ``repeats``
     rounds that each time every model once, in an order rotated every round, so that a change
-    in the machine's load hits all models alike. Past ``deadline`` no further round starts
-    (at least one runs; the rows say how many did). Returns a row update per model."""
+    in the machine's load hits all models alike. Past ``deadline`` no model's warm-up (which
+    compiles) and no further round starts (one runs; the rows say how many did). Returns a row
+    update per model."""
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     calls: dict[str, object] = {}
     results: dict[str, dict] = {}
     for key, runner in runners.items():
+        if _past(deadline):  # warm-ups compile: a model not reached in time is not started
+            results[key] = dict(SKIPPED_TIME)
+            continue
 
         def forward(runner=runner):
             with torch.no_grad(), _autocast(device, dtype):

@@ -296,7 +296,7 @@ def test_noise_verdict_flags_spread_and_load():
     assert "load average" in noise_verdict(Timing(1.0, 0.95, 1.05, 7), 2, 500.0, 0.2)
 
 
-def test_partial_results_are_written_after_every_batch_size(tmp_path, monkeypatch):
+def test_partial_results_are_written_after_every_row(tmp_path, monkeypatch):
     seen = []
     doc = bench.run(
         torch.device("cpu"),
@@ -308,6 +308,39 @@ def test_partial_results_are_written_after_every_batch_size(tmp_path, monkeypatc
         on_update=lambda partial: seen.append((partial["complete"], len(partial["rows"]))),
     )
     assert seen == [(False, 1), (False, 2)] and doc["complete"] is True
+
+
+def test_the_time_cap_skips_what_it_did_not_reach(monkeypatch):
+    """Past the deadline nothing new is warmed (compiled) or timed: those rows say 'skipped',
+    the rows before it stand, and the document says it is not complete."""
+    import time
+
+    class Quick(torch.nn.Module):
+        def forward(self, x):
+            return x.mean()
+
+    monkeypatch.setattr(bench, "build_model", lambda key: Quick())
+    monkeypatch.setattr(bench, "count_parameters", lambda m: 0)
+    clock = {"now": 0.0}
+    monkeypatch.setattr(time, "monotonic", lambda: clock["now"])
+    real = bench._measure_batch
+
+    def measure_then_run_out(*args, **kwargs):
+        out = real(*args, **kwargs)
+        clock["now"] = 100.0  # the cap passes during the first batch size
+        return out
+
+    monkeypatch.setattr(bench, "_measure_batch", measure_then_run_out)
+    doc = bench.run(
+        torch.device("cpu"), ["cvig_ti", "pvig_ti"], [1, 2],
+        compile_modes=("none", "default"), warmup=0, repeats=1, deadline=50.0,
+    )  # fmt: skip
+    validate(doc)
+    status = {(r["compile"], r["model"], r["batch_size"]): r["status"] for r in doc["rows"]}
+    assert status[("none", "cvig_ti", 1)] == "ok" and status[("none", "pvig_ti", 1)] == "ok"
+    assert {v for k, v in status.items() if k[2] == 2 or k[0] == "default"} == {"skipped"}
+    assert len(status) == 8 and doc["complete"] is False
+    assert "no time" in doc["rows"][-1]["error"]
 
 
 def test_noisy_series_are_drawn_hollow_with_a_note(models_doc, tmp_path):
