@@ -15,6 +15,14 @@ Nothing is lost without a compiler: :func:`available` is False, one warning says
 ops run the PyTorch references. A cached library that cannot be loaded or reports another
 interface version is reported and rebuilt, never used.
 
+A library is code this process runs (``dlopen`` runs its constructors before any check), so the
+cache must not be a place where someone else can plant one: the directory is created private
+(0700), and one owned by another user or writable by group or others is refused (one warning;
+the references run). Each library this project builds is recorded with its SHA-256 beside it
+(``<name>.so.sha256``) and loaded only if the file still has that hash: a planted, truncated
+(which would kill the process with SIGBUS when mapped) or corrupt file is rebuilt instead. When
+the cache cannot be written, a private temporary directory is used and removed at exit.
+
 Results: labels, neighbours and iteration counts are those of the references up to rounding
 (sums and dot products are accumulated in another order, so a node almost equidistant from two
 centroids may go the other way); float32 arithmetic, as the references use for every dtype but
@@ -23,6 +31,7 @@ float64.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import os
@@ -147,6 +156,41 @@ def _build_key(compiler: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _record_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _unsafe(path: Path) -> str | None:
+    """Why ``path`` (the cache directory or a file in it) is not this user's alone, or None."""
+    info = path.stat()
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        return f"owned by uid {info.st_uid}, not by this user (uid {os.getuid()})"
+    if info.st_mode & 0o022:
+        who = " and ".join(
+            w for w, bit in (("group", 0o020), ("others", 0o002)) if info.st_mode & bit
+        )
+        return f"writable by {who} (mode {info.st_mode & 0o777:o})"
+    return None
+
+
+def _verified(library: Path) -> str | None:
+    """Why the cached ``library`` must not be loaded (None: it is the file this project built,
+    unchanged since)."""
+    record = _record_path(library)
+    if not record.is_file():
+        return "no record of its SHA-256 (not built here, or from an older version)"
+    why = _unsafe(library) or _unsafe(record)
+    if why:
+        return why
+    if record.read_text().strip() != _digest(library):
+        return "its SHA-256 differs from the one recorded when it was built (truncated or replaced)"
+    return None
+
+
 def _load(path: Path) -> ctypes.CDLL:
     """Load ``path`` and declare its functions; raises OSError if it is not our library."""
     lib = ctypes.CDLL(str(path))
@@ -176,6 +220,10 @@ def _compile(compiler: list[str], directory: Path, final: Path) -> ctypes.CDLL:
             )
             if done.returncode == 0:
                 lib = _load(Path(tmp))  # loaded from its private name: never a stale handle
+                record = _record_path(final)
+                record_tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+                record_tmp.write_text(_digest(Path(tmp)) + "\n")
+                os.replace(record_tmp, record)
                 os.replace(tmp, final)
                 return lib
             lines = (done.stderr or done.stdout).strip().splitlines()
@@ -189,17 +237,36 @@ def _compile(compiler: list[str], directory: Path, final: Path) -> ctypes.CDLL:
     raise RuntimeError("; ".join(errors))
 
 
+class UnsafeCacheError(OSError):
+    """The cache directory is not this user's alone: nothing in it may be loaded."""
+
+
 def _writable_cache_dir() -> Path:
-    """:func:`cache_dir`, or a fresh temporary directory when that cannot be written (a
-    read-only home): the kernels are then rebuilt by every process, but they still run."""
+    """:func:`cache_dir` (created private), or a fresh private temporary directory, removed at
+    exit, when that cannot be written (a read-only home): the kernels are then rebuilt by every
+    process, but they still run. Raises :class:`UnsafeCacheError` for a directory another user
+    owns or others can write."""
     directory = cache_dir()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        existed = directory.is_dir()
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not existed:
+            directory.chmod(0o700)  # mkdir's mode is masked by the umask
+        why = _unsafe(directory)
+        if why:
+            raise UnsafeCacheError(
+                f"refusing the CPU kernel cache {directory}: {why}; make it private "
+                f"(chmod 700) or point {ENV_DIR} at a directory of your own"
+            )
         if _writable(directory):
             return directory
+    except UnsafeCacheError:
+        raise
     except OSError:
         pass
-    return Path(tempfile.mkdtemp(prefix="clustervig-native-"))
+    fallback = Path(tempfile.mkdtemp(prefix="clustervig-native-"))
+    atexit.register(shutil.rmtree, fallback, ignore_errors=True)
+    return fallback
 
 
 def _writable(directory: Path) -> bool:
@@ -211,10 +278,17 @@ def _build() -> None:
     if compiler is None:
         _state["error"] = f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH"
         return
-    directory = _writable_cache_dir()
+    try:
+        directory = _writable_cache_dir()
+    except UnsafeCacheError as exc:
+        _state["error"] = str(exc)
+        return
     final = directory / f"clustervig_cpu-{_build_key(compiler)}.so"
     if final.exists():
         try:
+            why = _verified(final)
+            if why:
+                raise OSError(why)
             _state["lib"], _state["path"] = _load(final), final
             return
         except OSError as exc:

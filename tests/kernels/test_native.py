@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import shutil
 import subprocess
+import sys
 import warnings
 
 import pytest
@@ -404,3 +405,98 @@ def test_the_sources_compile_without_warnings():
         text=True,
     )
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# a cache nobody else can plant a library in
+# --------------------------------------------------------------------------------------------
+_PLANTED = """
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) {
+    FILE *f = fopen("%s", "w");
+    if (f) { fputs("ran", f); fclose(f); }
+}
+int cvig_abi_version(void) { return %d; }
+"""
+
+
+def _plant(directory, marker):
+    """A library with the right interface version under the name this machine's build would
+    take, whose constructor writes ``marker`` when it is loaded."""
+    compiler = native._compiler()
+    source = directory.parent / "planted.c"
+    source.write_text(_PLANTED % (marker, native.ABI_VERSION))
+    target = directory / f"clustervig_cpu-{native._build_key(compiler)}.so"
+    subprocess.run([*compiler, "-shared", "-fPIC", "-o", str(target), str(source)], check=True)
+    return target
+
+
+def _first_use(directory, env_extra=None):
+    """``kernels.native.available()`` in a fresh process with the cache in ``directory``."""
+    env = {**os.environ, native.ENV_DIR: str(directory), **(env_extra or {})}
+    code = (
+        "import warnings, kernels.native as n\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    ok = n.available()\n"
+        "print(ok)\n"
+        "print(n.build_error())\n"
+        "print(' | '.join(str(x.message) for x in w))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o777])
+def test_a_library_planted_in_a_shared_cache_directory_is_never_loaded(tmp_path, mode):
+    cache, marker = tmp_path / "cache", tmp_path / "marker"
+    cache.mkdir()
+    _plant(cache, marker)
+    cache.chmod(mode)
+    ok, error, warned = _first_use(cache)
+    assert not marker.exists(), "the planted library's constructor ran"
+    assert ok == "False" and "refusing" in error and "writable by" in error
+    assert "references" in warned
+
+
+def test_a_library_planted_without_a_record_in_a_private_directory_is_rebuilt(tmp_path):
+    cache, marker = tmp_path / "cache", tmp_path / "marker"
+    cache.mkdir(mode=0o700)
+    planted = _plant(cache, marker)
+    ok, error, warned = _first_use(cache)
+    assert not marker.exists(), "the planted library's constructor ran"
+    assert ok == "True" and "no record of its SHA-256" in warned and "rebuilding" in warned
+    assert native._record_path(planted).read_text().strip() == native._digest(planted)
+
+
+def test_a_truncated_cached_library_is_rebuilt_and_the_process_completes(tmp_path):
+    """Half a library passes dlopen's header checks and dies with SIGBUS when its pages are
+    touched; its hash catches it before it is loaded."""
+    cache = tmp_path / "cache"
+    assert _first_use(cache)[0] == "True"
+    (library,) = _library_files(cache)
+    assert cache.stat().st_mode & 0o777 == 0o700  # created private
+    whole = library.read_bytes()
+    library.write_bytes(whole[: len(whole) // 2])
+    ok, _, warned = _first_use(cache)
+    assert ok == "True" and "differs" in warned and "rebuilding" in warned
+    assert native._digest(library) == native._record_path(library).read_text().strip()
+
+
+def test_a_fallback_directory_is_private_and_removed_at_exit(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    code = (
+        "import kernels.native as n\n"
+        "assert n.available()\n"
+        "d = n.library_path().parent\n"
+        "import os; print(d); print(oct(os.stat(d).st_mode & 0o777))\n"
+    )
+    env = {**os.environ, native.ENV_DIR: str(blocked / "sub")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    directory, mode = done.stdout.split()
+    assert mode == "0o700" and not os.path.exists(directory)
