@@ -4,12 +4,20 @@ Reading: :func:`read_checkpoint_blob` (``torch.load`` with errors that name the 
 :func:`load_pretrained` (``--pretrained``: a fine-tuning start) and :func:`resume_checkpoint`
 (``--resume``). Writing, into ``--output``: :func:`write_epoch` (``last.pt`` / ``best.pt``
 atomically, ``metrics.jsonl``, ``curves.png``); :func:`read_metrics` reads the metrics back.
+:class:`RunOutput` guards the directory: written before any work is done, locked for one run
+(a second run into it refuses, naming the first), an existing run continued only with
+``--resume`` and replaced only with ``--overwrite``, and a run that failed before writing
+anything leaves no directory behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -17,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "RUN_FILES",
+    "RunOutput",
     "load_pretrained",
     "read_checkpoint_blob",
     "read_metrics",
@@ -74,10 +84,45 @@ def load_pretrained(model: nn.Module, path: str) -> str:
     return note + (f"; classifier re-initialised ({len(fresh)} tensors)" if fresh else "")
 
 
-def resume_checkpoint(path, model, optimizer, scheduler, scaler, ema) -> tuple[int, float]:
+def _model_options(blob: dict) -> dict | None:
+    """``{"model": name, "options": resolved overrides}`` a training checkpoint was made with."""
+    if isinstance(blob.get("model_config"), dict):
+        return blob["model_config"]
+    args = blob.get("args")
+    if isinstance(args, dict) and "model" in args:  # before checkpoints carried model_config
+        return {"model": args["model"], "options": dict(args.get("model_overrides") or {})}
+    return None
+
+
+def _option_changes(was: dict, now: dict) -> list[str]:
+    changes = []
+    if was["model"] != now["model"]:
+        changes.append(f"--model {was['model']} -> {now['model']}")
+    keys = sorted(set(was["options"]) | set(now["options"]))
+    for key in keys:
+        a, b = was["options"].get(key, "(default)"), now["options"].get(key, "(default)")
+        if a != b:
+            changes.append(f"{key}={a} -> {b}")
+    return changes
+
+
+def resume_checkpoint(
+    path, model, optimizer, scheduler, scaler, ema, model_config: dict | None = None
+) -> tuple[int, float]:
     """Load ``last.pt`` at ``path`` into the run's model, optimiser, scheduler, scaler and EMA;
-    returns ``(epochs done, best top-1)``."""
+    returns ``(epochs done, best top-1)``. With ``model_config`` (``{"model", "options"}`` of
+    this run), a checkpoint of another model or other model options is refused, naming them."""
     blob = read_checkpoint_blob(path, "--resume")
+    if not isinstance(blob, dict) or "model" not in blob or "optimizer" not in blob:
+        raise ValueError(f"--resume: {path} is not a last.pt written by clustervig.train")
+    recorded = _model_options(blob)
+    if model_config is not None and recorded is not None:
+        changes = _option_changes(recorded, model_config)
+        if changes:
+            raise ValueError(
+                f"--resume: {path} was trained with other model options ({'; '.join(changes)}); "
+                "resume with the options it was trained with, or start a new run"
+            )
     try:
         model.load_state_dict(blob["model"])
         optimizer.load_state_dict(blob["optimizer"])
@@ -86,17 +131,31 @@ def resume_checkpoint(path, model, optimizer, scheduler, scaler, ema) -> tuple[i
         if ema is not None and blob.get("ema") is not None:
             ema.module.load_state_dict(blob["ema"])
     except (KeyError, RuntimeError, TypeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise ValueError(
-            f"--resume: {path} is not a checkpoint of this run's model and options ({err})"
+            f"--resume: {path} is not a checkpoint of this run's model and options ({first})"
         ) from None
     return int(blob["epoch"]), float(blob.get("best_top1", -1.0))
 
 
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """A private temporary file beside ``path`` (unique: two writers never share one), renamed
+    over ``path`` when the block succeeds and removed when it fails."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _save(path: Path, blob: dict) -> None:
     """Write atomically: a crash mid-write never leaves a truncated checkpoint."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    with _replacing(path) as tmp:
+        torch.save(blob, tmp)
 
 
 def _plot(metrics: list[dict], path: Path) -> None:
@@ -118,10 +177,11 @@ def _plot(metrics: list[dict], path: Path) -> None:
     right.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy", ylim=(0, 100))
     right.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with _replacing(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def write_epoch(out: Path, checkpoint: dict, improved: bool, metrics: list[dict]) -> None:
@@ -129,9 +189,8 @@ def write_epoch(out: Path, checkpoint: dict, improved: bool, metrics: list[dict]
     _save(out / "last.pt", checkpoint)
     if improved:
         _save(out / "best.pt", checkpoint)
-    tmp = out / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in metrics))
-    os.replace(tmp, out / "metrics.jsonl")
+    with _replacing(out / "metrics.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in metrics))
     _plot(metrics, out / "curves.png")
 
 
@@ -140,3 +199,81 @@ def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+#: What a run writes into ``--output``.
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "curves.png")
+_LOCK = ".clustervig-train.lock"
+
+
+class RunOutput:
+    """``--output`` of one training run, held for the run's length (``with RunOutput(...)``).
+
+    On entry: the directory is created (or found) and written to, or a ``ValueError`` names
+    ``--output`` and why; a lock is taken, so a second run into the same directory refuses with
+    the first one's process id; an earlier run's files are kept unless ``resume`` (continue it)
+    or ``overwrite`` (remove them now). On exit after a failure, a directory this run created
+    and left with nothing but its lock is removed."""
+
+    def __init__(self, path: str | Path, resume: bool = False, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.resume, self.overwrite = resume, overwrite
+        self._handle = None
+        self._created = False
+
+    def __enter__(self) -> RunOutput:
+        import fcntl
+
+        path = self.path
+        self._created = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            if not path.is_dir():
+                raise NotADirectoryError(f"{path} is not a directory")
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+                pass
+            self._handle = open(path / _LOCK, "a+")  # noqa: SIM115 - held until __exit__
+        except OSError as err:
+            raise ValueError(f"--output: cannot write to {path} ({_os_reason(err)})") from None
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "another process"
+            self._handle.close()
+            self._handle = None
+            raise ValueError(
+                f"--output: {path} is in use by another training run ({holder}); wait for it "
+                "to finish or choose another --output"
+            ) from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self._handle.flush()
+        existing = [name for name in RUN_FILES if (path / name).exists()]
+        if existing and not self.resume:
+            if not self.overwrite:
+                self._release()
+                raise ValueError(
+                    f"--output: {path} already holds a run ({', '.join(existing)}); continue "
+                    f"it with --resume {path / 'last.pt'} or replace it with --overwrite"
+                )
+            for name in existing:
+                (path / name).unlink()
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self._release()
+        if kind is not None and self._created:
+            left = [p for p in self.path.iterdir() if p.name != _LOCK] if self.path.is_dir() else []
+            if not left:
+                shutil.rmtree(self.path, ignore_errors=True)
+
+    def _release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file releases the lock
+            self._handle = None
+
+
+def _os_reason(err: OSError) -> str:
+    return err.strerror or str(err) if err.errno is not None else str(err)

@@ -44,6 +44,7 @@ from ._config import parse_override
 from .cli import user_error
 from .distributed import Distributed, sync_batch_norm
 from .run_files import (
+    RunOutput,
     load_pretrained,
     read_checkpoint_blob,
     read_metrics,
@@ -202,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--output", required=True, help="directory for checkpoints and metrics")
     g.add_argument("--resume", help="a last.pt to continue from")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in --output (without it, such a run is kept and this one "
+        "refuses to start)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--version", action="version", version=f"clustervig {__version__}")
     return p
@@ -463,6 +470,23 @@ def _progress(total: int, epoch: int, epochs: int, enabled: bool):
 # ---------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict:
     """Train as ``args`` say; returns the last epoch's metrics."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: a GPU each
+        torch.cuda.set_device(device)
+    dist = Distributed(device)
+    try:
+        out = Path(args.output)
+        with contextlib.ExitStack() as held:
+            if dist.main:  # checked and locked before any work; other processes write nothing
+                held.enter_context(RunOutput(out, bool(args.resume), args.overwrite))
+            return _run(args, device, dist, out)
+    finally:
+        dist.close()
+
+
+def _run(args, device: torch.device, dist: Distributed, out: Path) -> dict:
+    """The run itself, with ``out`` held (:class:`RunOutput`) by the main process."""
     from timm.data import Mixup
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
@@ -470,189 +494,185 @@ def run(args: argparse.Namespace) -> dict:
 
     from .data import check_image_folder
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: a GPU each
-        torch.cuda.set_device(device)
-    dist = Distributed(device)
-    try:
-        classes = check_image_folder(args.data)
-        out = Path(args.output)
+    classes = check_image_folder(args.data)
+    _seed(args.seed)
+    args.model_overrides = resolved_overrides(args, len(classes))
+    model_config = {"model": args.model, "options": dict(args.model_overrides)}
+    model = build_model(args, len(classes))
+    if args.pretrained:
+        note = load_pretrained(model, args.pretrained)
         if dist.main:
-            out.mkdir(parents=True, exist_ok=True)
-        _seed(args.seed)
-        args.model_overrides = resolved_overrides(args, len(classes))
-        model = build_model(args, len(classes))
-        if args.pretrained:
-            note = load_pretrained(model, args.pretrained)
-            if dist.main:
-                print(f"--pretrained: {note}", file=sys.stderr)
-        if args.grad_checkpointing:
-            model.set_grad_checkpointing(True)
-        model.to(device)
-        if dist.enabled:
-            model = sync_batch_norm(model, device)
-        teacher = _teacher(args, len(classes), device)
-        train_loader, val_loader, sampler, n_train, n_val = _loaders(args, dist, classes)
-        steps_per_epoch = len(train_loader)
-        global_batch = args.batch_size * dist.world
-        lr = args.lr
-        if _LR_REFERENCE_BATCH[args.recipe]:
-            lr = lr * global_batch / _LR_REFERENCE_BATCH[args.recipe]
-        optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=args.weight_decay)
-        scheduler = CosineLRScheduler(
-            optimizer,
-            t_initial=max(1, args.epochs * steps_per_epoch),
-            lr_min=args.min_lr,
-            warmup_t=int(args.warmup_epochs * steps_per_epoch),
-            warmup_lr_init=lr / 100,
-            t_in_epochs=False,
+            print(f"--pretrained: {note}", file=sys.stderr)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(device)
+    if dist.enabled:
+        model = sync_batch_norm(model, device)
+    teacher = _teacher(args, len(classes), device)
+    train_loader, val_loader, sampler, n_train, n_val = _loaders(args, dist, classes)
+    steps_per_epoch = len(train_loader)
+    global_batch = args.batch_size * dist.world
+    lr = args.lr
+    if _LR_REFERENCE_BATCH[args.recipe]:
+        lr = lr * global_batch / _LR_REFERENCE_BATCH[args.recipe]
+    optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=args.weight_decay)
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, args.epochs * steps_per_epoch),
+        lr_min=args.min_lr,
+        warmup_t=int(args.warmup_epochs * steps_per_epoch),
+        warmup_lr_init=lr / 100,
+        t_in_epochs=False,
+    )
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    ema = ModelEmaV3(model, decay=args.ema_decay) if args.ema else None
+    mixup = None
+    if args.mixup > 0 or args.cutmix > 0:
+        mixup = Mixup(
+            mixup_alpha=args.mixup,
+            cutmix_alpha=args.cutmix,
+            label_smoothing=args.smoothing,
+            num_classes=len(classes),
         )
-        amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-        scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-        ema = ModelEmaV3(model, decay=args.ema_decay) if args.ema else None
-        mixup = None
-        if args.mixup > 0 or args.cutmix > 0:
-            mixup = Mixup(
-                mixup_alpha=args.mixup,
-                cutmix_alpha=args.cutmix,
-                label_smoothing=args.smoothing,
-                num_classes=len(classes),
+    start_epoch, best_top1, metrics = 0, -1.0, []
+    if args.resume:
+        start_epoch, best_top1 = resume_checkpoint(
+            args.resume, model, optimizer, scheduler, scaler, ema, model_config
+        )
+        metrics = read_metrics(out / "metrics.jsonl")[:start_epoch]
+    train_model = model
+    if dist.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if args.compile:
+        train_model = torch.compile(train_model)
+    if dist.main:
+        print(
+            f"{args.model}: {len(classes)} classes, {n_train} train / {n_val} val images, "
+            f"{args.img_size} px, {dist.world} process(es) x batch {args.batch_size}, "
+            f"{steps_per_epoch} steps an epoch, recipe {args.recipe}, lr {lr:.3g}, "
+            f"device {device}",
+            file=sys.stderr,
+        )
+    last: dict = {}
+    for epoch in range(start_epoch, args.epochs):
+        _seed(args.seed + 1000 * epoch + dist.rank)  # an epoch depends on its number only
+        sampler.set_epoch(epoch)
+        model.train()
+        loss_sum = seen = skipped_images = skipped_steps = 0.0
+        started = time.perf_counter()
+        bar = _progress(
+            len(sampler) * dist.world, epoch, args.epochs, dist.main and not args.no_progress
+        )
+        for step, (images, targets, bad) in enumerate(train_loader):
+            skipped_images += bad
+            # All but one image unreadable: batch norm needs two. Several processes must all
+            # take every step (their collectives pair up); there the norm sees every
+            # process's images, so one is enough.
+            if len(targets) < (1 if dist.enabled else 2):
+                continue
+            images, targets = images.to(device), targets.to(device)
+            soft = None
+            if mixup is not None and len(targets) % 2 == 0:
+                images, soft = mixup(images, targets)
+            with _autocast(device, amp_dtype):
+                outputs = train_model(images)
+                loss = _loss(args, outputs, targets, soft, images, teacher)
+            optimizer.zero_grad(set_to_none=True)
+            value = loss.item()
+            if not math.isfinite(value) and args.amp != "fp16":
+                skipped_steps += 1  # fp16: the scaler skips the step and lowers its scale
+                warnings.warn(
+                    f"non-finite loss at epoch {epoch + 1} step {step}: skipped", stacklevel=1
+                )
+                continue
+            scaler.scale(loss).backward()
+            if args.clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+            scale_before = scaler.get_scale() if scaler.is_enabled() else 1.0
+            scaler.step(optimizer)
+            scaler.update()
+            if scaler.is_enabled() and scaler.get_scale() < scale_before:
+                skipped_steps += 1  # inf/NaN gradients: fp16 overflow, step skipped
+            elif math.isfinite(value):
+                loss_sum += value * len(targets)
+                seen += len(targets)
+            scheduler.step_update(epoch * steps_per_epoch + step + 1)
+            if ema is not None:
+                ema.update(model, step=epoch * steps_per_epoch + step)
+            bar.update(len(targets) * dist.world)
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            _on_step(epoch, step)
+        bar.close()
+        epoch_s = time.perf_counter() - started
+        loss_sum, seen, skipped_images, skipped_steps = dist.sum(
+            [loss_sum, seen, skipped_images, skipped_steps]
+        )
+        if not seen:  # nothing trained: no checkpoint may claim otherwise
+            raise ValueError(
+                f"epoch {epoch + 1} trained on no image ({int(skipped_images)} unreadable, "
+                f"{int(skipped_steps)} steps skipped for a non-finite loss); check --data"
             )
-        start_epoch, best_top1, metrics = 0, -1.0, []
-        if args.resume:
-            start_epoch, best_top1 = resume_checkpoint(
-                args.resume, model, optimizer, scheduler, scaler, ema
-            )
-            metrics = read_metrics(out / "metrics.jsonl")[:start_epoch]
-        train_model = model
-        if dist.enabled:
-            train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        if args.compile:
-            train_model = torch.compile(train_model)
+        recalibrate_batch_norm(
+            model,
+            train_loader,
+            device,
+            amp_dtype,
+            args.bn_recalibrate,
+            min_batch=1 if dist.enabled else 2,
+        )
+        val = evaluate(model, val_loader, device, amp_dtype, dist)
+        last = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "val_loss": val["loss"],
+            "val_top1": val["top1"],
+            "val_top5": val["top5"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": seen / max(epoch_s, 1e-9),
+            "epoch_s": epoch_s,
+            "skipped_images": int(skipped_images + val["skipped"]),
+            "skipped_steps": int(skipped_steps),
+        }
+        if ema is not None:
+            ema_val = evaluate(ema.module, val_loader, device, amp_dtype, dist)
+            last["ema_val_top1"] = ema_val["top1"]
+            last["ema_val_top5"] = ema_val["top5"]
+        improved = last["val_top1"] > best_top1
+        best_top1 = max(best_top1, last["val_top1"])
         if dist.main:
+            metrics.append(last)
+            checkpoint = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "ema": ema.module.state_dict() if ema is not None else None,
+                "epoch": last["epoch"],
+                "best_top1": best_top1,
+                "args": dict(vars(args)),
+                "model_config": model_config,
+                "num_classes": len(classes),
+                "classes": classes,
+                "version": __version__,
+            }
+            write_epoch(out, checkpoint, improved, metrics)
             print(
-                f"{args.model}: {len(classes)} classes, {n_train} train / {n_val} val images, "
-                f"{args.img_size} px, {dist.world} process(es) x batch {args.batch_size}, "
-                f"{steps_per_epoch} steps an epoch, recipe {args.recipe}, lr {lr:.3g}, "
-                f"device {device}",
+                f"epoch {epoch + 1}/{args.epochs}: train loss {last['train_loss']:.4f}, "
+                f"val loss {last['val_loss']:.4f}, top-1 {last['val_top1']:.2f}%, top-5 "
+                f"{last['val_top5']:.2f}%, {last['images_per_s']:.1f} img/s, "
+                f"{epoch_s:.1f} s"
+                + (
+                    f", skipped {last['skipped_images']} unreadable image(s)"
+                    if last["skipped_images"]
+                    else ""
+                ),
                 file=sys.stderr,
             )
-        last: dict = {}
-        for epoch in range(start_epoch, args.epochs):
-            _seed(args.seed + 1000 * epoch + dist.rank)  # an epoch depends on its number only
-            sampler.set_epoch(epoch)
-            model.train()
-            loss_sum = seen = skipped_images = skipped_steps = 0.0
-            started = time.perf_counter()
-            bar = _progress(
-                len(sampler) * dist.world, epoch, args.epochs, dist.main and not args.no_progress
-            )
-            for step, (images, targets, bad) in enumerate(train_loader):
-                skipped_images += bad
-                # All but one image unreadable: batch norm needs two. Several processes must all
-                # take every step (their collectives pair up); there the norm sees every
-                # process's images, so one is enough.
-                if len(targets) < (1 if dist.enabled else 2):
-                    continue
-                images, targets = images.to(device), targets.to(device)
-                soft = None
-                if mixup is not None and len(targets) % 2 == 0:
-                    images, soft = mixup(images, targets)
-                with _autocast(device, amp_dtype):
-                    outputs = train_model(images)
-                    loss = _loss(args, outputs, targets, soft, images, teacher)
-                optimizer.zero_grad(set_to_none=True)
-                value = loss.item()
-                if not math.isfinite(value) and args.amp != "fp16":
-                    skipped_steps += 1  # fp16: the scaler skips the step and lowers its scale
-                    warnings.warn(
-                        f"non-finite loss at epoch {epoch + 1} step {step}: skipped", stacklevel=1
-                    )
-                    continue
-                scaler.scale(loss).backward()
-                if args.clip_grad:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-                scale_before = scaler.get_scale() if scaler.is_enabled() else 1.0
-                scaler.step(optimizer)
-                scaler.update()
-                if scaler.is_enabled() and scaler.get_scale() < scale_before:
-                    skipped_steps += 1  # inf/NaN gradients: fp16 overflow, step skipped
-                elif math.isfinite(value):
-                    loss_sum += value * len(targets)
-                    seen += len(targets)
-                scheduler.step_update(epoch * steps_per_epoch + step + 1)
-                if ema is not None:
-                    ema.update(model, step=epoch * steps_per_epoch + step)
-                bar.update(len(targets) * dist.world)
-                bar.set_postfix(loss=f"{value:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-                _on_step(epoch, step)
-            bar.close()
-            epoch_s = time.perf_counter() - started
-            loss_sum, seen, skipped_images, skipped_steps = dist.sum(
-                [loss_sum, seen, skipped_images, skipped_steps]
-            )
-            recalibrate_batch_norm(
-                model,
-                train_loader,
-                device,
-                amp_dtype,
-                args.bn_recalibrate,
-                min_batch=1 if dist.enabled else 2,
-            )
-            val = evaluate(model, val_loader, device, amp_dtype, dist)
-            last = {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum / max(seen, 1),
-                "val_loss": val["loss"],
-                "val_top1": val["top1"],
-                "val_top5": val["top5"],
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": seen / max(epoch_s, 1e-9),
-                "epoch_s": epoch_s,
-                "skipped_images": int(skipped_images + val["skipped"]),
-                "skipped_steps": int(skipped_steps),
-            }
-            if ema is not None:
-                ema_val = evaluate(ema.module, val_loader, device, amp_dtype, dist)
-                last["ema_val_top1"] = ema_val["top1"]
-                last["ema_val_top5"] = ema_val["top5"]
-            improved = last["val_top1"] > best_top1
-            best_top1 = max(best_top1, last["val_top1"])
-            if dist.main:
-                metrics.append(last)
-                checkpoint = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "ema": ema.module.state_dict() if ema is not None else None,
-                    "epoch": last["epoch"],
-                    "best_top1": best_top1,
-                    "args": dict(vars(args)),
-                    "num_classes": len(classes),
-                    "classes": classes,
-                    "version": __version__,
-                }
-                write_epoch(out, checkpoint, improved, metrics)
-                print(
-                    f"epoch {epoch + 1}/{args.epochs}: train loss {last['train_loss']:.4f}, "
-                    f"val loss {last['val_loss']:.4f}, top-1 {last['val_top1']:.2f}%, top-5 "
-                    f"{last['val_top5']:.2f}%, {last['images_per_s']:.1f} img/s, "
-                    f"{epoch_s:.1f} s"
-                    + (
-                        f", skipped {last['skipped_images']} unreadable image(s)"
-                        if last["skipped_images"]
-                        else ""
-                    ),
-                    file=sys.stderr,
-                )
-        return last
-    finally:
-        dist.close()
+    return last
 
 
 def main(argv: list[str] | None = None) -> int:
