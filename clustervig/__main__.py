@@ -13,7 +13,7 @@ from ._config import parse_override
 from .cli import canonical_model_name, user_error
 from .counting import count_gmacs, count_parameters
 from .paper import COUNTER_GMACS, PAPER_GMACS, PAPER_PARAMS_M
-from .registry import DISPLAY_NAMES, canonical_name, create_model, list_models
+from .registry import DISPLAY_NAMES, create_model, list_models
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -59,29 +59,55 @@ def _convert(argv: list[str]) -> int:
     )
     parser.add_argument("source", help="checkpoint to read (.pth, .pt or .safetensors)")
     parser.add_argument("destination", help="file to write (.safetensors)")
-    parser.add_argument("--model", required=True, help="the model it belongs to, e.g. cvig_ti")
+    parser.add_argument(
+        "--model",
+        help="the model it belongs to, e.g. cvig_ti (default: the one the checkpoint records; "
+        "needed for the authors' and the official ViG files)",
+    )
+    _model_args(parser)
+    parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
+    args = parser.parse_args(argv)
+    import json
+
+    from safetensors.torch import save_file
+
+    from .checkpoint import (
+        CONFIG_METADATA_KEY,
+        load_checkpoint,
+        model_options,
+        recorded_config,
+    )
+
+    where = "python -m clustervig convert"
+    try:
+        overrides = dict(parse_override(item) for item in args.model_args)
+        recorded = recorded_config(args.source)
+        if args.model is None and recorded is None:
+            raise ValueError("--model: the checkpoint does not say which model it holds; name it")
+        name, options = model_options(args.model, overrides, recorded, where)
+        model = create_model(name, **options)
+        report = load_checkpoint(model, args.source)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        metadata = {CONFIG_METADATA_KEY: json.dumps({"model": name, "options": options})}
+        try:
+            save_file(state, args.destination, metadata=metadata)
+        except OSError as err:
+            raise ValueError(f"cannot write {args.destination} ({err.strerror or err})") from None
+    except ValueError as err:
+        return user_error(where, err)
+    print(f"{report}\nwrote {args.destination} ({len(state)} tensors, {name} {options})")
+    return 0
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-args",
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="config overrides of the model (e.g. groups=1 num_classes=10)",
+        help="config overrides of the model (e.g. groups=1 num_classes=10); a checkpoint that "
+        "records its model fills in the rest",
     )
-    args = parser.parse_args(argv)
-    from safetensors.torch import save_file
-
-    from .checkpoint import load_checkpoint
-
-    try:
-        overrides = dict(parse_override(item) for item in args.model_args)
-        model = create_model(canonical_name(args.model), **overrides)
-        report = load_checkpoint(model, args.source)
-    except ValueError as err:
-        return user_error("python -m clustervig convert", err)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, args.destination)
-    print(f"{report}\nwrote {args.destination} ({len(state)} tensors)")
-    return 0
 
 
 def _export(argv: list[str]) -> int:
@@ -91,30 +117,38 @@ def _export(argv: list[str]) -> int:
         description="Export a model for deployment: ONNX (the DEGC ops translated to standard "
         "operators, k-means as a fixed count of iterations) or a torch.export program (.pt2).",
     )
-    parser.add_argument("model", help="model name, e.g. cvig_ti")
+    parser.add_argument(
+        "model", nargs="?", help="model name, e.g. cvig_ti (default: the --checkpoint's model)"
+    )
     parser.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
-    parser.add_argument("--img-size", type=int, default=224, help="input size (default 224)")
+    parser.add_argument(
+        "--img-size", type=int, help="input size (default: the checkpoint's, else 224)"
+    )
     parser.add_argument("--batch-size", type=int, default=1, help="input batch (default 1)")
     parser.add_argument("--checkpoint", help="weights to export (default: random weights)")
+    _model_args(parser)
     parser.add_argument("--out", help="file to write (default NAME.onnx or NAME.pt2)")
+    parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
     args = parser.parse_args(argv)
-    from .checkpoint import load_checkpoint
+    from .checkpoint import model_from_checkpoint
     from .export import export_onnx, export_program
 
+    where = "python -m clustervig export"
     try:
-        name = canonical_name(args.model)
-        model = create_model(name, img_size=args.img_size)
-        if args.checkpoint:
-            load_checkpoint(model, args.checkpoint)
+        overrides = dict(parse_override(item) for item in args.model_args)
+        if args.img_size is not None:
+            overrides["img_size"] = args.img_size
+        name, model, options = model_from_checkpoint(args.model, overrides, args.checkpoint, where)
+        img_size = int(options.get("img_size", 224))
         out = args.out or f"{name}.{args.format}"
         write = export_onnx if args.format == "onnx" else export_program
-        path = write(model, out, img_size=args.img_size, batch=args.batch_size)
+        try:
+            path = write(model, out, img_size=img_size, batch=args.batch_size)
+        except OSError as err:
+            raise ValueError(f"--out: cannot write {out} ({err.strerror or err})") from None
     except ValueError as err:
-        return user_error("python -m clustervig export", err)
-    print(
-        f"wrote {path} ({args.format}, input ({args.batch_size}, 3, {args.img_size}, "
-        f"{args.img_size}))"
-    )
+        return user_error(where, err)
+    print(f"wrote {path} ({args.format}, input ({args.batch_size}, 3, {img_size}, {img_size}))")
     return 0
 
 

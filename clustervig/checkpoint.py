@@ -26,7 +26,22 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LAYOUTS", "LoadReport", "convert_state_dict", "detect_layout", "load_checkpoint"]
+__all__ = [
+    "LAYOUTS",
+    "LoadReport",
+    "convert_state_dict",
+    "detect_layout",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "model_options",
+    "recorded_config",
+]
+
+#: The safetensors metadata key under which ``convert`` records the model a file holds.
+CONFIG_METADATA_KEY = "clustervig_model_config"
+#: Options that change training, not the weights' shapes or meaning: a user's value wins over a
+#: checkpoint's without a conflict.
+TRAINING_ONLY_OPTIONS = ("drop_path_rate", "drop_rate")
 
 LAYOUTS = ("clustervig", "clustervig-authors", "vig-official")
 
@@ -206,25 +221,148 @@ def _reshape(key: str, new: str, value: Tensor, target: Tensor) -> Tensor:
     )
 
 
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """The classifier head(s) of ``model`` as key prefixes (timm's ``pretrained_cfg``
+    ``classifier``, plus the distillation head)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") or "head.head"
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return tuple(f"{n}." for n in (*names, "head.dist_head"))
+
+
+def _keys(keys: list[str], shown: int = 5) -> str:
+    more = f", ... ({len(keys)} in all)" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
 def load_checkpoint(
-    model: nn.Module, source: str | Path | dict, strict: bool = True, layout: str | None = None
+    model: nn.Module,
+    source: str | Path | dict,
+    strict: bool = True,
+    layout: str | None = None,
+    loose: tuple[str, ...] = (),
 ) -> LoadReport:
     """Load ``source`` (a file or a state dict in any of :data:`LAYOUTS`) into ``model``.
 
     ``strict`` (default): every key of the model must be filled and none may be left over,
-    else ``ValueError`` with the keys. Buffers the model rebuilds (relative-position tables)
-    may be absent. Returns what was loaded, missing, unexpected and dropped.
+    else ``ValueError`` with the first keys and their count. ``strict=False`` loosens only the
+    classifier head(s) (another class count: the head stays as built) and the key prefixes in
+    ``loose``: any other key missing, left over or of another shape is still a ``ValueError``,
+    never a silently random backbone layer. Buffers the model rebuilds (relative-position
+    tables) may be absent. Returns what was loaded, missing, unexpected and dropped.
     """
     state = read_state_dict(source)
     converted, found, dropped = convert_state_dict(state, model, layout, strict)
     ours = model.state_dict()
     rebuilt = {k for k in ours if k.endswith("relative_pos")}
-    if not strict:
-        converted = {k: v for k, v in converted.items() if k in ours}
     missing = sorted(k for k in ours if k not in converted and k not in rebuilt)
     unexpected = sorted(k for k in converted if k not in ours)
     report = LoadReport(found, missing, unexpected, dropped)
     if strict and (missing or unexpected):
         raise ValueError(f"load_checkpoint: the checkpoint does not fit the model ({report})")
+    if not strict:
+        allowed = _classifier_prefixes(model) + tuple(loose)
+        bad_missing = [k for k in missing if not k.startswith(allowed)]
+        bad_unexpected = [k for k in unexpected if not k.startswith(allowed)]
+        if bad_missing or bad_unexpected:
+            parts = [f"missing {_keys(bad_missing)}"] if bad_missing else []
+            parts += [f"unexpected {_keys(bad_unexpected)}"] if bad_unexpected else []
+            raise ValueError(
+                "load_checkpoint: strict=False loosens only the classifier "
+                f"({', '.join(p.rstrip('.') for p in allowed)}); the checkpoint does not fit "
+                f"the rest of {type(model).__name__} ({'; '.join(parts)}); a checkpoint of "
+                "another model or variant? (loose=(...) names more key prefixes to allow)"
+            )
+        converted = {k: v for k, v in converted.items() if k in ours}
     model.load_state_dict({**{k: ours[k] for k in rebuilt}, **converted}, strict=False)
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints that say which model they hold
+# --------------------------------------------------------------------------------------------
+def recorded_config(source: str | Path | dict) -> dict | None:
+    """``{"model": name, "options": {...}}`` of the model a checkpoint holds, where it says so:
+    training checkpoints (``model_config``, or the ``args`` of older ones) and safetensors
+    written by ``python -m clustervig convert`` (their metadata); ``None`` otherwise."""
+    import json
+
+    blob = source
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            return None
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(path), "pt") as f:
+                    text = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
+                return json.loads(text) if text else None
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - unreadable: the loader reports it
+            return None
+    if not isinstance(blob, dict):
+        return None
+    config = blob.get("model_config")
+    if isinstance(config, dict) and isinstance(config.get("model"), str):
+        return {"model": config["model"], "options": dict(config.get("options") or {})}
+    args = blob.get("args")
+    if isinstance(args, dict) and isinstance(args.get("model"), str) and "model" in blob:
+        return {"model": args["model"], "options": dict(args.get("model_overrides") or {})}
+    return None
+
+
+def model_options(
+    name: str | None, options: dict, recorded: dict | None, where: str = "create_model"
+) -> tuple[str, dict]:
+    """``(name, options)`` to build the model of a checkpoint that records ``recorded``: the
+    user's ``name`` and ``options`` over the recorded ones; a name or option that contradicts
+    the checkpoint is a ``ValueError`` naming it (training-only options such as the drop-path
+    rate are the user's to change)."""
+    from .registry import canonical_name
+
+    if recorded is None:
+        if name is None:
+            raise ValueError(f"{where}: the checkpoint does not say which model it holds; name it")
+        return canonical_name(name), dict(options)
+    held = canonical_name(recorded["model"])
+    if name is not None and canonical_name(name) != held:
+        raise ValueError(f"{where}: the checkpoint holds {held}, not {canonical_name(name)}")
+    conflicts = [
+        f"{key}={options[key]!r} (the checkpoint's: {value!r})"
+        for key, value in recorded["options"].items()
+        if key in options and options[key] != value and key not in TRAINING_ONLY_OPTIONS
+    ]
+    if conflicts:
+        raise ValueError(
+            f"{where}: options that contradict the checkpoint: {', '.join(conflicts)}; leave "
+            "them out to build the model it holds"
+        )
+    return held, {**recorded["options"], **options}
+
+
+def model_from_checkpoint(
+    name: str | None,
+    options: dict,
+    checkpoint: str | Path | None,
+    where: str,
+    default: str | None = None,
+) -> tuple[str, nn.Module, dict]:
+    """``(name, model, options)`` for a command that takes ``--model``, ``--model-args`` and
+    ``--checkpoint``: the model the checkpoint records (:func:`model_options`), built and
+    loaded strictly; else the named model (or ``default``), with random weights when there is
+    no checkpoint."""
+    from .registry import create_model
+
+    recorded = recorded_config(checkpoint) if checkpoint else None
+    if name is None and recorded is None:
+        name = default
+    if name is None and recorded is None:
+        what = "the checkpoint does not say which model it holds" if checkpoint else "no model"
+        raise ValueError(f"{where}: {what}; give the model's name (e.g. cvig_ti)")
+    name, options = model_options(name, options, recorded, where)
+    model = create_model(name, **options)
+    if checkpoint:
+        load_checkpoint(model, checkpoint)
+    return name, model, options

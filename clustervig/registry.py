@@ -77,13 +77,21 @@ def create_model(
     maps at strides 4, 8, 16 and 32 picked by ``out_indices`` (for detection and segmentation).
     ``pretrained`` is a checkpoint file in any layout :func:`clustervig.load_checkpoint` reads
     (loaded strictly; no weights are downloaded, so ``True`` is an error, not a silent no-op).
+    A checkpoint that records its model (this project's training checkpoints and converted
+    files) rebuilds that model: its options (image size, grid, classes, ``--model-args``) fill
+    in those not given, and one given otherwise is an error naming it.
     """
     if pretrained is True:
         raise ValueError(
             "create_model: argument 'pretrained' must be a checkpoint path (no weights are "
             "downloaded); got True"
         )
-    model = _BUILDERS[canonical_name(name)](**kwargs)
+    name = canonical_name(name)
+    if pretrained:
+        from .checkpoint import model_options, recorded_config
+
+        name, kwargs = model_options(name, kwargs, recorded_config(pretrained))
+    model = _BUILDERS[name](**kwargs)
     if pretrained:
         from .checkpoint import load_checkpoint
 

@@ -22,13 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from ._config import parse_override
 from .baselines.graph import ViGGrapher
 from .baselines.pvig import PViG
+from .checkpoint import model_from_checkpoint
 from .cli import user_error
 from .conventions import IMAGENET_MEAN, IMAGENET_STD
 from .degc import DEGC
 from .model import CViG
-from .registry import canonical_name, create_model
 
 __all__ = ["LayerGraph", "degc_graph", "draw", "load_image", "main", "pvig_graph"]
 
@@ -207,26 +208,43 @@ def main(argv: list[str] | None = None) -> int:
         "layer of a ClusterViG model (or the dense k-NN of a Pyramid ViG model) over an image.",
     )
     parser.add_argument("image", type=Path, help="an image file (PNG, JPEG, ...)")
-    parser.add_argument("--model", default="cvig_ti", help="model name (default cvig_ti)")
     parser.add_argument(
-        "--checkpoint", type=Path, help="a state dict for the model (default: random weights)"
+        "--model", help="model name (default: the --checkpoint's model, else cvig_ti)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="weights for the model, in any layout load_checkpoint reads (default: random)",
+    )
+    parser.add_argument(
+        "--model-args",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides of the model; a checkpoint that records its model fills in the rest",
     )
     parser.add_argument("--layer", type=int, default=0, help="DEGC layer, 0-based (default 0)")
     parser.add_argument(
         "--node", type=_node_arg, help="the patch as X,Y on the node grid (default: the centre)"
     )
-    parser.add_argument("--img-size", type=int, default=224, help="input size (default 224)")
+    parser.add_argument(
+        "--img-size", type=int, help="input size (default: the checkpoint's, else 224)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--out", type=Path, default=Path("graph.png"), help="PNG to write")
     parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
     args = parser.parse_args(argv)
     try:
-        name = canonical_name(args.model)
+        overrides = dict(parse_override(item) for item in args.model_args)
+        if args.img_size is not None:
+            overrides["img_size"] = args.img_size
         torch.manual_seed(args.seed)
-        model = create_model(name, img_size=args.img_size).eval()
-        if args.checkpoint is not None:
-            _load_state(model, args.checkpoint)
-        pixels, x = load_image(args.image, args.img_size)
+        name, model, options = model_from_checkpoint(
+            args.model, overrides, args.checkpoint, "visualize", default="cvig_ti"
+        )
+        model.eval()
+        img_size = int(options.get("img_size", 224))
+        pixels, x = load_image(args.image, img_size)
         if isinstance(model, CViG):
             graph = degc_graph(model, x, args.layer, args.node)
         elif isinstance(model, PViG):
@@ -237,20 +255,6 @@ def main(argv: list[str] | None = None) -> int:
         return user_error("python -m clustervig.visualize", err)
     print(f"wrote {draw(pixels, graph, args.out)}")
     return 0
-
-
-def _load_state(model: nn.Module, path: Path) -> None:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a corrupt or foreign file: say so
-        raise ValueError(f"visualize: cannot read checkpoint {str(path)!r} ({err})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError) as err:
-        first = str(err).splitlines()[0]
-        raise ValueError(f"visualize: {str(path)!r} does not fit the model ({first})") from None
 
 
 if __name__ == "__main__":
