@@ -288,6 +288,19 @@ def _summary(cache, identity, outcomes, cached, existing, interpret: bool) -> No
         )
 
 
+def _unwritable(directory) -> str | None:
+    """Why the cache cannot be written to ``directory`` (None: it can)."""
+    import tempfile
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        return f"{directory} cannot be written ({err.strerror or err}); give --cache-dir"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--interpret" in argv:
@@ -296,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TRITON_INTERPRET"] = "1"
     parser = _parser()
     args = parser.parse_args(argv)
+    from clustervig.cli import environment_error
+
+    if (code := environment_error("python -m autotune")) is not None:
+        return code
     if args.cache_dir:
         os.environ["CLUSTERVIG_AUTOTUNE_DIR"] = args.cache_dir
 
@@ -329,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
         return _gpu_dry_run(args, parser, tunables())
     device = torch.device("cuda") if args.gpu else torch.device("cpu")
     identity = cache.device_identity(device)
+    if not (args.show or args.dry_run):
+        problem = _unwritable(cache.cache_dir())
+        if problem:  # found now, not after the first bucket is tuned and lost
+            print(f"python -m autotune: cache directory {problem}", file=sys.stderr)
+            return 2
     all_tunables = tunables()
     unknown = [op for op in args.ops or () if op not in all_tunables]
     if unknown:

@@ -10,7 +10,7 @@ import torch
 
 from . import __version__
 from ._config import parse_override
-from .cli import canonical_model_name, user_error
+from .cli import canonical_model_name, environment_error, user_error
 from .counting import count_gmacs, count_parameters
 from .paper import COUNTER_GMACS, PAPER_GMACS, PAPER_PARAMS_M
 from .registry import DISPLAY_NAMES, create_model, list_models
@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return import_module(f"clustervig.{argv[0]}").main(argv[1:])
     args = _parse(argv)
+    if (code := environment_error("python -m clustervig")) is not None:
+        return code
     header = (
         f"{'model':10s} {'params M':>9s} {'paper':>7s} {'GMACs':>7s} {'target':>7s} "
         f"{'paper':>6s} {'forward (CPU, warm)':>26s}"

@@ -67,23 +67,49 @@ class LoadReport:
         return "; ".join(parts)
 
 
+def _first_line(err: BaseException) -> str:
+    """An exception's message as one clean line (torch's carry ANSI colours and advice)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:300]
+
+
+def read_checkpoint_file(path: str | Path, flag: str = "load_checkpoint"):
+    """The contents of a checkpoint file, loaded as data only (``torch.load(weights_only=True)``:
+    tensors and plain containers; safetensors files as their tensors), or a one-line
+    ``ValueError`` naming ``flag``: no file, an empty file, a file that holds Python objects
+    (refused unread, with how to convert one you trust), a damaged or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{flag}: no checkpoint file at {str(path)!r}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{flag}: {str(path)!r} is empty")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a corrupt or foreign file is reported
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found or "weights_only" in text:
+            what = f"a {found.group(1)} object" if found else "Python objects"
+            raise ValueError(
+                f"{flag}: {str(path)!r} holds {what}, not only tensors, and was refused unread "
+                "(loading it could run code); if you trust it, load it once inside "
+                "torch.serialization.safe_globals([...its classes]) and torch.save its state "
+                "dict to a new file"
+            ) from None
+        raise ValueError(
+            f"{flag}: cannot read {str(path)!r} as a checkpoint ({_first_line(err)})"
+        ) from None
+
+
 def read_state_dict(source: str | Path | dict) -> dict[str, Tensor]:
     """A flat ``{key: tensor}`` from a file or a (possibly wrapped) state dict."""
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"load_checkpoint: no checkpoint file at {str(path)!r}")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - a corrupt or foreign file is reported
-            raise ValueError(
-                f"load_checkpoint: cannot read {str(path)!r} as a checkpoint ({err})"
-            ) from None
+        state = read_checkpoint_file(source)
     else:
         state = source
     for wrapper in ("model", "state_dict", "model_state_dict"):

@@ -26,3 +26,16 @@ def canonical_model_name(parser: argparse.ArgumentParser, name: str) -> str:
         return canonical_name(name)
     except ValueError as err:
         parser.error(str(err))
+
+
+def environment_error(prog: str) -> int | None:
+    """The exit status of a user's mistake (2, after one line on stderr) when an environment
+    variable of the kernels is set to a value they do not take, else None: the command lines
+    call it right after parsing their arguments."""
+    import kernels
+
+    try:
+        kernels.check_environment()
+    except ValueError as err:
+        return user_error(prog, err)
+    return None

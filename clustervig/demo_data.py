@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cli import environment_error, user_error
 
 __all__ = ["write_digits"]
 
@@ -60,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.per_class is not None and args.per_class < 2:
         parser.error(f"--per-class must be >= 2, got {args.per_class}")
-    train, val = write_digits(args.out, args.val_fraction, args.seed, args.per_class)
+    if (code := environment_error("python -m clustervig.demo_data")) is not None:
+        return code
+    try:
+        train, val = write_digits(args.out, args.val_fraction, args.seed, args.per_class)
+    except OSError as err:
+        return user_error(
+            "python -m clustervig.demo_data", f"cannot write to {args.out} ({err.strerror or err})"
+        )
     print(f"wrote {train} train and {val} val images of 10 digits to {args.out}")
     return 0
 

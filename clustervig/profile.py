@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .cli import environment_error
 
 #: The graph ops in the order of a DEGC layer: the module that calls them and the name it
 #: imports them under, their custom op's name (``clustervig::<op>``) and their step.
@@ -182,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
     args = parser.parse_args(argv)
+    if (code := environment_error("python -m clustervig.profile")) is not None:
+        return code
     if args.batch_size < 1 or args.repeats < 1:
         parser.error("--batch-size and --repeats must be >= 1")
     name = canonical_model_name(parser, args.model)

@@ -36,14 +36,12 @@ __all__ = [
 
 
 def read_checkpoint_blob(path: str, flag: str):
-    """``torch.load`` of a checkpoint (tensors and plain containers only), or a ``ValueError``
-    naming ``flag`` for a missing, damaged or foreign file."""
-    if not Path(path).is_file():
-        raise ValueError(f"{flag}: no checkpoint file at {path!r}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, pickle of arbitrary objects, not a checkpoint
-        raise ValueError(f"{flag}: cannot read {path} as a checkpoint ({err})") from None
+    """``torch.load`` of a checkpoint (tensors and plain containers only), or a one-line
+    ``ValueError`` naming ``flag`` for a missing, empty, damaged or foreign file
+    (:func:`clustervig.checkpoint.read_checkpoint_file`)."""
+    from .checkpoint import read_checkpoint_file
+
+    return read_checkpoint_file(path, flag)
 
 
 def _model_state(path: str):

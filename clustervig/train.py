@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from ._config import parse_override
-from .cli import user_error
+from .cli import environment_error, user_error
 from .distributed import Distributed, sync_batch_norm
 from .run_files import (
     RunOutput,
@@ -333,9 +333,20 @@ def _teacher(args, num_classes: int, device: torch.device) -> nn.Module | None:
 
         if args.teacher not in timm.list_models():
             raise ValueError(f"--teacher: {args.teacher!r} is neither a file nor a timm model name")
-        teacher = timm.create_model(
-            args.teacher, num_classes=num_classes, checkpoint_path=args.teacher_checkpoint
-        )
+        if args.teacher_checkpoint:  # checked here: timm's loader would raise a traceback
+            read_checkpoint_blob(args.teacher_checkpoint, "--teacher-checkpoint")
+        try:
+            teacher = timm.create_model(
+                args.teacher, num_classes=num_classes, checkpoint_path=args.teacher_checkpoint
+            )
+        except (RuntimeError, KeyError, ValueError) as err:
+            if not args.teacher_checkpoint:
+                raise
+            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else repr(err)
+            raise ValueError(
+                f"--teacher-checkpoint: {args.teacher_checkpoint} does not fit {args.teacher} "
+                f"({first})"
+            ) from None
         if not args.teacher_checkpoint:
             warnings.warn(
                 "the --teacher has random weights (no --teacher-checkpoint)", stacklevel=2
@@ -677,6 +688,8 @@ def _run(args, device: torch.device, dist: Distributed, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if (code := environment_error("python -m clustervig.train")) is not None:
+        return code
     from .data import DataError
 
     try:

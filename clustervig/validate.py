@@ -18,7 +18,7 @@ import torch
 
 from . import __version__
 from ._config import parse_override
-from .cli import user_error
+from .cli import environment_error, user_error
 
 __all__ = ["main"]
 
@@ -119,6 +119,8 @@ def validate(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if (code := environment_error("python -m clustervig.validate")) is not None:
+        return code
     try:
         result = validate(args)
     except ValueError as err:

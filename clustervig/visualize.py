@@ -26,7 +26,7 @@ from ._config import parse_override
 from .baselines.graph import ViGGrapher
 from .baselines.pvig import PViG
 from .checkpoint import model_from_checkpoint
-from .cli import user_error
+from .cli import environment_error, user_error
 from .conventions import IMAGENET_MEAN, IMAGENET_STD
 from .degc import DEGC
 from .model import CViG
@@ -187,9 +187,15 @@ def draw(pixels: np.ndarray, graph: LayerGraph, out: str | Path) -> Path:
     )
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    if not out.parent.is_dir():  # a typo in a path must not create folders at random
+        plt.close(fig)
+        raise ValueError(f"--out: the folder {str(out.parent)!r} does not exist")
+    try:
+        fig.savefig(out, dpi=110)
+    except OSError as err:
+        raise ValueError(f"--out: cannot write {str(out)!r} ({err.strerror or err})") from None
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -234,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("graph.png"), help="PNG to write")
     parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
     args = parser.parse_args(argv)
+    if (code := environment_error("python -m clustervig.visualize")) is not None:
+        return code
     try:
         overrides = dict(parse_override(item) for item in args.model_args)
         if args.img_size is not None:
@@ -251,9 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             graph = pvig_graph(model, x, args.node)
         else:
             raise ValueError(f"visualize: {name} has no graph to draw here (use cvig_* or pvig_*)")
+        written = draw(pixels, graph, args.out)
     except ValueError as err:
         return user_error("python -m clustervig.visualize", err)
-    print(f"wrote {draw(pixels, graph, args.out)}")
+    print(f"wrote {written}")
     return 0
 
 

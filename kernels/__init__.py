@@ -34,7 +34,7 @@ from ._common import (
     one_cpu_thread,
 )
 from .aggregate import max_aggregate
-from .backend import backend, use_backend
+from .backend import backend, check_environment, use_backend
 from .center import center_tokens
 from .epilogue import segment_norm_gelu
 from .gatv2 import gatv2_attention
@@ -47,6 +47,7 @@ __all__ = [
     "MAX_NEIGHBORS",
     "SINGLE_THREAD_ROWS",
     "backend",
+    "check_environment",
     "batched_kmeans",
     "center_tokens",
     "gatv2_attention",

@@ -47,6 +47,19 @@ def backend() -> str:
     return "torch" if value == "reference" else value
 
 
+def check_environment() -> None:
+    """Raise a ``ValueError`` naming the variable and its accepted values when
+    ``CLUSTERVIG_BACKEND`` or ``CLUSTERVIG_SELFCHECK`` is set to something else. The command
+    lines call it first, so that a typo is a one-line error before any work (the CPU fast path
+    would otherwise never read the backend, and benchmarks record failed rows instead)."""
+    from .verdicts import selfcheck_setting
+
+    value = os.environ.get("CLUSTERVIG_BACKEND", "auto").strip().lower()
+    if value not in _BACKENDS:
+        raise ValueError(f"CLUSTERVIG_BACKEND must be one of {_BACKENDS[:4]}, got {value!r}")
+    selfcheck_setting()
+
+
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Temporarily choose the backend (``auto``, ``torch``, ``triton`` or ``native``; see

@@ -41,6 +41,7 @@ import torch
 
 from . import checking, registry, tuning_cache
 from ._common import FLOAT_DTYPES, dtype_label, interpreter_active, package_version
+from .backend import check_environment
 from .checking import CheckResult
 from .verdicts import KernelSelfCheckWarning, device_name, kernel_allowed, record, reset
 
@@ -168,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    try:
+        check_environment()
+    except ValueError as err:
+        print(f"python -m kernels.selfcheck: {err}", file=sys.stderr)
+        return 2
     if args.quick and args.mode not in (None, "quick"):
         parser.error(f"argument --quick: not allowed with --mode {args.mode}")
     if args.interpret and not interpreter_active():

@@ -150,15 +150,44 @@ def cache_path(identity: dict[str, str], directory: Path | None = None) -> Path:
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
+#: A cache file larger than this is no file this project wrote (a full GPU tuning is ~100 KiB):
+#: it is ignored unread rather than read whole.
+MAX_FILE_BYTES = 16 * 2**20
+#: Nesting deeper than this is no cache this project wrote (its tables are 4 levels deep).
+MAX_DEPTH = 8
+
+
+def _depth(value: Any, limit: int) -> int:
+    """The nesting depth of ``value`` (dicts and lists), counted iteratively up to ``limit + 1``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def inspect_file(path: Path, identity: dict[str, str]) -> tuple[dict[str, dict], str | None]:
     """``({"entries": ..., "verdicts": ...}, None)`` for a usable file, else ``({}, why)``;
-    ``why`` is ``"absent"`` for a missing file."""
+    ``why`` is ``"absent"`` for a missing file. Bounded: a file over :data:`MAX_FILE_BYTES`
+    is not read, JSON nested past :data:`MAX_DEPTH` is refused."""
     if not path.is_file():
         return {}, "absent"
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return {}, f"is {size / 2**20:.0f} MiB, more than any cache written here"
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except RecursionError:
+        return {}, "is nested too deeply to be a cache written here"
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         return {}, f"unreadable ({err})"
+    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
+        return {}, "is nested too deeply to be a cache written here"
     if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
         found = data.get("format") if isinstance(data, dict) else "?"
         return {}, f"has format {found}, expected {FORMAT_VERSION}"
@@ -216,9 +245,18 @@ def _valid_config(entry: Any, tunable: Tunable, bucket: str) -> dict | None:
         return None
     config = entry["config"]
     width = bucket.split("/", 1)[0]
-    if config not in [dict(c) for c in (*tunable.space.get(width, ()), *tunable.interpret_space)]:
-        return None
-    return config
+    for known in (*tunable.space.get(width, ()), *tunable.interpret_space):
+        if _same_typed(config, dict(known)):
+            return dict(known)
+    return None
+
+
+def _same_typed(config: dict, known: dict) -> bool:
+    """Equal keys and values of equal types: ``32.0`` is not the block size ``32`` (a float
+    where Triton needs an int crashes the launch), ``True`` is not ``1``."""
+    return config.keys() == known.keys() and all(
+        type(config[k]) is type(known[k]) and config[k] == known[k] for k in known
+    )
 
 
 def lookup(tunable: Tunable, device: torch.device, bucket: str) -> dict | None:

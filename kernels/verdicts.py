@@ -98,13 +98,28 @@ def recorded_verdict(
     return verdict
 
 
-def first_use_check_enabled(device: torch.device) -> bool:
+_SELFCHECK_OFF = ("off", "0", "false", "no")
+_SELFCHECK_ON = ("on", "1", "true", "yes")
+
+
+def selfcheck_setting() -> str:
+    """``auto``, ``on`` or ``off`` from ``CLUSTERVIG_SELFCHECK`` (a ``ValueError`` naming the
+    accepted values for anything else: a typo must not silently mean ``auto``)."""
     value = os.environ.get(ENV_SELFCHECK, "auto").strip().lower()
-    if value in ("off", "0", "false", "no"):
-        return False
-    if value in ("on", "1", "true", "yes"):
-        return True
-    return device.type == "cuda"
+    if value in _SELFCHECK_OFF:
+        return "off"
+    if value in _SELFCHECK_ON:
+        return "on"
+    if value in ("auto", ""):
+        return "auto"
+    raise ValueError(
+        f"{ENV_SELFCHECK} must be auto, on or off (or 1/0, true/false, yes/no), got {value!r}"
+    )
+
+
+def first_use_check_enabled(device: torch.device) -> bool:
+    setting = selfcheck_setting()
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 def kernel_allowed(kernel: CheckedKernel, t: torch.Tensor) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from clustervig import __version__
-from clustervig.cli import user_error
+from clustervig.cli import environment_error, user_error
 
 from . import bench, micro, plot, scaling
 from .common import (
@@ -88,6 +88,7 @@ def _device(name: str) -> torch.device:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
     parser.add_argument(
         "--device",
         type=_device,
@@ -350,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.error("choose a command: run, scaling, micro, plot or all (see --help)")
+    if (code := environment_error("python -m reports")) is not None:
+        return code
     set_cpu_threads(getattr(args, "threads", None))
     start = time.perf_counter()
     if args.command in ("run", "all"):

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from clustervig import __version__
+from clustervig.cli import environment_error
 
 DEFAULT_MODELS = ("cvig_ti", "pvig_ti")
 DEFAULT_SIZES = (224, 448)
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)  # model size, in a child
     parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
     args = parser.parse_args(argv)
+    if (code := environment_error("python -m reports.train_memory")) is not None:
+        return code
     if args.batch_size < 1 or args.steps < 1:
         parser.error("--batch-size and --steps must be >= 1")
     import torch
