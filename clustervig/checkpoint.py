@@ -67,11 +67,10 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def _first_line(err: BaseException) -> str:
-    """An exception's message as one clean line (torch's carry ANSI colours and advice)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[0] if lines else type(err).__name__)[:300]
+def _first_line(text: str) -> str:
+    """The first non-empty line of a message, without ANSI colours (torch's carry them)."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()]
+    return next((line for line in lines if line), "")[:300]
 
 
 def read_checkpoint_file(path: str | Path, flag: str = "load_checkpoint"):
@@ -93,17 +92,20 @@ def read_checkpoint_file(path: str | Path, flag: str = "load_checkpoint"):
     except Exception as err:  # noqa: BLE001 - a corrupt or foreign file is reported
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if found or "weights_only" in text:
-            what = f"a {found.group(1)} object" if found else "Python objects"
+        if found:
             raise ValueError(
-                f"{flag}: {str(path)!r} holds {what}, not only tensors, and was refused unread "
-                "(loading it could run code); if you trust it, load it once inside "
-                "torch.serialization.safe_globals([...its classes]) and torch.save its state "
-                "dict to a new file"
+                f"{flag}: {str(path)!r} holds a {found.group(1)} object, not only tensors, and "
+                "was refused unread (loading it could run code); if you trust it, load it once "
+                "inside torch.serialization.safe_globals([...its classes]) and torch.save its "
+                "state dict to a new file"
             ) from None
-        raise ValueError(
-            f"{flag}: cannot read {str(path)!r} as a checkpoint ({_first_line(err)})"
-        ) from None
+        # torch's refusal opens with advice; what it found follows "WeightsUnpickler error:"
+        detail = (
+            text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler" in text else text
+        )
+        lines = [line.strip() for line in detail.splitlines() if line.strip()]
+        reason = (lines[0] if lines else type(err).__name__)[:300]
+        raise ValueError(f"{flag}: cannot read {str(path)!r} as a checkpoint ({reason})") from None
 
 
 def read_state_dict(source: str | Path | dict) -> dict[str, Tensor]:

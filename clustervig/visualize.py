@@ -47,13 +47,17 @@ class LayerGraph:
 
 
 def load_image(path: str | Path, size: int) -> tuple[np.ndarray, Tensor]:
-    """An RGB image resized to ``size`` x ``size``: ``(H, W, 3)`` uint8 for drawing and the
-    normalised ``(1, 3, H, W)`` model input."""
+    """An RGB image as the model sees it, ``size`` x ``size``: its central square (the shorter
+    side; a non-square image is cropped, not stretched) resized, as ``(H, W, 3)`` uint8 for
+    drawing and the normalised ``(1, 3, H, W)`` model input."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((size, size), Image.BICUBIC)
+            rgb = img.convert("RGB")
+            side = min(rgb.size)
+            left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+            rgb = rgb.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
     except (OSError, UnidentifiedImageError) as err:
         raise ValueError(f"visualize: cannot read image {str(path)!r} ({err})") from None
     pixels = np.array(rgb, dtype=np.uint8)
@@ -149,6 +153,31 @@ def pvig_graph(model: PViG, x: Tensor, node: tuple[int, int] | None = None) -> L
     )
 
 
+def _legend(graph: LayerGraph, cmap) -> list:
+    """What the colours and marks mean: each partition (its size) and the node and its
+    neighbours."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = []
+    if graph.labels is not None:
+        labels = np.asarray(graph.labels).reshape(-1)
+        for k in sorted(set(labels.tolist())):
+            count = int((labels == k).sum())
+            handles.append(
+                Patch(color=cmap(k % 10), alpha=0.6, label=f"partition {k} ({count} nodes)")
+            )
+    handles.append(
+        Line2D([], [], marker="*", color="red", markeredgecolor="white", markersize=12,
+               linestyle="none", label="the node")
+    )  # fmt: skip
+    handles.append(
+        Line2D([], [], marker="o", color="yellow", markeredgecolor="black", markersize=6,
+               linestyle="none", label="its neighbours")
+    )  # fmt: skip
+    return handles
+
+
 def draw(pixels: np.ndarray, graph: LayerGraph, out: str | Path) -> Path:
     """The image, clusters as translucent colours, the chosen node and edges to its
     neighbours; written as PNG."""
@@ -164,7 +193,7 @@ def draw(pixels: np.ndarray, graph: LayerGraph, out: str | Path) -> Path:
     def centre(i: int) -> tuple[float, float]:
         return ((i % cols) + 0.5) * cell_w, ((i // cols) + 0.5) * cell_h
 
-    fig, ax = plt.subplots(figsize=(6, 6.4))
+    fig, ax = plt.subplots(figsize=(6, 7.0))
     ax.imshow(pixels)
     if graph.labels is not None:
         colours = plt.get_cmap("tab10")(graph.labels.reshape(rows, cols) % 10)
@@ -178,6 +207,14 @@ def draw(pixels: np.ndarray, graph: LayerGraph, out: str | Path) -> Path:
             ax.plot([x0, x1], [y0, y1], color="black", linewidth=0.9)
             ax.plot(x1, y1, "o", color="yellow", markersize=5, markeredgecolor="black")
     ax.plot(x0, y0, "*", color="red", markersize=16, markeredgecolor="white")
+    ax.legend(
+        handles=_legend(graph, plt.get_cmap("tab10")),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.02),
+        ncol=3,
+        fontsize=8,
+        frameon=False,
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(

@@ -14,6 +14,7 @@ Rows that ran out of memory or failed are gaps in the curves, never a crash.
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -127,19 +128,27 @@ def _draw(ax, batches, values, low, high, noisy, style, label, color=None) -> No
         )
 
 
-def _noise_note(fig, rows: list[dict]) -> None:
+def _wrap(fig, text: str, fontsize: float) -> str:
+    """``text`` wrapped to the figure's width (about 0.55 em a character), line by line: a
+    one-panel figure is narrower than its device name and noise note."""
+    width_pt = fig.get_figwidth() * 72
+    chars = max(20, int(width_pt / (0.55 * fontsize)) - 2)
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
+
+
+def _noise_note(fig, rows: list[dict]) -> int:
+    """Write the note under the plots; returns its number of lines."""
     noisy = [r for r in rows if r.get("noisy")]
     if noisy:
-        fig.text(
-            0.01,
-            0.01,
+        note = (
             f"hollow grey points: {len(noisy)} measurement(s) flagged as noise "
-            f"(e.g. {noisy[0].get('noise')}); bars: p10-p90",
-            fontsize=8,
-            color="dimgrey",
+            f"(e.g. {noisy[0].get('noise')}); bars: p10-p90"
         )
     else:
-        fig.text(0.01, 0.01, "bars: p10-p90 of the timed calls", fontsize=8, color="dimgrey")
+        note = "bars: p10-p90 of the timed calls"
+    note = _wrap(fig, note, 8)
+    fig.text(0.01, 0.01, note, fontsize=8, color="dimgrey", va="bottom")
+    return note.count("\n") + 1
 
 
 def _title(doc: dict, what: str, compile_mode: str, dtype: str) -> str:
@@ -166,7 +175,8 @@ def plot_speedup(doc: dict, rows: list[dict], compile_mode: str, dtype: str, out
     spread = _spread(rows)
     names = _names(rows)
     groups = [g for g in GROUPS if g[1] in latency] or GROUPS[:1]
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.4 * len(groups), 4.4), squeeze=False)
+    width = max(7.5, 5.4 * len(groups))  # one panel: room for the title and the note
+    fig, axes = plt.subplots(1, len(groups), figsize=(width, 4.8), squeeze=False)
     for ax, (group, baseline, models) in zip(axes[0], groups, strict=True):
         ax.set_title(f"{group} group (baseline {names.get(baseline, baseline)})")
         ax.set_xscale("log", base=2)
@@ -196,11 +206,10 @@ def plot_speedup(doc: dict, rows: list[dict], compile_mode: str, dtype: str, out
             _draw(ax, batches, speedup, low, high, noisy, _style(model), names[model], color)
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.legend(loc="best", fontsize=9)
-    fig.suptitle(
-        _title(doc, "Inference speedup over Pyramid ViG (paper Fig. 5)", compile_mode, dtype)
-    )
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    _noise_note(fig, rows)
+    title = _title(doc, "Inference speedup over Pyramid ViG (paper Fig. 5)", compile_mode, dtype)
+    fig.suptitle(_wrap(fig, title, 12), fontsize=12)
+    lines = _noise_note(fig, rows)
+    fig.tight_layout(rect=(0, 0.02 + 0.035 * lines, 1, 1))
     fig.savefig(out, dpi=130)
     plt.close(fig)
     return out
@@ -229,8 +238,8 @@ def plot_throughput(doc: dict, rows: list[dict], compile_mode: str, dtype: str, 
     ax.set_title(
         _title(doc, "Inference throughput (paper Table VI)", compile_mode, dtype), fontsize=10
     )
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    _noise_note(fig, rows)
+    lines = _noise_note(fig, rows)
+    fig.tight_layout(rect=(0, 0.02 + 0.035 * lines, 1, 1))
     fig.savefig(out, dpi=130)
     plt.close(fig)
     return out

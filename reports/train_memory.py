@@ -32,7 +32,7 @@ def _one(model_name: str, size: int, batch: int, steps: int, device_name: str) -
 
     from clustervig import create_model
 
-    from .common import PeakMemory
+    from .common import PeakMemory, Timing, load_average, noise_verdict, quantile
 
     device = torch.device(device_name)
     torch.manual_seed(0)
@@ -52,12 +52,16 @@ def _one(model_name: str, size: int, batch: int, steps: int, device_name: str) -
             torch.cuda.synchronize(device)
 
     step()  # warm-up: allocator and optimizer state in place
+    load_before = load_average() if device.type == "cpu" else None
     times = []
     with PeakMemory(device) as peak:
         for _ in range(steps):
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
+    load_after = load_average() if device.type == "cpu" else None
+    timing = Timing(statistics.median(times), quantile(times, 0.1), quantile(times, 0.9), steps)
+    noise = noise_verdict(timing, torch.get_num_threads(), load_before, load_after)
     return {
         "model": model_name,
         "img_size": size,
@@ -67,6 +71,10 @@ def _one(model_name: str, size: int, batch: int, steps: int, device_name: str) -
         "step_s_min": min(times),
         "step_s_max": max(times),
         "steps": steps,
+        "load_before": load_before,
+        "load_after": load_after,
+        "noisy": noise is not None,
+        "noise": noise,
     }
 
 
@@ -171,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             row = json.loads(done.stdout.strip().splitlines()[-1])
             print(
-                f"  peak {row['peak_mib']} MiB, step {row['step_s_median']:.2f} s", file=sys.stderr
+                f"  peak {row['peak_mib']} MiB, step {row['step_s_median']:.2f} s"
+                + (f"  NOISY: {row['noise']}" if row.get("noisy") else ""),
+                file=sys.stderr,
             )
             rows.append(row)
     args.out.mkdir(parents=True, exist_ok=True)

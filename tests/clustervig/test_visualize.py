@@ -84,3 +84,33 @@ def test_cli_unreadable_image(tmp_path, capsys):
     broken.write_bytes(b"not a picture")
     assert main([str(broken), "--out", str(tmp_path / "g.png")]) == 2
     assert "cannot read image" in capsys.readouterr().err
+
+
+def test_a_wide_image_is_cropped_to_its_centre_not_stretched(tmp_path):
+    wide = np.zeros((40, 80, 3), np.uint8)
+    wide[:, 20:60] = 200  # the central square is bright, the sides dark
+    path = tmp_path / "wide.png"
+    Image.fromarray(wide).save(path)
+    pixels, x = load_image(path, 32)
+    assert pixels.shape == (32, 32, 3) and x.shape == (1, 3, 32, 32)
+    assert pixels.min() >= 190  # only the central square: nothing of the dark sides
+
+
+def test_the_figure_has_a_legend_of_partitions_and_marks(image):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from clustervig.visualize import _legend
+
+    torch.manual_seed(0)
+    graph = degc_graph(create_model("cvig_ti", img_size=64).eval(), load_image(image, 64)[1], 0)
+    labels = [h.get_label() for h in _legend(graph, plt.get_cmap("tab10"))]
+    sizes = np.bincount(np.asarray(graph.labels).reshape(-1))
+    parts = [label for label in labels if label.startswith("partition")]
+    assert (
+        len(parts) == int((sizes > 0).sum())
+        and sum(int(p.split("(")[1].split()[0]) for p in parts) == sizes.sum()
+    )
+    assert labels[-2:] == ["the node", "its neighbours"]

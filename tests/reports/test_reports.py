@@ -425,8 +425,18 @@ def test_train_memory_benchmark_writes_rows_and_reports_a_failed_config(tmp_path
     assert done.returncode == 0, done.stderr
     rows = {r["model"]: r for r in json.loads((out / "train-memory-cpu.json").read_text())["rows"]}
     assert rows["cvig_ti"]["step_s_median"] > 0 and rows["cvig_ti"]["peak_mib"] is not None
+    assert "noisy" in rows["cvig_ti"] and "load_before" in rows["cvig_ti"]  # flagged like others
     assert "k * dilation" in rows["pvig_ti"]["error"]
     assert (out / "train-memory-cpu.png").stat().st_size > 0
+
+
+def test_train_memory_flags_a_spread_that_load_would_cause():
+    from reports.common import Timing, noise_verdict
+
+    steady = Timing(1.0, 0.98, 1.02, 5)
+    moved = Timing(1.0, 0.3, 3.0, 5)  # step times that moved 10x under load
+    assert noise_verdict(steady, 2, None, None) is None
+    assert "spread" in noise_verdict(moved, 2, None, None)
 
 
 def test_cuda_graphs_mode_measures_small_batches_only():
@@ -436,3 +446,24 @@ def test_cuda_graphs_mode_measures_small_batches_only():
     assert batches_for("reduce-overhead", sizes) == [b for b in sizes if b <= 16]
     assert REDUCE_OVERHEAD_MAX_BATCH == 16
     assert batches_for("default", sizes) == sizes
+
+
+def test_a_one_panel_fig5_keeps_its_title_and_note_inside(models_doc, tmp_path, monkeypatch):
+    """``reports quick`` draws one panel: its long device line and noise note must wrap, not
+    run off the figure."""
+    doc = copy.deepcopy(models_doc)
+    doc["environment"]["device"] = "AMD EPYC 9B14 96-Core Processor (2 threads of 96 cores)"
+    for row in doc["rows"]:
+        row.update(noisy=True, noise="p10-p90 spread 80% of the median; load average 3.1 on 2")
+    rows = [r for r in doc["rows"] if r["model"] in ("cvig_ti", "pvig_ti")]
+    kept = []
+    monkeypatch.setattr(plot.plt, "close", lambda fig: kept.append(fig))
+    plot.plot_speedup(doc, rows, "none", "float32", tmp_path / "fig.png")
+    (fig,) = kept
+    fig.canvas.draw()
+    box = fig.bbox
+    texts = [fig._suptitle, *fig.texts]
+    for text in texts:
+        extent = text.get_window_extent()
+        assert extent.x0 >= box.x0 - 1 and extent.x1 <= box.x1 + 1, text.get_text()
+        assert extent.y0 >= box.y0 - 1 and extent.y1 <= box.y1 + 1, text.get_text()
