@@ -22,6 +22,7 @@ from clustervig import __version__
 from clustervig.cli import environment_error, user_error
 
 from . import bench, micro, plot, scaling
+from .arguments import seconds
 from .common import (
     FIGURES_DIR,
     PACKAGE_RESULTS_DIR,
@@ -149,16 +150,6 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, default=224)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return value
-
-
 def _capped(parser: argparse.ArgumentParser) -> None:
     """The options a time-capped run (``.ci/gpu-session``) gives: one output file, rewritten
     after every row, and a time cap after which nothing new starts."""
@@ -170,7 +161,7 @@ def _capped(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-seconds",
-        type=_seconds,
+        type=seconds(),
         metavar="S",
         help="start nothing new after S seconds; rows not reached say 'skipped' (default: none)",
     )

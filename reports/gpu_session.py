@@ -52,6 +52,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .arguments import seconds
+
 ROOT = Path(__file__).resolve().parents[1]
 #: Seconds of the budget kept for the plan's own bookkeeping at the end.
 RESERVE_S = {"gpu": 8.0, "rehearse": 4.0}
@@ -520,16 +522,6 @@ def _layer_estimate(report: dict, op: str) -> float | None:
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"must be seconds in (0, 3600], got {text!r}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=".ci/gpu-session",
@@ -538,12 +530,12 @@ def _parser() -> argparse.ArgumentParser:
         "timings beside their estimates, more models, bounded autotune, kernel tests.",
     )
     parser.add_argument(
-        "budget", nargs="?", type=_seconds, default=540.0,
+        "budget", nargs="?", type=seconds(3600), default=540.0,
         help="seconds for the whole plan (default 540: a 600 s command with room to copy back)",
     )  # fmt: skip
     parser.add_argument(
         "--rehearse",
-        type=_seconds,
+        type=seconds(3600),
         metavar="SECONDS",
         help="run the plan on this CPU under the Triton interpreter with tiny shapes in SECONDS; "
         "exit 1 unless every phase left its file (or was skipped for time) and the budget held",
@@ -555,7 +547,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the output folder (default $OUT, else /tmp/clustervig-gpu-out)",
     )
     parser.add_argument("--phase", choices=["kernels"], help=argparse.SUPPRESS)
-    parser.add_argument("--max-seconds", type=_seconds, help=argparse.SUPPRESS)
+    parser.add_argument("--max-seconds", type=seconds(3600), help=argparse.SUPPRESS)
     return parser
 
 
