@@ -83,7 +83,8 @@ class Phase:
         file: its artefact under ``$OUT`` (``None``: it reports into ``session.json``).
         share: its share of the budget; deadlines are cumulative, so time a phase leaves
             unused goes to the phases after it.
-        min_seconds: below this cap the phase is skipped (``skipped: no time``).
+        min_seconds: the least cap it runs with (taken from the later phases while the budget
+            has it left); with less left it is skipped (``skipped: no time``).
         command: ``command(plan, inner_seconds) -> argv`` of its process.
         log_to_file: its output goes to ``file`` instead of ``session.log``.
         copies_cache: the tuning cache is copied to ``tuning-cache.json`` after it.
@@ -188,9 +189,9 @@ def _tests(plan: Plan, inner: float) -> list[str]:
 
 
 PHASES = (
-    Phase("environment", None, 0.08, 5, _environment),
+    Phase("environment", None, 0.04, 20, _environment),
     Phase("selfcheck", "selfcheck.json", 0.16, 15, _selfcheck, copies_cache=True),
-    Phase("headline", "headline.json", 0.28, 20, _headline),
+    Phase("headline", "headline.json", 0.32, 20, _headline),
     Phase("kernels", "kernels.json", 0.16, 15, _kernels),
     Phase("models", "models.json", 0.14, 20, _models),
     Phase("autotune", "tuning-cache.json", 0.12, 10, _autotune, copies_cache=True),
@@ -226,7 +227,10 @@ def run_plan(plan: Plan, phases: tuple[Phase, ...] = PHASES) -> dict:
         for phase in phases:
             cumulative += phase.share / shares
             now = time.monotonic()
-            cap = min(start + cumulative * usable - now, start + usable - now)
+            left = start + usable - now
+            # its share of the budget, but at least its minimum while the budget has that left
+            # (the later phases' cumulative deadlines then give them less)
+            cap = min(max(start + cumulative * usable - now, phase.min_seconds), left)
             row = {"name": phase.name, "file": phase.file, "cap_s": round(max(cap, 0.0), 1)}
             if cap < phase.min_seconds:
                 row.update(status="skipped", reason="skipped: no time", seconds=0.0)
@@ -396,10 +400,11 @@ def _has_module(name: str) -> bool:
 _ENVIRONMENT_SCRIPT = r"""
 import json, os, platform, shutil, subprocess
 info = {"python": platform.python_version(), "cpu_count": os.cpu_count()}
-for name in ("torch", "triton", "numpy", "timm", "onnxruntime"):
+from importlib.metadata import PackageNotFoundError, version
+for name in ("torch", "triton", "numpy", "timm", "onnxruntime"):  # read, not imported: fast
     try:
-        info[name] = __import__(name).__version__
-    except Exception as err:
+        info[name] = version(name)
+    except PackageNotFoundError:
         info[name] = None
 import torch
 info["cuda"] = torch.version.cuda
