@@ -41,10 +41,16 @@ def backend() -> str:
 
     Set with :func:`use_backend` or the environment variable ``CLUSTERVIG_BACKEND``.
     """
-    value = (_backend_override or os.environ.get("CLUSTERVIG_BACKEND", "auto")).lower()
+    value = _backend_override or _environment_backend()
+    return "torch" if value == "reference" else value
+
+
+def _environment_backend() -> str:
+    """``CLUSTERVIG_BACKEND`` (default ``auto``), or a ``ValueError`` naming the accepted values."""
+    value = os.environ.get("CLUSTERVIG_BACKEND", "auto").lower()
     if value not in _BACKENDS:
         raise ValueError(f"CLUSTERVIG_BACKEND must be one of {_BACKENDS[:4]}, got {value!r}")
-    return "torch" if value == "reference" else value
+    return value
 
 
 def check_environment() -> None:
@@ -54,9 +60,7 @@ def check_environment() -> None:
     would otherwise never read the backend, and benchmarks record failed rows instead)."""
     from .verdicts import selfcheck_setting
 
-    value = os.environ.get("CLUSTERVIG_BACKEND", "auto").strip().lower()
-    if value not in _BACKENDS:
-        raise ValueError(f"CLUSTERVIG_BACKEND must be one of {_BACKENDS[:4]}, got {value!r}")
+    _environment_backend()
     selfcheck_setting()
 
 

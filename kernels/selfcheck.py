@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import warnings
@@ -231,6 +230,8 @@ class _JsonRows:
     """The results as a JSON file rewritten (atomically) after every row."""
 
     def __init__(self, path: Path, device: torch.device, mode: str) -> None:
+        if not path.parent.is_dir():  # a typo in a path must not create folders
+            raise FileNotFoundError(f"no folder {str(path.parent)!r}")
         self.path = path
         self.data = {
             "device": device_name(device),
@@ -246,9 +247,7 @@ class _JsonRows:
         self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
+        tuning_cache.atomic_write_json(self.path, self.data)
 
 
 if __name__ == "__main__":
