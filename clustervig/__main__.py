@@ -71,22 +71,18 @@ def _convert(argv: list[str]) -> int:
 
     from safetensors.torch import save_file
 
-    from .checkpoint import (
-        CONFIG_METADATA_KEY,
-        load_checkpoint,
-        model_options,
-        recorded_config,
-    )
+    from .checkpoint import CONFIG_METADATA_KEY, load_checkpoint, read_with_config
+    from .registry import model_options
 
     where = "python -m clustervig convert"
     try:
         overrides = dict(parse_override(item) for item in args.model_args)
-        recorded = recorded_config(args.source)
+        source, recorded = read_with_config(args.source)
         if args.model is None and recorded is None:
             raise ValueError("--model: the checkpoint does not say which model it holds; name it")
         name, options = model_options(args.model, overrides, recorded, where)
         model = create_model(name, **options)
-        report = load_checkpoint(model, args.source)
+        report = load_checkpoint(model, source)
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         metadata = {CONFIG_METADATA_KEY: json.dumps({"model": name, "options": options})}
         try:
@@ -130,8 +126,8 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("--out", help="file to write (default NAME.onnx or NAME.pt2)")
     parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
     args = parser.parse_args(argv)
-    from .checkpoint import model_from_checkpoint
     from .export import export_onnx, export_program
+    from .registry import model_from_checkpoint
 
     where = "python -m clustervig export"
     try:

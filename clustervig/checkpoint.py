@@ -31,17 +31,15 @@ __all__ = [
     "LoadReport",
     "convert_state_dict",
     "detect_layout",
+    "first_line",
     "load_checkpoint",
-    "model_from_checkpoint",
-    "model_options",
+    "read_with_config",
     "recorded_config",
 ]
 
 #: The safetensors metadata key under which ``convert`` records the model a file holds.
 CONFIG_METADATA_KEY = "clustervig_model_config"
-#: Options that change training, not the weights' shapes or meaning: a user's value wins over a
-#: checkpoint's without a conflict.
-TRAINING_ONLY_OPTIONS = ("drop_path_rate", "drop_rate")
+
 
 LAYOUTS = ("clustervig", "clustervig-authors", "vig-official")
 
@@ -67,7 +65,7 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     """The first non-empty line of a message, without ANSI colours (torch's carry them)."""
     lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()]
     return next((line for line in lines if line), "")[:300]
@@ -100,11 +98,7 @@ def read_checkpoint_file(path: str | Path, flag: str = "load_checkpoint"):
                 "state dict to a new file"
             ) from None
         # torch's refusal opens with advice; what it found follows "WeightsUnpickler error:"
-        detail = (
-            text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler" in text else text
-        )
-        lines = [line.strip() for line in detail.splitlines() if line.strip()]
-        reason = (lines[0] if lines else type(err).__name__)[:300]
+        reason = first_line(text.split("WeightsUnpickler error:", 1)[-1]) or type(err).__name__
         raise ValueError(f"{flag}: cannot read {str(path)!r} as a checkpoint ({reason})") from None
 
 
@@ -318,16 +312,14 @@ def recorded_config(source: str | Path | dict) -> dict | None:
     blob = source
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if not path.is_file():
-            return None
         try:
-            if path.suffix == ".safetensors":
+            if path.suffix == ".safetensors" and path.is_file():
                 from safetensors import safe_open
 
                 with safe_open(str(path), "pt") as f:
                     text = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
                 return json.loads(text) if text else None
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            blob = read_checkpoint_file(path)
         except Exception:  # noqa: BLE001 - unreadable: the loader reports it
             return None
     if not isinstance(blob, dict):
@@ -341,56 +333,11 @@ def recorded_config(source: str | Path | dict) -> dict | None:
     return None
 
 
-def model_options(
-    name: str | None, options: dict, recorded: dict | None, where: str = "create_model"
-) -> tuple[str, dict]:
-    """``(name, options)`` to build the model of a checkpoint that records ``recorded``: the
-    user's ``name`` and ``options`` over the recorded ones; a name or option that contradicts
-    the checkpoint is a ``ValueError`` naming it (training-only options such as the drop-path
-    rate are the user's to change)."""
-    from .registry import canonical_name
-
-    if recorded is None:
-        if name is None:
-            raise ValueError(f"{where}: the checkpoint does not say which model it holds; name it")
-        return canonical_name(name), dict(options)
-    held = canonical_name(recorded["model"])
-    if name is not None and canonical_name(name) != held:
-        raise ValueError(f"{where}: the checkpoint holds {held}, not {canonical_name(name)}")
-    conflicts = [
-        f"{key}={options[key]!r} (the checkpoint's: {value!r})"
-        for key, value in recorded["options"].items()
-        if key in options and options[key] != value and key not in TRAINING_ONLY_OPTIONS
-    ]
-    if conflicts:
-        raise ValueError(
-            f"{where}: options that contradict the checkpoint: {', '.join(conflicts)}; leave "
-            "them out to build the model it holds"
-        )
-    return held, {**recorded["options"], **options}
-
-
-def model_from_checkpoint(
-    name: str | None,
-    options: dict,
-    checkpoint: str | Path | None,
-    where: str,
-    default: str | None = None,
-) -> tuple[str, nn.Module, dict]:
-    """``(name, model, options)`` for a command that takes ``--model``, ``--model-args`` and
-    ``--checkpoint``: the model the checkpoint records (:func:`model_options`), built and
-    loaded strictly; else the named model (or ``default``), with random weights when there is
-    no checkpoint."""
-    from .registry import create_model
-
-    recorded = recorded_config(checkpoint) if checkpoint else None
-    if name is None and recorded is None:
-        name = default
-    if name is None and recorded is None:
-        what = "the checkpoint does not say which model it holds" if checkpoint else "no model"
-        raise ValueError(f"{where}: {what}; give the model's name (e.g. cvig_ti)")
-    name, options = model_options(name, options, recorded, where)
-    model = create_model(name, **options)
-    if checkpoint:
-        load_checkpoint(model, checkpoint)
-    return name, model, options
+def read_with_config(source: str | Path | dict) -> tuple[str | Path | dict, dict | None]:
+    """``(what to load, the model it records)`` of a checkpoint, reading a torch file once (its
+    contents are returned to load); a safetensors file's record is its metadata, its tensors are
+    read when loaded. A missing or unreadable file is :func:`read_checkpoint_file`'s error."""
+    if isinstance(source, (str, Path)) and Path(source).suffix != ".safetensors":
+        blob = read_checkpoint_file(source)
+        return blob, recorded_config(blob)
+    return source, recorded_config(source)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from torch import nn
 
 from .baselines import IVIG_VARIANTS, PVIG_VARIANTS, IViG, PViG
 from .model import _ALIASES, VARIANTS, CViG
 
-__all__ = ["create_model", "list_models", "MODEL_FAMILIES"]
+__all__ = [
+    "MODEL_FAMILIES",
+    "create_model",
+    "list_models",
+    "model_from_checkpoint",
+    "model_options",
+]
 
 #: Display name of every registered model (the paper's spelling).
 DISPLAY_NAMES = {
@@ -88,16 +95,74 @@ def create_model(
         )
     name = canonical_name(name)
     if pretrained:
-        from .checkpoint import model_options, recorded_config
+        from .checkpoint import load_checkpoint, read_with_config
 
-        name, kwargs = model_options(name, kwargs, recorded_config(pretrained))
+        source, recorded = read_with_config(pretrained)  # the file read once
+        name, kwargs = model_options(name, kwargs, recorded)
     model = _BUILDERS[name](**kwargs)
     if pretrained:
-        from .checkpoint import load_checkpoint
-
-        load_checkpoint(model, pretrained)
+        load_checkpoint(model, source)
     if features_only:
         from .features import FeaturePyramid
 
         return FeaturePyramid(model, out_indices)
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# The model a checkpoint holds
+# --------------------------------------------------------------------------------------------
+#: Options that change training, not the weights' shapes or meaning: a user's value wins over a
+#: checkpoint's without a conflict.
+TRAINING_ONLY_OPTIONS = ("drop_path_rate", "drop_rate")
+
+
+def model_options(
+    name: str | None, options: dict, recorded: dict | None, where: str = "create_model"
+) -> tuple[str, dict]:
+    """``(name, options)`` to build the model of a checkpoint that records ``recorded``: the
+    user's ``name`` and ``options`` over the recorded ones; a name or option that contradicts
+    the checkpoint is a ``ValueError`` naming it (training-only options such as the drop-path
+    rate are the user's to change)."""
+    if recorded is None:
+        return canonical_name(name), dict(options)
+    held = canonical_name(recorded["model"])
+    if name is not None and canonical_name(name) != held:
+        raise ValueError(f"{where}: the checkpoint holds {held}, not {canonical_name(name)}")
+    conflicts = [
+        f"{key}={options[key]!r} (the checkpoint's: {value!r})"
+        for key, value in recorded["options"].items()
+        if key in options and options[key] != value and key not in TRAINING_ONLY_OPTIONS
+    ]
+    if conflicts:
+        raise ValueError(
+            f"{where}: options that contradict the checkpoint: {', '.join(conflicts)}; leave "
+            "them out to build the model it holds"
+        )
+    return held, {**recorded["options"], **options}
+
+
+def model_from_checkpoint(
+    name: str | None,
+    options: dict,
+    checkpoint: str | Path | None,
+    where: str,
+    default: str | None = None,
+) -> tuple[str, nn.Module, dict]:
+    """``(name, model, options)`` for a command that takes ``--model``, ``--model-args`` and
+    ``--checkpoint``: the model the checkpoint records (:func:`model_options`), built and
+    loaded strictly; else the named model (or ``default``), with random weights when there is
+    no checkpoint."""
+    from .checkpoint import load_checkpoint, read_with_config
+
+    source, recorded = read_with_config(checkpoint) if checkpoint else (None, None)
+    if name is None and recorded is None:
+        name = default
+    if name is None and recorded is None:
+        what = "the checkpoint does not say which model it holds" if checkpoint else "no model"
+        raise ValueError(f"{where}: {what}; give the model's name (e.g. cvig_ti)")
+    name, options = model_options(name, options, recorded, where)
+    model = create_model(name, **options)
+    if checkpoint:
+        load_checkpoint(model, source)
+    return name, model, options

@@ -82,16 +82,6 @@ def load_pretrained(model: nn.Module, path: str) -> str:
     return note + (f"; classifier re-initialised ({len(fresh)} tensors)" if fresh else "")
 
 
-def _model_options(blob: dict) -> dict | None:
-    """``{"model": name, "options": resolved overrides}`` a training checkpoint was made with."""
-    if isinstance(blob.get("model_config"), dict):
-        return blob["model_config"]
-    args = blob.get("args")
-    if isinstance(args, dict) and "model" in args:  # before checkpoints carried model_config
-        return {"model": args["model"], "options": dict(args.get("model_overrides") or {})}
-    return None
-
-
 def _option_changes(was: dict, now: dict) -> list[str]:
     changes = []
     if was["model"] != now["model"]:
@@ -113,7 +103,9 @@ def resume_checkpoint(
     blob = read_checkpoint_blob(path, "--resume")
     if not isinstance(blob, dict) or "model" not in blob or "optimizer" not in blob:
         raise ValueError(f"--resume: {path} is not a last.pt written by clustervig.train")
-    recorded = _model_options(blob)
+    from .checkpoint import recorded_config
+
+    recorded = recorded_config(blob)
     if model_config is not None and recorded is not None:
         changes = _option_changes(recorded, model_config)
         if changes:
@@ -129,9 +121,11 @@ def resume_checkpoint(
         if ema is not None and blob.get("ema") is not None:
             ema.module.load_state_dict(blob["ema"])
     except (KeyError, RuntimeError, TypeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        from .checkpoint import first_line
+
         raise ValueError(
-            f"--resume: {path} is not a checkpoint of this run's model and options ({first})"
+            f"--resume: {path} is not a checkpoint of this run's model and options "
+            f"({first_line(str(err)) or type(err).__name__})"
         ) from None
     return int(blob["epoch"]), float(blob.get("best_top1", -1.0))
 

@@ -342,10 +342,11 @@ def _teacher(args, num_classes: int, device: torch.device) -> nn.Module | None:
         except (RuntimeError, KeyError, ValueError) as err:
             if not args.teacher_checkpoint:
                 raise
-            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else repr(err)
+            from .checkpoint import first_line
+
             raise ValueError(
                 f"--teacher-checkpoint: {args.teacher_checkpoint} does not fit {args.teacher} "
-                f"({first})"
+                f"({first_line(str(err)) or repr(err)})"
             ) from None
         if not args.teacher_checkpoint:
             warnings.warn(

@@ -25,11 +25,11 @@ from . import __version__
 from ._config import parse_override
 from .baselines.graph import ViGGrapher
 from .baselines.pvig import PViG
-from .checkpoint import model_from_checkpoint
 from .cli import environment_error, user_error
 from .conventions import IMAGENET_MEAN, IMAGENET_STD
 from .degc import DEGC
 from .model import CViG
+from .registry import model_from_checkpoint
 
 __all__ = ["LayerGraph", "degc_graph", "draw", "load_image", "main", "pvig_graph"]
 
