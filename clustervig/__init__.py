@@ -9,6 +9,7 @@ from .baselines import IViG, PViG
 from .checkpoint import load_checkpoint
 from .counting import count_gmacs, count_parameters
 from .degc import DEGC
+from .inference import deploy
 from .model import VARIANTS, CViG, CViGConfig, Grapher, cvig_b, cvig_b_hr, cvig_s, cvig_ti
 from .registry import DISPLAY_NAMES, canonical_name, create_model, list_models
 from .timm_models import install as _install_timm_models
@@ -26,6 +27,7 @@ __all__ = [
     "count_gmacs",
     "count_parameters",
     "create_model",
+    "deploy",
     "cvig_b",
     "cvig_b_hr",
     "cvig_s",

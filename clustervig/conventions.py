@@ -10,6 +10,7 @@ training scripts and detection frameworks expect: ``num_classes`` / ``num_featur
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -77,6 +78,9 @@ class BackboneConventions:
     embedding) and ``feature_taps()`` (``(backbone index, channels, reduction)`` per tap)."""
 
     grad_checkpointing: bool = False
+    #: Run the blocks on channels-last feature maps (set by :func:`clustervig.deploy`, the
+    #: inference form; every block keeps its input's layout, so one model runs in either).
+    channels_last: bool = False
     stem: nn.Module
     backbone: nn.Sequential
     head: nn.Module
@@ -112,6 +116,10 @@ class BackboneConventions:
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """``(B, C, H, W)`` features -> logits (or the pooled features with ``pre_logits``)."""
         return self.head(x, pre_logits=pre_logits)
+
+    def input_layout(self, x: Tensor) -> Tensor:
+        """The checked input in the layout the blocks run in (:attr:`channels_last`)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``(B, 3, H, W) -> (B, num_features, H / r, W / r)``: the unpooled features."""

@@ -14,9 +14,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from kernels import one_cpu_thread
 
+from .fused import ConvAct
 from .graph_updates import (
     GGIN,
     GMRGCN,
@@ -43,6 +45,10 @@ __all__ = [
     "DropPath",
     "check_images",
     "add_position_embedding",
+    "add_residual",
+    "is_channels_last",
+    "layout_of",
+    "nodes_to_map",
 ]
 
 
@@ -125,6 +131,31 @@ def check_images(
         raise ValueError(f"{model}: argument 'x' contains NaN or Inf; images must be finite")
 
 
+def is_channels_last(x: Tensor) -> bool:
+    """Whether a 4-D tensor is laid out channels-last (``(B, H, W, C)`` in memory) and not also
+    in the standard layout (as tensors with one channel or one pixel are)."""
+    return (
+        x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    )
+
+
+def layout_of(x: Tensor) -> torch.memory_format:
+    """The memory format a block returns for input ``x``: channels-last for a channels-last
+    input (the inference form, :func:`clustervig.deploy`), else the standard one. The blocks
+    keep their input's layout, so one model runs in either."""
+    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
+
+
+def nodes_to_map(rows: Tensor, B: int, H: int, W: int, channels_last: bool = False) -> Tensor:
+    """Node rows ``(B * H * W, C)`` or ``(B, H * W, C)`` (node n = h * W + w) -> the feature map
+    ``(B, C, H, W)``: a channels-last view of the rows (no copy) when ``channels_last``, else
+    a standard-layout copy."""
+    grid = rows.reshape(B, H, W, -1).permute(0, 3, 1, 2)
+    return grid if channels_last else grid.contiguous()
+
+
 class ConvBN(nn.Sequential):
     """``Conv2d -> BatchNorm2d`` (-> GELU when ``act``), the unit of stems, fc layers and FFNs."""
 
@@ -151,6 +182,30 @@ class ConvBN(nn.Sequential):
         if act:
             layers.append(nn.GELU())
         super().__init__(*layers)
+
+    def fuse(self) -> ConvAct:
+        """The inference form (timm's ``fuse`` convention, used by :func:`clustervig.deploy`):
+        the eval-mode batch norm folded into the convolution's weight and bias, and the GELU
+        run with it (:class:`clustervig.fused.ConvAct`). Only for inference: what gets folded
+        are the running statistics."""
+        conv, norm, *act = self
+        if norm.training:
+            raise RuntimeError(
+                "ConvBN.fuse: the batch norm is in training mode; call model.eval() first (its "
+                "running statistics are what gets folded)"
+            )
+        if act and act[0].approximate != "none":
+            raise ValueError("ConvBN.fuse: only the exact (erf) GELU can be fused")
+        return ConvAct.from_conv(fuse_conv_bn_eval(conv, norm), gelu=bool(act))
+
+
+def add_residual(layer: nn.Module, h: Tensor, residual: Tensor) -> Tensor:
+    """``residual + layer(h)``, in one op where ``layer`` is an inference-form convolution
+    (:class:`clustervig.fused.ConvAct` adds inside the convolution). Eval mode only: stochastic
+    depth is the identity there."""
+    if isinstance(layer, ConvAct):
+        return layer(h, residual=residual)
+    return residual + layer(h)
 
 
 #: Up to this many nodes (B*H*W) a CPU layer made of many small ops runs on one thread: with
@@ -231,8 +286,10 @@ class CViGStem(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # Channels-last activations: the CPU convolutions skip their layout reorders (measured
         # interleaved on 2 threads: 1.25x faster at batch 8, about the same at batch 1); the
-        # output goes back to the standard layout the blocks flatten.
-        return self.convs(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        # output goes back to the layout of the input (the standard one in training; the
+        # inference form of clustervig.deploy keeps channels-last throughout).
+        y = self.convs(x.contiguous(memory_format=torch.channels_last))
+        return y.contiguous(memory_format=layout_of(x))
 
 
 class FFN(nn.Module):
@@ -246,6 +303,8 @@ class FFN(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return add_residual(self.fc2, self.fc1(x), x)
         return x + self.drop_path(self.fc2(self.fc1(x)))
 
 
@@ -302,6 +361,20 @@ class ClassifierHead(nn.Module):
             self.dist_head = dist if self.distillation else None
         else:
             self.head, self.dist_head = nn.Identity(), None
+
+    def reparameterize(self) -> None:
+        """The inference form (timm's ``reparameterize`` convention): the eval-mode batch norm of
+        the pre-logits projection folded into its convolution, in place."""
+        pool, conv, norm, *rest = self.prediction
+        if isinstance(norm, nn.BatchNorm2d):
+            if norm.training:
+                raise RuntimeError(
+                    "ClassifierHead.reparameterize: the batch norm is in training mode; call "
+                    "model.eval() first (its running statistics are what gets folded)"
+                )
+            act, *rest = rest
+            fused = ConvAct.from_conv(fuse_conv_bn_eval(conv, norm), gelu=True)
+            self.prediction = nn.Sequential(pool, fused, nn.Identity(), nn.Identity(), *rest)
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         if not self.global_pool:

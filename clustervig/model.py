@@ -20,6 +20,7 @@ from .layers import (
     DropPath,
     PositionConv,
     add_position_embedding,
+    add_residual,
     check_images,
 )
 
@@ -65,6 +66,8 @@ class Grapher(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.fc1(self.cpe(x) + x)
+        if not self.training:
+            return add_residual(self.fc2, self.degc(y), x)
         return x + self.drop_path(self.fc2(self.degc(y)))
 
 
@@ -193,7 +196,7 @@ class CViG(BackboneConventions, nn.Module):
     def _embed(self, x: Tensor) -> Tensor:
         """Checked input -> stem -> + position embedding: the backbone's input."""
         self.check_input(x)
-        return add_position_embedding(self.stem(x), self.pos_embed)
+        return add_position_embedding(self.stem(self.input_layout(x)), self.pos_embed)
 
     @property
     def pretrained_cfg(self) -> dict:

@@ -27,6 +27,7 @@ __all__ = [
     "POISON_INT",
     "TOLERANCE",
     "assert_close",
+    "calibrated_model",
     "integer_features",
     "neighbour_distances",
     "offsets_from_sizes",
@@ -77,6 +78,24 @@ def integer_features(
     (fp32 accumulation of integer products is exact), so a kernel and the float64 reference
     see the same distances and equal distances are exact ties the lowest-index rule resolves."""
     return torch.randint(low, high, (rows, channels), generator=generator).to(dtype)
+
+
+def calibrated_model(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A model of this package with random weights (``seed``) and batch-norm statistics taken
+    from four random 224 x 224 images (eval-mode activations of a sane scale instead of random
+    init's exploding ones), in eval mode."""
+    from clustervig import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(name, **overrides)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 224, 224))
+    return model.eval()
 
 
 def run_as_a_user(args: list[str], timeout: int = 600, **env: str) -> subprocess.CompletedProcess:

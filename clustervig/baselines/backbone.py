@@ -38,7 +38,7 @@ class ViGBaseline(BackboneConventions):
             check_finite=self.validate_inputs,
             like=self.pos_embed,
         )
-        return add_position_embedding(self.stem(x), self.pos_embed)
+        return add_position_embedding(self.stem(self.input_layout(x)), self.pos_embed)
 
     @property
     def pretrained_cfg(self) -> dict:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import ConvBN, DropPath
+from ..layers import ConvBN, DropPath, add_residual, is_channels_last, nodes_to_map
 
 __all__ = ["relative_position_table", "dense_dilated_knn", "MRConv", "ViGGrapher"]
 
@@ -104,7 +104,7 @@ class MRConv(nn.Module):
         neighbours = flat[idx + offset]  # (B, N, k, C)
         relative = neighbours.amax(dim=2) - nodes  # = max_u (y_u - x_v)
         h = torch.stack([nodes, relative], dim=-1).reshape(B, H * W, 2 * C)
-        return self.nn(h.transpose(1, 2).reshape(B, 2 * C, H, W))
+        return self.nn(nodes_to_map(h, B, H, W, channels_last=is_channels_last(x)))
 
 
 class ViGGrapher(nn.Module):
@@ -150,6 +150,8 @@ class ViGGrapher(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = self.fc1(x)
         keys, idx = self.neighbours(y)
+        if not self.training:
+            return add_residual(self.fc2, self.graph_conv(y, keys, idx), x)
         return x + self.drop_path(self.fc2(self.graph_conv(y, keys, idx)))
 
     def neighbours(self, y: Tensor) -> tuple[Tensor, Tensor]:

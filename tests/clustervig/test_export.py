@@ -10,23 +10,9 @@ import torch
 from clustervig import create_model
 from clustervig.__main__ import main
 from clustervig.export import export_onnx, export_program, onnx_ops
+from tests.helpers import calibrated_model
 
 onnxruntime = pytest.importorskip("onnxruntime")
-
-
-def _calibrated(name: str, **overrides):
-    """Random weights with BatchNorm statistics taken from random images (eval-mode
-    activations of a sane scale instead of random init's exploding ones)."""
-    torch.manual_seed(0)
-    model = create_model(name, **overrides)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(4, 3, 224, 224))
-    return model.eval()
 
 
 def _ort(path, x):
@@ -38,7 +24,7 @@ def _ort(path, x):
 def test_cvig_ti_onnx_runtime_matches_pytorch(tmp_path):
     """Tolerance: 1e-4 of the logits' scale (float32 rounding; both sides pick the same
     clusters and neighbours)."""
-    model = _calibrated("cvig_ti")
+    model = calibrated_model("cvig_ti")
     x = torch.randn(2, 3, 224, 224)
     path = export_onnx(model, tmp_path / "cvig_ti.onnx", batch=2)
     with torch.no_grad():
@@ -50,7 +36,7 @@ def test_cvig_ti_onnx_runtime_matches_pytorch(tmp_path):
 def test_onnx_ops_equal_the_custom_ops_in_pytorch():
     """The translations, run eagerly, give the custom ops' logits (same clusters, partitions
     and neighbours; k-means runs all 20 iterations there, a fixed point once converged)."""
-    model = _calibrated("cvig_ti", img_size=64)
+    model = calibrated_model("cvig_ti", img_size=64)
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
@@ -73,13 +59,13 @@ def test_vig_baselines_onnx_runtime_matches_pytorch(name, shallow, tmp_path):
     PyTorch's and ONNX Runtime's matmuls flips some 9th/10th neighbours, which later layers
     amplify (IViG-Ti at depth 3 is already off by ~3e-3 of scale, depth 1 by ~1e-6)."""
     x = torch.randn(1, 3, 224, 224)
-    model = _calibrated(name, **shallow)
+    model = calibrated_model(name, **shallow)
     got = _ort(export_onnx(model, tmp_path / f"{name}-shallow.onnx"), x)
     with torch.no_grad():
         expected = model(x).numpy()
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
-    model = _calibrated(name)
+    model = calibrated_model(name)
     got = _ort(export_onnx(model, tmp_path / f"{name}.onnx"), x)
     with torch.no_grad():
         expected = model(x).numpy()

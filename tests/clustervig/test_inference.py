@@ -1,0 +1,155 @@
+"""The inference form (:func:`clustervig.deploy`): batch norms folded, channels-last maps, the
+convolution's GELU and residual add fused; the same function as the eval-mode model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clustervig import deploy, fused
+from clustervig.fused import ConvAct
+from clustervig.layers import ConvBN, is_channels_last
+from tests.helpers import calibrated_model, relative_error
+
+#: Of the logits' scale: float32 rounding of the folded weights and of the fused ops, while both
+#: forms pick the same clusters and neighbours (measured: ~4e-6 on CViG-Ti at full depth).
+TOLERANCE = 1e-4
+
+
+def _max_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "batch"),
+    [
+        ("cvig_ti", {}, 2),  # full depth: 12 DEGC layers
+        ("cvig_ti", {"img_size": 64}, 1),  # batch 1, 16 nodes per image
+        ("pvig_ti", {"blocks": (1, 1, 1, 1)}, 2),  # a graph layer at every resolution
+        ("ivig_ti", {"depth": 2}, 3),
+    ],
+)
+def test_inference_form_equals_the_model(name, overrides, batch):
+    """The shallow baselines: their dense k-NN ranks thousands of near-equal distances, and at
+    full depth float rounding flips some 9th/10th neighbours (see test_export)."""
+    model = calibrated_model(name, **overrides)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inference = deploy(model)
+    size = overrides.get("img_size", 224)
+    x = torch.randn(batch, 3, size, size)
+    with torch.inference_mode():
+        want, got = model(x), inference(x)
+    assert _max_error(got, want) <= TOLERANCE
+    # The original is untouched: same state, batch norms still there, still trainable.
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in inference.modules())
+    assert not any(p.requires_grad for p in inference.parameters())
+
+
+def test_inference_form_keeps_channels_last_maps_and_fused_path_matches_unfused(monkeypatch):
+    model = calibrated_model("cvig_ti", img_size=64, depth=2)
+    inference = deploy(model)
+    x = torch.randn(2, 3, 64, 64)
+    seen: list[bool] = []
+    hooks = [
+        block.register_forward_hook(lambda m, i, out: seen.append(is_channels_last(out)))
+        for block in inference.backbone
+    ]
+    with torch.inference_mode():
+        fast = inference(x)
+        degc_out = inference.backbone[0].degc(inference.input_layout(torch.randn(2, 192, 4, 4)))
+    for h in hooks:
+        h.remove()
+    assert seen and all(seen)
+    assert is_channels_last(degc_out)  # a view of the node rows, not a copy
+    # Without oneDNN's fused convolutions (another build, or a probe that failed): same values.
+    monkeypatch.setattr(ConvAct, "_use_onednn", lambda self, x, residual: False)
+    with torch.inference_mode():
+        plain = inference(x)
+    assert _max_error(fast, plain) <= TOLERANCE
+
+
+def test_fold_only_keeps_the_standard_layout():
+    model = calibrated_model("cvig_ti", img_size=64, depth=2)
+    inference = deploy(model, channels_last=False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        features = inference.forward_features(x)
+        assert features.is_contiguous()
+        assert _max_error(inference(x), model(x)) <= TOLERANCE
+
+
+def test_timm_reparameterize_model_folds_the_same_way():
+    timm_model = pytest.importorskip("timm.models")
+    model = calibrated_model("cvig_ti", img_size=64, depth=2)
+    folded = timm_model.reparameterize_model(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert _max_error(folded(x), model(x)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("gelu", [True, False])
+def test_conv_act_equals_conv_gelu_add(channels_last, dtype, tol, gelu):
+    """Fused (float32 on a CPU with oneDNN) or not (the standard ops), on a 1x1, a strided 3x3
+    and a depthwise 7x7 convolution of odd sizes."""
+    gen = torch.Generator().manual_seed(1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for conv in (
+        nn.Conv2d(12, 20, 1),
+        nn.Conv2d(12, 20, 3, stride=2, padding=1),
+        nn.Conv2d(12, 12, 7, padding=3, groups=12),
+    ):
+        conv = conv.to(dtype).to(memory_format=fmt)
+        layer = ConvAct.from_conv(conv, gelu=gelu)
+        x = torch.randn(3, 12, 9, 7, generator=gen).to(dtype).contiguous(memory_format=fmt)
+        with torch.no_grad():
+            y = conv(x)
+            y = F.gelu(y) if gelu else y
+            residual = torch.randn(y.shape, generator=gen).to(dtype).contiguous(memory_format=fmt)
+            assert relative_error(layer(x).float(), y.float()) <= tol
+            got = layer(x, residual=residual).float()
+            assert relative_error(got, (residual + y).float()) <= tol
+
+
+def test_onednn_probe_decides_once():
+    assert fused.onednn_fusion_available() is fused.onednn_fusion_available()
+
+
+def test_fuse_refuses_training_mode_and_deploy_refuses_foreign_models():
+    with pytest.raises(RuntimeError, match="model.eval"):
+        ConvBN(4, 4).train().fuse()
+    with pytest.raises(TypeError, match="argument 'model'"):
+        deploy(nn.Linear(2, 2))
+
+
+def test_inference_form_is_exported_to_onnx(tmp_path):
+    """The exported inference form computes what the model does (the fused ops export as the
+    standard ones)."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from clustervig.export import export_onnx
+
+    model = calibrated_model("cvig_ti", img_size=64, depth=2)
+    path = export_onnx(deploy(model), tmp_path / "deployed.onnx", img_size=64, batch=2)
+    x = torch.randn(2, 3, 64, 64)
+    got = onnxruntime.InferenceSession(str(path)).run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x)
+    assert _max_error(torch.from_numpy(got), want) <= TOLERANCE
+
+
+def test_inference_form_compiles_fullgraph():
+    """Under ``torch.compile`` the fused convolutions run as the standard ops Inductor fuses."""
+    model = deploy(calibrated_model("cvig_ti", img_size=64, depth=1))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        compiled = torch.compile(model, fullgraph=True)(x)
+        assert _max_error(compiled, model(x)) <= TOLERANCE
