@@ -85,20 +85,49 @@ class ConvAct(nn.Conv2d):
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if self._use_onednn(x, residual):
             args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+            weight = self._packed_weight(x)
             if residual is None:
                 attr = "gelu" if self.gelu else "none"
                 algorithm = "none" if self.gelu else ""
                 return torch.ops.mkldnn._convolution_pointwise(
-                    x, self.weight, self.bias, *args, attr, [None], algorithm
+                    x, weight, self.bias, *args, attr, [None], algorithm
                 )
             if not self.gelu:
                 return torch.ops.mkldnn._convolution_pointwise.binary(
-                    x, residual, self.weight, self.bias, *args, "add", 1.0, None, [], None
+                    x, residual, weight, self.bias, *args, "add", 1.0, None, [], None
                 )
         y = super().forward(x)
         if self.gelu:
             y = F.gelu(y)
         return y if residual is None else residual + y
+
+    def _packed_weight(self, x: Tensor) -> Tensor:
+        """The weight in oneDNN's blocked layout for this convolution, reordered once (a
+        reorder per call costs more than the convolution itself at batch 1) and again only when
+        the weight changed (its version counter); the first input's size picks the layout, and
+        any other size runs with it. The plain weight where the reorder is not available."""
+        key = (self.weight.data_ptr(), self.weight._version)
+        cached = self.__dict__.get("_packed")
+        if cached is None or cached[0] != key:
+            try:
+                packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                    self.weight.detach().to_mkldnn(),
+                    list(self.padding),
+                    list(self.stride),
+                    list(self.dilation),
+                    self.groups,
+                    list(x.shape),
+                )
+            except (RuntimeError, AttributeError, NotImplementedError):
+                packed = self.weight
+            cached = self.__dict__["_packed"] = (key, packed)
+        return cached[1]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state = dict(state)
+        state.pop("_packed", None)  # a cache in oneDNN's layout: rebuilt, never copied or saved
+        return state
 
     def _use_onednn(self, x: Tensor, residual: Tensor | None) -> bool:
         if torch.jit.is_scripting() or torch.compiler.is_compiling():

@@ -43,3 +43,20 @@ COUNTER_GMACS = {
     "pvig_s": 4.55,
     "pvig_b": 16.80,
 }
+
+#: Published ImageNet-1k top-1 (%) at 224 x 224 and where it is published: the ClusterViG
+#: paper's Table IV, except DeiT-Ti (not in it). For the deployment comparison's figure.
+PUBLISHED_TOP1 = {
+    "cvig_ti": (80.3, "ClusterViG paper, Table IV"),
+    "cvig_s": (83.7, "ClusterViG paper, Table IV"),
+    "pvig_ti": (78.2, "ClusterViG paper, Table IV (ViG, Han et al. 2022)"),
+    "pvig_s": (82.1, "ClusterViG paper, Table IV (ViG, Han et al. 2022)"),
+    "efficientformer_l1": (79.2, "ClusterViG paper, Table IV (EfficientFormer, Li et al. 2022)"),
+    "efficientformerv2_s2": (
+        81.6,
+        "ClusterViG paper, Table IV (EfficientFormerV2, Li et al. 2023)",
+    ),
+    "levit_192": (80.0, "ClusterViG paper, Table IV (LeViT, Graham et al. 2021)"),
+    "resnet18": (69.7, "ClusterViG paper, Table IV (ResNet, He et al. 2016)"),
+    "deit_tiny_patch16_224": (72.2, "DeiT paper (Touvron et al. 2021)"),
+}

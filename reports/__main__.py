@@ -4,6 +4,7 @@ python -m reports quick      # CViG-Ti vs PViG-Ti vs IViG-Ti in a minute or two,
 python -m reports run        # models x batch sizes on the best device
 python -m reports scaling    # one DEGC layer vs one dense k-NN layer, N = 196..3136
 python -m reports micro      # kernel microbenchmarks
+python -m reports deploy     # CPU / ONNX Runtime speed beside EfficientFormer, LeViT, DeiT ...
 python -m reports plot       # figures + tables from the result files (no benchmarking)
 python -m reports all        # run + scaling + micro + plot
 """
@@ -11,6 +12,7 @@ python -m reports all        # run + scaling + micro + plot
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -21,7 +23,7 @@ import torch
 from clustervig import __version__
 from clustervig.cli import environment_error, user_error
 
-from . import bench, micro, plot, scaling
+from . import bench, deploy, micro, plot, scaling
 from .arguments import seconds
 from .common import (
     FIGURES_DIR,
@@ -179,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
         "and Table VI from the results.",
     )
     parser.add_argument("--version", action="version", version=f"clustervig {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{quick,run,scaling,micro,plot,all}")
+    sub = parser.add_subparsers(dest="command", metavar="{quick,run,scaling,micro,deploy,plot,all}")
     quick = sub.add_parser(
         "quick",
         help="the main job: CViG-Ti side by side with PViG-Ti and IViG-Ti over a few batch "
@@ -208,6 +210,52 @@ def _parser() -> argparse.ArgumentParser:
         "float32, CPU float32)",
     )
     _capped(mi)
+    de = sub.add_parser(
+        "deploy",
+        help="CPU deployment: our models eager / inference form / torch.compile / ONNX Runtime "
+        "beside timm's EfficientFormer-L1, EfficientFormerV2-S2, LeViT-192, ResNet-18, DeiT-Ti "
+        "(eager and ONNX Runtime), interleaved in one process; result JSON, figure and table",
+    )
+    de.add_argument("--version", action="version", version=f"clustervig {__version__}")
+    de.add_argument(
+        "--models",
+        nargs="+",
+        type=_model,
+        metavar="NAME",
+        help=f"this project's models (default {' '.join(deploy.DEFAULT_MODELS)})",
+    )
+    de.add_argument(
+        "--peers",
+        nargs="*",
+        metavar="TIMM_NAME",
+        help=f"timm models to compare with (default {' '.join(deploy.DEFAULT_PEERS)}; none: "
+        "--peers with no names)",
+    )
+    de.add_argument(
+        "--forms",
+        nargs="+",
+        choices=deploy.FORMS,
+        help=f"forms of our models (default all: {' '.join(deploy.FORMS)}); timm's run "
+        f"{' and '.join(deploy.PEER_FORMS)}",
+    )
+    de.add_argument(
+        "--batch-sizes", type=_positive_ints, metavar="'1 8'", help="batch sizes (default 1 8)"
+    )
+    de.add_argument("--threads", type=_count(1), default=2, help="CPU threads (default 2)")
+    de.add_argument("--warmup", type=_count(1), default=2, help="untimed calls (default 2)")
+    de.add_argument(
+        "--repeats", type=_count(3), default=7, help="interleaved timed rounds (default 7)"
+    )
+    de.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help=f"where the result JSON goes (default ./{RESULTS_DIR})",
+    )
+    de.add_argument(
+        "--out", type=Path, default=FIGURES_DIR, help=f"figure directory (default ./{FIGURES_DIR})"
+    )
+    _capped(de)
     pl = sub.add_parser("plot", help="draw figures and tables from result files")
     pl.add_argument(
         "results",
@@ -330,6 +378,48 @@ def _cmd_quick(args) -> None:
         print(f"  {file}")
 
 
+def deploy_requirements(args) -> str | None:
+    """What ``reports deploy`` with these options needs and this Python lacks (None: nothing)."""
+    wanted = []
+    if "onnx" in (args.forms or deploy.FORMS):
+        wanted += ["onnx", "onnxruntime"]
+    if args.peers != []:
+        wanted.append("timm")
+    missing = [m for m in wanted if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"needs {', '.join(missing)} (pip install -e '.[test]'), or --peers with no names and "
+        "--forms without onnx"
+    )
+
+
+def _cmd_deploy(args) -> None:
+    """``python -m reports deploy``: run, write the JSON after every batch size, draw."""
+    note = deploy.omp_policy_note()
+    if note:
+        progress(f"[deploy] note: {note}")
+    device = torch.device("cpu")
+    path = getattr(args, "json", None) or result_path("deploy", device, args.results_dir)
+    progress(f"[deploy] results go to {path} (rewritten after every batch size)")
+    doc = deploy.run(
+        args.models,
+        args.peers,
+        args.batch_sizes,
+        args.forms,
+        threads=args.threads,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        on_update=lambda partial: write_json(path, partial),
+        deadline=_deadline(args),
+    )
+    write_json(path, doc)
+    for file in [path, *plot.render([path], args.out)]:
+        progress(f"[deploy] wrote {file}")
+    print()
+    print(plot.deploy_table(doc))
+
+
 def _cmd_plot(paths: list[Path] | None, out: Path) -> None:
     for file in plot.render(paths or None, out):
         progress(f"[plot] wrote {file}")
@@ -341,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
-        parser.error("choose a command: run, scaling, micro, plot or all (see --help)")
+        parser.error(
+            "choose a command: quick, run, scaling, micro, deploy, plot or all (see --help)"
+        )
     if (code := environment_error("python -m reports")) is not None:
         return code
     set_cpu_threads(getattr(args, "threads", None))
@@ -357,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
             _cmd_scaling(args)
         elif args.command == "micro":
             _cmd_micro(args, args.batch_sizes)
+        elif args.command == "deploy":
+            if (missing := deploy_requirements(args)) is not None:
+                return user_error("python -m reports deploy", missing)
+            _cmd_deploy(args)
         elif args.command == "plot":
             _cmd_plot(args.results, args.out)
         elif args.command == "all":

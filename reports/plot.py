@@ -6,7 +6,9 @@
 - ``table6-*.md``: throughput per model and batch size (the paper's Table VI; ``-`` = out of
   memory, ``x`` = failed);
 - ``scaling-*.png``: one DEGC layer vs one dense k-NN layer as the node count grows;
-- ``micro-*.md``: kernel microbenchmarks.
+- ``micro-*.md``: kernel microbenchmarks;
+- ``deploy-*.png`` / ``deploy-*.md``: CPU deployment speed against ImageNet top-1, beside the
+  models users would pick instead (``python -m reports deploy``).
 
 Rows that ran out of memory or failed are gaps in the curves, never a crash.
 """
@@ -383,4 +385,116 @@ def render(paths: list[Path] | None = None, out_dir: Path | None = None) -> list
             table = out_dir / f"micro-{slug}.md"
             table.write_text(micro_table(doc))
             written.append(table)
+        elif doc["kind"] == "deploy":
+            written.append(plot_deploy(doc, out_dir / f"deploy-{slug}.png"))
+            table = out_dir / f"deploy-{slug}.md"
+            table.write_text(deploy_table(doc))
+            written.append(table)
     return written
+
+
+#: How the deployment figure draws each form of a model.
+DEPLOY_FORMS = {
+    "eager": ("PyTorch eager", "o"),
+    "inference": ("PyTorch, inference form", "s"),
+    "compiled": ("torch.compile, inference form", "P"),
+    "onnx": ("ONNX Runtime", "^"),
+}
+#: The model every deployment ratio is taken against, in the same runtime.
+DEPLOY_REFERENCE = "efficientformer_l1"
+
+
+def plot_deploy(doc: dict, out: Path) -> Path:
+    """Throughput (images / s, log) against published ImageNet top-1, one panel per batch
+    size; one colour per model, one marker per form."""
+    rows = [r for r in doc["rows"] if r.get("status") == "ok" and r.get("top1") is not None]
+    batches = sorted({r["batch_size"] for r in doc["rows"]})
+    models = list(dict.fromkeys(r["model"] for r in doc["rows"]))
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 5.2), squeeze=False)
+    for ax, batch in zip(axes[0], batches, strict=True):
+        for row in (r for r in rows if r["batch_size"] == batch):
+            label, marker = DEPLOY_FORMS.get(row["form"], (row["form"], "x"))
+            noisy = bool(row.get("noisy"))
+            ax.scatter(
+                row["throughput"],
+                row["top1"],
+                marker=marker,
+                s=70,
+                color="none" if noisy else colours[row["model"]],
+                edgecolors=colours[row["model"]],
+                linewidths=1.5,
+                zorder=3,
+            )
+            if row["form"] in ("eager", "onnx"):
+                ax.annotate(
+                    row["display"],
+                    (row["throughput"], row["top1"]),
+                    textcoords="offset points",
+                    xytext=(5, 4),
+                    fontsize=7,
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("throughput (images / s)")
+        ax.set_ylabel("ImageNet-1k top-1 (%), published")
+        ax.set_title(f"batch {batch}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    handles = [
+        plt.Line2D([], [], linestyle="", marker=m, color="grey", label=label)
+        for label, m in DEPLOY_FORMS.values()
+    ]
+    axes[0][-1].legend(handles=handles, loc="lower right", fontsize=8)
+    env, settings = doc["environment"], doc.get("settings", {})
+    fig.suptitle(
+        f"CPU deployment: {env['device']}, {settings.get('threads')} threads, float32 | "
+        f"torch {env['torch']}, ONNX Runtime {settings.get('onnxruntime')}",
+        fontsize=10,
+    )
+    noisy = [r for r in rows if r.get("noisy")]
+    note = "top-1: published figures (reports/deploy.py cites them); random weights timed"
+    if noisy:
+        note += f"; hollow: {len(noisy)} measurement(s) flagged as noise"
+    fig.text(0.01, 0.01, _wrap(fig, note, 8), fontsize=8, color="dimgrey", va="bottom")
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
+def deploy_table(doc: dict) -> str:
+    """Median milliseconds per batch and the ratio to EfficientFormer-L1 in the same runtime
+    (PyTorch forms against its eager time, ONNX Runtime against its ONNX Runtime time)."""
+    rows = doc["rows"]
+    batches = sorted({r["batch_size"] for r in rows})
+    by = {(r["model"], r["form"], r["batch_size"]): r for r in rows}
+    keys = list(dict.fromkeys((r["model"], r["form"]) for r in rows))
+    header = ["model", "form", "top-1"]
+    for b in batches:
+        header += [f"ms (b={b})", f"x EF-L1 (b={b})"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, form in keys:
+        first = by[(model, form, batches[0])]
+        label = DEPLOY_FORMS.get(form, (form, ""))[0]
+        top1 = first.get("top1")
+        cells = [first["display"], label, "-" if top1 is None else f"{top1:.1f}"]
+        for b in batches:
+            row = by.get((model, form, b))
+            ref_form = "onnx" if form == "onnx" else "eager"
+            ref = by.get((DEPLOY_REFERENCE, ref_form, b))
+            if row is None or row.get("status") != "ok":
+                cells += [row.get("status", "-") if row else "-", "-"]
+                continue
+            noisy = " (noisy)" if row.get("noisy") else ""
+            cells.append(f"{row['median_ms']:.1f} [{row['p10_ms']:.1f}-{row['p90_ms']:.1f}]{noisy}")
+            ok = ref is not None and ref.get("status") == "ok"
+            cells.append(f"{row['median_ms'] / ref['median_ms']:.2f}" if ok else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    env, settings = doc["environment"], doc.get("settings", {})
+    lines.append("")
+    lines.append(
+        f"{env['device']}, {settings.get('threads')} threads, OMP_WAIT_POLICY="
+        f"{env.get('omp_wait_policy')}, load {env.get('load_average')}; torch {env['torch']}, "
+        f"ONNX Runtime {settings.get('onnxruntime')}; {settings.get('repeats')} interleaved "
+        f"rounds, median [p10-p90] ms per batch; {env['date']}."
+    )
+    return "\n".join(lines) + "\n"

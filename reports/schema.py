@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 SCHEMA_VERSION = 1
-KINDS = ("models", "micro", "scaling")
+KINDS = ("models", "micro", "scaling", "deploy")
 STATUSES = ("ok", "oom", "failed", "skipped")  # skipped: the run's time cap came first
 
 _ENVIRONMENT_KEYS = ("device", "device_type", "device_slug", "torch", "triton", "date")
@@ -14,6 +14,7 @@ _ROW_KEYS = {
     "models": ("model", "display", "batch_size", "compile", "dtype", "status"),
     "micro": ("case", "op", "impl", "batch_size", "dtype", "median_ms"),
     "scaling": ("layer", "nodes", "batch_size", "dtype", "status"),
+    "deploy": ("model", "display", "form", "runtime", "batch_size", "status"),
 }
 _TIMED_KEYS = ("median_ms", "p10_ms", "p90_ms", "repeats")
 

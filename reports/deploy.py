@@ -1,0 +1,276 @@
+"""``python -m reports deploy``: CPU deployment speed beside the models users would pick instead.
+
+A user choosing a ~80% ImageNet model for a CPU or an ONNX Runtime deployment compares
+ClusterViG with EfficientFormer-L1, EfficientFormerV2-S2, LeViT-192 (the paper's Table IV puts
+them beside CViG-Ti), ResNet-18 and DeiT-Ti. This benchmark runs them as users get them, side by
+side in one process:
+
+- this project's models (default CViG-Ti and PViG-Ti) in four forms: ``eager`` (the eval-mode
+  model), ``inference`` (:func:`clustervig.deploy`: batch norms folded, channels-last, fused
+  convolutions), ``compiled`` (``torch.compile`` of the inference form) and ``onnx`` (the
+  inference form exported by :func:`clustervig.export.export_onnx`, in ONNX Runtime);
+- timm's models as timm builds them, ``eager`` and ``onnx`` (``torch.onnx.export``, opset 17,
+  dynamic batch).
+
+Every runner is warmed up first; then the timed calls are interleaved (one call of each runner
+in turn, ``repeats`` rounds), so a change of machine load hits all of them alike. ONNX Runtime
+runs with the same thread count and without spinning idle threads (the counterpart of
+``OMP_WAIT_POLICY=PASSIVE`` for PyTorch: a spinning pool would steal the CPU from the runner
+timed next). Rows record median, p10/p90 and a noise verdict; random weights (speed does not
+depend on them, except through k-means iterations, which the result records for ours).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from clustervig import create_model, deploy
+from clustervig.paper import PUBLISHED_TOP1
+
+from .common import (
+    Timing,
+    environment,
+    load_average,
+    noise_verdict,
+    progress,
+    quantile,
+)
+from .schema import SCHEMA_VERSION
+
+__all__ = ["DEFAULT_MODELS", "DEFAULT_PEERS", "FORMS", "PEER_FORMS", "run"]
+
+DEFAULT_MODELS = ("cvig_ti", "pvig_ti")
+DEFAULT_PEERS = (
+    "efficientformer_l1",
+    "efficientformerv2_s2",
+    "levit_192",
+    "resnet18",
+    "deit_tiny_patch16_224",
+)
+#: Forms of this project's models, and of timm's.
+FORMS = ("eager", "inference", "compiled", "onnx")
+PEER_FORMS = ("eager", "onnx")
+DISPLAY = {
+    "cvig_ti": "CViG-Ti",
+    "cvig_s": "CViG-S",
+    "pvig_ti": "PViG-Ti",
+    "pvig_s": "PViG-S",
+    "ivig_ti": "IViG-Ti",
+    "efficientformer_l1": "EfficientFormer-L1",
+    "efficientformerv2_s2": "EfficientFormerV2-S2",
+    "levit_192": "LeViT-192",
+    "resnet18": "ResNet-18",
+    "deit_tiny_patch16_224": "DeiT-Ti",
+}
+ONNX_OPSET = 17
+
+
+def _ort_session(path: Path, threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _export_peer(model: torch.nn.Module, path: Path) -> Path:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 3, 224, 224),),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            opset_version=ONNX_OPSET,
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
+    return path
+
+
+def _build(name: str, form: str, peer: bool, threads: int, workdir: Path):
+    """A callable ``run(x)`` for one (model, form): PyTorch forms take a tensor, ONNX Runtime
+    ones the same tensor as a NumPy array."""
+    if peer:
+        import timm
+
+        model = timm.create_model(name, pretrained=False).eval()
+    else:
+        model = create_model(name).eval()
+    if form == "eager":
+        return lambda x: model(x)
+    if not peer:
+        model = deploy(model)
+    if form == "inference":
+        return lambda x: model(x)
+    if form == "compiled":
+        compiled = torch.compile(model)
+        return lambda x: compiled(x)
+    path = workdir / f"{name}.onnx"
+    if peer:
+        _export_peer(model, path)
+    else:
+        from clustervig.export import export_onnx
+
+        export_onnx(model, path, batch=1, dynamic_batch=True)
+    session = _ort_session(path, threads)
+    return lambda x: session.run(None, {"images": x.numpy()})
+
+
+def _timing(samples: list[float]) -> Timing:
+    return Timing(
+        statistics.median(samples), quantile(samples, 0.1), quantile(samples, 0.9), len(samples)
+    )
+
+
+def run(
+    models: list[str] | None = None,
+    peers: list[str] | None = None,
+    batch_sizes: list[int] | None = None,
+    forms: list[str] | None = None,
+    *,
+    threads: int,
+    warmup: int = 2,
+    repeats: int = 7,
+    on_update: Callable[[dict], None] | None = None,
+    deadline: float | None = None,
+) -> dict:
+    """Benchmark every (model, form) at every batch size, interleaved (module docstring).
+
+    Returns a ``kind="deploy"`` result document; ``on_update(doc)`` after every batch size.
+    A runner that cannot be built (an export that fails) or fails while timed becomes a
+    ``failed`` row with the reason; past ``deadline`` (``time.monotonic``) the remaining rows
+    are ``skipped``.
+    """
+    models = list(DEFAULT_MODELS if models is None else models)
+    peers = list(DEFAULT_PEERS if peers is None else peers)
+    batch_sizes = list(batch_sizes or [1, 8])
+    forms = list(forms or FORMS)
+    torch.set_num_threads(threads)
+    doc = {
+        "schema": SCHEMA_VERSION,
+        "kind": "deploy",
+        "environment": environment(torch.device("cpu")),
+        "settings": {
+            "threads": threads,
+            "warmup": warmup,
+            "repeats": repeats,
+            "img_size": 224,
+            "dtype": "float32",
+            "onnxruntime": _ort_version(),
+            "ort_spinning": False,
+            "interleaved": True,
+        },
+        "rows": [],
+        "complete": False,
+    }
+    entries = [(m, f, False) for m in models for f in forms]
+    entries += [(p, f, True) for p in peers for f in forms if f in PEER_FORMS]
+    with tempfile.TemporaryDirectory(prefix="clustervig-deploy-") as tmp:
+        runners: dict[tuple[str, str], Callable | str] = {}
+        for name, form, peer in entries:
+            if deadline is not None and time.monotonic() > deadline:
+                runners[(name, form)] = "skipped"
+                continue
+            progress(f"[deploy] building {DISPLAY.get(name, name)} ({form})")
+            try:
+                with torch.no_grad():
+                    runners[(name, form)] = _build(name, form, peer, threads, Path(tmp))
+            except Exception as err:  # an export or build failure is a row, not the end
+                runners[(name, form)] = f"failed: {type(err).__name__}: {str(err)[:200]}"
+        for batch in batch_sizes:
+            _measure_batch(doc, entries, runners, batch, threads, warmup, repeats, deadline)
+            if on_update is not None:
+                on_update(doc)
+    doc["complete"] = all(r["status"] != "skipped" for r in doc["rows"])
+    return doc
+
+
+def _ort_version() -> str | None:
+    try:
+        import onnxruntime
+
+        return onnxruntime.__version__
+    except ImportError:
+        return None
+
+
+def _measure_batch(doc, entries, runners, batch, threads, warmup, repeats, deadline) -> None:
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
+    live: dict[tuple[str, str], Callable] = {}
+    failed: dict[tuple[str, str], str] = {}
+    with torch.inference_mode():
+        for name, form, _ in entries:
+            runner = runners[(name, form)]
+            if isinstance(runner, str):
+                failed[(name, form)] = runner
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                failed[(name, form)] = "skipped"
+                continue
+            progress(f"[deploy] b={batch}: warming up {DISPLAY.get(name, name)} ({form})")
+            try:
+                for _ in range(warmup):
+                    runner(x)
+                live[(name, form)] = runner
+            except Exception as err:
+                failed[(name, form)] = f"failed: {type(err).__name__}: {str(err)[:200]}"
+        samples: dict[tuple[str, str], list[float]] = {key: [] for key in live}
+        load_before = load_average()
+        for round_ in range(repeats):
+            if deadline is not None and time.monotonic() > deadline and round_ >= 3:
+                break  # enough rounds for a median; the rest of the cap is not ours
+            for key, runner in live.items():
+                begin = time.perf_counter()
+                runner(x)
+                samples[key].append(time.perf_counter() - begin)
+        load_after = load_average()
+    progress(f"[deploy] b={batch}: {repeats} interleaved rounds done")
+    for name, form, peer in entries:
+        row = {
+            "model": name,
+            "display": DISPLAY.get(name, name),
+            "source": "timm" if peer else "clustervig",
+            "form": form,
+            "runtime": "onnxruntime" if form == "onnx" else "pytorch",
+            "batch_size": batch,
+            "top1": PUBLISHED_TOP1.get(name, (None, None))[0],
+            "top1_source": PUBLISHED_TOP1.get(name, (None, None))[1],
+        }
+        key = (name, form)
+        if key in failed:
+            status = failed[key]
+            row["status"] = "skipped" if status == "skipped" else "failed"
+            if status != "skipped":
+                row["error"] = status.removeprefix("failed: ")
+        else:
+            timing = _timing(samples[key])
+            row.update(status="ok", **timing.as_dict())
+            row["throughput"] = batch / timing.median
+            noise = noise_verdict(timing, threads, load_before, load_after)
+            row.update(noisy=noise is not None, noise=noise)
+        doc["rows"].append(row)
+
+
+def omp_policy_note() -> str | None:
+    """A warning when ``OMP_WAIT_POLICY`` is not PASSIVE (spinning OpenMP threads of one
+    runner steal the CPU from the next)."""
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        return (
+            "OMP_WAIT_POLICY is not PASSIVE: set it before Python starts "
+            "(OMP_WAIT_POLICY=PASSIVE python -m reports deploy) for comparable timings"
+        )
+    return None
