@@ -42,6 +42,10 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     with onnx_ops(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on Python ints and the legacy API
+        # One forward first: the layers' inference caches (weight columns, stacked norms) are
+        # then filled, and the trace sees them as constants instead of recording the slicing
+        # and stacking that built them (ops ONNX Runtime would run on every call).
+        model(x)
         torch.onnx.export(
             model,
             (x,),

@@ -136,7 +136,9 @@ class GroupedLinear(nn.Module):
             if first >= stop:
                 continue
             columns = self._columns(g, start + step * first - lo, step, stop - first)
-            x = t[:, first:stop]
+            # The whole tensor when the group takes all its columns: a view in PyTorch, but a
+            # Slice (a copy) in an exported graph.
+            x = t if first == 0 and stop == t.shape[1] else t[:, first:stop]
             if total is None:
                 total = F.linear(x, columns) if into is None else torch.mm(x, columns.t(), out=into)
             elif into is None:

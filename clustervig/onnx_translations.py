@@ -65,14 +65,16 @@ def _lloyd(x: Tensor, z: Tensor, num_clusters: int, max_iters: int) -> tuple[Ten
     xt = x.transpose(1, 2)  # (B, C, N), once
     clusters = torch.arange(num_clusters, device=x.device).view(1, num_clusters, 1)
     labels = _assign(xt, z)
-    changed = torch.ones((), dtype=torch.bool)
+    # One tensor condition (label changed, and below the cap): an ``and`` of two conditions
+    # would add an ``If`` to every pass of the exported loop.
+    more = torch.full((), max_iters > 0, dtype=torch.bool)
     updates = 0
-    while bool(changed) and updates < max_iters:
+    while bool(more):
         z = _mean(x, labels, z, clusters)
         new = _assign(xt, z)
-        changed = (new != labels).any()
-        labels = new
         updates += 1
+        more = (new != labels).any() & (updates < max_iters)
+        labels = new
     return labels, _mean(x, labels, z, clusters)
 
 
@@ -135,11 +137,13 @@ def partition_knn(
 def _partition_ordered_knn(x: Tensor, offsets: Tensor, k: int) -> Tensor:
     """K nearest rows of every row ``x (M, C)`` in partition order, inside its partition.
 
-    The ``P`` partitions (``offsets (P + 1,)``) padded to ``W = max(largest, K)`` slots: a
-    ``(P, W, W)`` block of squared distances per partition, the padding columns excluded
-    (+inf, after every member even one at a NaN distance, since ties go to the lower slot), a
-    negative distance (rounding) clamped to 0, then ``TopK``; a partition of ``s < K`` members
-    gives slot ``j`` its member of rank ``j % s``. Returns ``(M, K)`` int32 rows of x.
+    The ``P`` partitions (``offsets (P + 1,)``) padded to ``W = max(largest, K)`` slots: the
+    products of each partition's members with each other, one ``(P, W, W)`` batched product,
+    of which only the rows of real members are kept (``(M, W)``: ``TopK`` never ranks padding
+    rows); the squared distances with the padding columns excluded (+inf, after every member
+    even one at a NaN distance, since ties go to the lower slot), a negative distance
+    (rounding) clamped to 0, then ``TopK``; a partition of ``s < K`` members gives slot ``j``
+    its member of rank ``j % s``. Returns ``(M, K)`` int32 rows of x.
     """
     M = x.shape[0]
     starts = offsets[:-1].long()
@@ -148,23 +152,25 @@ def _partition_ordered_knn(x: Tensor, offsets: Tensor, k: int) -> Tensor:
     slot = torch.arange(width)  # (W,)
     member = slot.unsqueeze(0) < sizes.unsqueeze(1)  # (P, W)
     rows = torch.where(member, starts.unsqueeze(1) + slot, torch.zeros_like(member).long())
-    xp = x[rows]  # (P, W, C)
-    sq = (xp * xp).sum(-1)
-    dist = sq.unsqueeze(2) + sq.unsqueeze(1) - 2.0 * torch.bmm(xp, xp.transpose(1, 2))
-    inf = torch.full_like(dist, float("inf"))
-    dist = torch.where(torch.isnan(dist), inf, dist.clamp(min=0.0))
-    dist = torch.where(member.unsqueeze(1), dist, inf)
-    order = torch.topk(dist, k, dim=-1, largest=False, sorted=True).indices  # (P, W, K)
-    rank = torch.arange(k).unsqueeze(0) % sizes.clamp(min=1).unsqueeze(1)  # (P, K) repeat rule
-    local = torch.gather(order, 2, rank.unsqueeze(1).expand(-1, order.shape[1], -1))
-    ids = (local + starts.view(-1, 1, 1)).reshape(-1, k)  # (P * W, K) partition-order rows
+    xp = x[rows]  # (P, W, C): each partition's members, padded
     row = torch.arange(M)
     part = (row.unsqueeze(1) >= offsets[1:].long().unsqueeze(0)).sum(1)  # (M,) its partition
-    return ids[part * width + (row - starts[part])].int()
+    place = part * width + (row - starts[part])  # (M,) its (partition, slot)
+    products = torch.bmm(xp, xp.transpose(1, 2)).reshape(-1, xp.shape[1])[place]  # (M, W)
+    sq = (xp * xp).sum(-1)  # (P, W), the same sums as the rows' own
+    dist = (x * x).sum(-1, keepdim=True) + sq[part] - 2.0 * products
+    inf = torch.full_like(dist, float("inf"))
+    dist = torch.where(torch.isnan(dist), inf, dist.clamp(min=0.0))
+    dist = torch.where(member[part], dist, inf)
+    order = torch.topk(dist, k, dim=-1, largest=False, sorted=True).indices  # (M, K)
+    rank = torch.arange(k).unsqueeze(0) % sizes[part].clamp(min=1).unsqueeze(1)  # repeat rule
+    return (torch.gather(order, 1, rank) + starts[part].unsqueeze(1)).int()
 
 
 def max_aggregate(x: Tensor, nbr: Tensor, relative: bool = True) -> Tensor:
-    """:func:`kernels.max_aggregate`: ``Gather`` + ``ReduceMax`` (minus the node if relative)."""
+    """:func:`kernels.max_aggregate`: ``Gather`` + ``ReduceMax`` (minus the node if relative).
+    (Measured in ONNX Runtime at CViG-Ti's b=8 layer size: as fast as K gathers joined by
+    pairwise ``Max``, 1.7x faster than gathering slot-major and reducing the outer axis.)"""
     M, K = nbr.shape
     best = x.index_select(0, nbr.reshape(-1).long()).reshape(M, K, -1).amax(1)
     return best - x if relative else best
