@@ -111,7 +111,9 @@ def _export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m clustervig export",
         description="Export a model for deployment: ONNX (the DEGC ops translated to standard "
-        "operators, k-means as a fixed count of iterations) or a torch.export program (.pt2).",
+        "operators: k-means as a loop that stops when the batch converged, the k-NN inside each "
+        "partition; any batch size) or a torch.export program (.pt2). --check runs the ONNX file "
+        "in ONNX Runtime beside PyTorch on real images.",
     )
     parser.add_argument(
         "model", nargs="?", help="model name, e.g. cvig_ti (default: the --checkpoint's model)"
@@ -120,7 +122,31 @@ def _export(argv: list[str]) -> int:
     parser.add_argument(
         "--img-size", type=int, help="input size (default: the checkpoint's, else 224)"
     )
-    parser.add_argument("--batch-size", type=int, default=1, help="input batch (default 1)")
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="batch of the example traced (default 1)"
+    )
+    parser.add_argument(
+        "--dynamic-batch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ONNX: the graph takes any batch size (default; --no-dynamic-batch fixes it to "
+        "--batch-size)",
+    )
+    parser.add_argument(
+        "--inference-form",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="export clustervig.deploy(model): batch norms folded (default; the same function)",
+    )
+    parser.add_argument(
+        "--check",
+        nargs="*",
+        metavar="IMAGE_OR_DIR",
+        help="ONNX: run the file in ONNX Runtime beside the PyTorch model on these images "
+        "(files, or folders: a folder with a val/ split uses it), or with no paths on the "
+        "digits demo's held-out split; prints the largest logit difference and the top-1 "
+        "agreement, exit status 1 if they differ by more than 1e-3 of the logits' scale",
+    )
     parser.add_argument("--checkpoint", help="weights to export (default: random weights)")
     _model_args(parser)
     parser.add_argument("--out", help="file to write (default NAME.onnx or NAME.pt2)")
@@ -137,14 +163,57 @@ def _export(argv: list[str]) -> int:
         name, model, options = model_from_checkpoint(args.model, overrides, args.checkpoint, where)
         img_size = int(options.get("img_size", 224))
         out = args.out or f"{name}.{args.format}"
-        write = export_onnx if args.format == "onnx" else export_program
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.check is not None:
+            if args.format != "onnx":
+                raise ValueError("--check runs an ONNX file in ONNX Runtime: use --format onnx")
+            import importlib.util
+
+            lacking = [m for m in ("onnxruntime", "timm") if importlib.util.find_spec(m) is None]
+            if lacking:
+                raise ValueError(
+                    f"--check needs {' and '.join(lacking)} (ONNX Runtime runs the file, timm's "
+                    "evaluation transform prepares the images): pip install 'clustervig[test]'"
+                )
+        original = model.eval()
+        if args.inference_form:
+            from .inference import deploy
+
+            model = deploy(model)
         try:
-            path = write(model, out, img_size=img_size, batch=args.batch_size)
+            if args.format == "onnx":
+                path = export_onnx(
+                    model, out, img_size, args.batch_size, dynamic_batch=args.dynamic_batch
+                )
+            else:
+                path = export_program(model, out, img_size=img_size, batch=args.batch_size)
         except OSError as err:
             raise ValueError(f"--out: cannot write {out} ({err.strerror or err})") from None
+        batch = "any" if args.format == "onnx" and args.dynamic_batch else args.batch_size
+        print(f"wrote {path} ({args.format}, input ({batch}, 3, {img_size}, {img_size}))")
+        if args.check is None:
+            return 0
+        from .export import check_images, check_onnx
+
+        images, what = check_images(args.check, img_size)
+        print(f"checking {path} in ONNX Runtime against PyTorch on {what} ...", flush=True)
+        result = check_onnx(original, path, images)  # against the model as trained
     except ValueError as err:
         return user_error(where, err)
-    print(f"wrote {path} ({args.format}, input ({args.batch_size}, 3, {img_size}, {img_size}))")
+    print(
+        f"ONNX Runtime vs PyTorch: largest logit difference {result['max_abs_diff']:.2e} "
+        f"({result['max_rel_diff']:.2e} of the logits' scale), top-1 equal on "
+        f"{result['top1_agree']}/{result['images']} images"
+    )
+    if not result["passed"]:
+        print(
+            f"check FAILED (tolerance {result['tolerance']:g} of the scale, every top-1 equal); "
+            f"differing images: {result['top1_disagree_indices']}",
+            file=sys.stderr,
+        )
+        return 1
+    print("check passed")
     return 0
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from .onnx_translations import onnx_ops
 
-__all__ = ["export_onnx", "export_program", "onnx_ops"]
+__all__ = ["check_images", "check_onnx", "export_onnx", "export_program", "onnx_ops"]
 
 ONNX_OPSET = 17
 
@@ -76,3 +76,97 @@ def export_program(model: nn.Module, path: str | Path, img_size: int = 224, batc
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, str(path))
     return path
+
+
+#: ``check_onnx`` fails above this difference, relative to the logits' scale (the largest
+#: magnitude of each image's logits), or when a top-1 class differs.
+CHECK_TOLERANCE = 1e-3
+
+
+def check_images(sources: list[str] | None, img_size: int) -> tuple[torch.Tensor, str]:
+    """Images for :func:`check_onnx`, ``(n, 3, img_size, img_size)`` with the evaluation
+    transform, and a description. ``sources``: image files and folders (a folder with a
+    ``val`` split uses it; any other folder every image under it); none: the digits demo's
+    held-out split (scikit-learn's scans, :mod:`clustervig.demo_data`)."""
+    import tempfile
+
+    from PIL import Image
+
+    from .data import IMAGE_EXTENSIONS, _images_in
+    from .transforms import eval_transform
+
+    files: list[Path] = []
+    with tempfile.TemporaryDirectory(prefix="clustervig-check-") as tmp:
+        if not sources:
+            from .demo_data import write_digits
+
+            write_digits(tmp)
+            files = _images_in(Path(tmp) / "val")
+            what = "the digits demo's held-out split"
+        else:
+            for source in sources:
+                path = Path(source)
+                if path.is_dir():
+                    found = _images_in(path / "val" if (path / "val").is_dir() else path)
+                    if not found:
+                        raise ValueError(
+                            f"--check: no images ({', '.join(IMAGE_EXTENSIONS)}) under {path}"
+                        )
+                    files += found
+                elif path.is_file():
+                    files.append(path)
+                else:
+                    raise ValueError(f"--check: no image file or folder at {source!r}")
+            what = ", ".join(sources[:3]) + (" ..." if len(sources) > 3 else "")
+        transform = eval_transform(img_size)
+        images = []
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    images.append(transform(image.convert("RGB")))
+            except Exception as err:  # PIL raises many types for a damaged file
+                raise ValueError(f"--check: cannot read image {file} ({err})") from None
+    return torch.stack(images), f"{len(images)} images of {what}"
+
+
+def check_onnx(model: nn.Module, path: str | Path, images: torch.Tensor, batch: int = 32) -> dict:
+    """Run the ONNX file at ``path`` in ONNX Runtime and ``model`` (eval, CPU) in PyTorch on
+    ``images (n, 3, H, W)``; returns the largest logit difference (absolute, and relative to
+    each image's logit scale), the top-1 agreement and whether both are within
+    :data:`CHECK_TOLERANCE`. A file exported for a fixed batch size gets whole batches (the
+    last one padded with copies of its first image)."""
+    import numpy as np
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    fixed = session.get_inputs()[0].shape[0]
+    step = fixed if isinstance(fixed, int) else batch
+    model = model.eval().cpu()
+    worst_abs = worst_rel = 0.0
+    agree, disagree = 0, []
+    for start in range(0, images.shape[0], step):
+        chunk = images[start : start + step]
+        count = chunk.shape[0]
+        if isinstance(fixed, int) and count < fixed:  # pad to the exported batch
+            chunk = torch.cat([chunk, chunk[:1].expand(fixed - count, *chunk.shape[1:])])
+        with torch.no_grad():
+            want = model(chunk)[:count]
+        got = torch.from_numpy(np.asarray(session.run(None, {"images": chunk.numpy()})[0]))
+        got = got[:count]
+        diff = (got - want).abs().amax(1)
+        scale = want.abs().amax(1).clamp_min(torch.finfo(want.dtype).tiny)
+        worst_abs = max(worst_abs, float(diff.max()))
+        worst_rel = max(worst_rel, float((diff / scale).max()))
+        same = got.argmax(1) == want.argmax(1)
+        agree += int(same.sum())
+        disagree += [start + int(i) for i in torch.nonzero(~same).flatten()]
+    total = images.shape[0]
+    return {
+        "images": total,
+        "max_abs_diff": worst_abs,
+        "max_rel_diff": worst_rel,
+        "top1_agree": agree,
+        "top1_disagree_indices": disagree[:20],
+        "tolerance": CHECK_TOLERANCE,
+        "passed": agree == total and worst_rel <= CHECK_TOLERANCE,
+    }
