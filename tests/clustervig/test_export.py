@@ -127,8 +127,8 @@ def _export_function(fn, args, path, names):
 def test_kmeans_translation_is_a_loop_with_the_ops_answers(B, N, C, kappa, iters, tmp_path):
     """Integer features (the first assignment's distances exact, ties to the lower cluster on
     both sides). With ``iters=2`` some images stop at the cap and others converge first: the
-    batch loop gives each the op's answer. The exported graph holds one Loop (not ``iters`` unrolled passes) and runs
-    at another batch size than the one traced."""
+    batch loop gives each the op's answer. The exported graph holds one Loop (not ``iters``
+    unrolled passes) and runs at another batch size than the one traced."""
     gen = torch.Generator().manual_seed(B * N)
     x = integer_features(B * N, C, torch.float32, generator=gen).reshape(B, N, C)
     labels, centroids, _ = kernels.batched_kmeans(x, kappa, iters)
