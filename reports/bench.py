@@ -1,7 +1,8 @@
 """End-to-end inference benchmark: models x batch sizes x compile modes -> one result document.
 
-Every model runs the same path: ``eval()``, ``torch.no_grad()``, optionally ``torch.compile``
-(fullgraph) and, on a GPU, autocast to bf16/fp16. Models are timed interleaved, one batch size at
+Every model runs the same path: ``eval()``, ``torch.no_grad()``, this project's models (ClusterViG
+and the ViG baselines alike) in their inference form (:func:`clustervig.deploy`; timm's as timm
+builds them), optionally ``torch.compile`` (fullgraph) and, on a GPU, autocast to bf16/fp16. Models are timed interleaved, one batch size at
 a time. Warm-up calls (which include compilation) are excluded; each row records the median and
 p10/p90 of the timed calls, throughput, peak memory (device allocator, or the process's peak RSS
 on a CPU), the load average around it, whether the series looks like noise and why, and
@@ -19,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from clustervig import DISPLAY_NAMES, canonical_name, count_parameters, create_model
+from clustervig import DISPLAY_NAMES, canonical_name, count_parameters, create_model, deploy
 
 from .common import (
     PeakMemory,
@@ -147,6 +148,11 @@ def _failure(err: BaseException) -> dict:
 def _build_runner(key: str, device: torch.device, compile_mode: str):
     model = build_model(key).eval().to(device)
     params = round(count_parameters(model) / 1e6, 2)
+    if not key.startswith("timm:"):
+        # Ours (ClusterViG and the ViG baselines alike) in the inference form: batch norms
+        # folded, channels-last maps, fused CPU convolutions; the same function. timm's models
+        # run as timm builds them.
+        model = deploy(model)
     if compile_mode == "none":
         return model, params
     mode = None if compile_mode == "default" else compile_mode
@@ -335,6 +341,7 @@ def _base(key: str, mode: str, dtype: torch.dtype, img_size: int) -> dict:
     return {
         "model": key,
         "display": display_name(key),
+        "form": "timm" if key.startswith("timm:") else "inference",
         "compile": mode,
         "dtype": str(dtype).replace("torch.", ""),
         "img_size": img_size,
