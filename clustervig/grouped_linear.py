@@ -87,8 +87,9 @@ class GroupedLinear(nn.Module):
         # group's products write into their columns of one output: no per-group outputs and no
         # concatenation (CViG-B†, 4 groups: 6.3 ms of copies a forward at batch 256 on an H100,
         # estimated). With autograd the products stay separate tensors (out= has no gradient).
+        # Not while tracing (ONNX export) either: a trace does not follow writes into views.
         direct = self.groups > 1 and not torch.is_grad_enabled()
-        direct = direct and not torch.compiler.is_compiling()
+        direct = direct and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
         # out= runs outside autocast: only where the products run in the weight's dtype anyway
         tensors = [t for _, _, t in (*node_parts, *centroid_parts)]
         direct = direct and all(t.dtype == self.weight.dtype for t in tensors)

@@ -255,6 +255,12 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument(
         "--out", type=Path, default=FIGURES_DIR, help=f"figure directory (default ./{FIGURES_DIR})"
     )
+    de.add_argument(
+        "--parity",
+        action="store_true",
+        help="instead of timing: ONNX Runtime vs PyTorch (float32 and float64) at full depth on "
+        "CViG-Ti and CViG-S (or --models), 5 seeds x 4 images, calibrated random weights",
+    )
     _capped(de)
     pl = sub.add_parser("plot", help="draw figures and tables from result files")
     pl.add_argument(
@@ -396,10 +402,18 @@ def deploy_requirements(args) -> str | None:
 
 def _cmd_deploy(args) -> None:
     """``python -m reports deploy``: run, write the JSON after every batch size, draw."""
+    device = torch.device("cpu")
+    if args.parity:
+        doc = deploy.onnx_parity(
+            args.models or ["cvig_ti", "cvig_s"], list(range(5)), 4, threads=args.threads
+        )
+        path = write_json(result_path("parity", device, args.results_dir), doc)
+        progress(f"[deploy] wrote {path}")
+        print(deploy.parity_summary(doc))
+        return
     note = deploy.omp_policy_note()
     if note:
         progress(f"[deploy] note: {note}")
-    device = torch.device("cpu")
     path = getattr(args, "json", None) or result_path("deploy", device, args.results_dir)
     progress(f"[deploy] results go to {path} (rewritten after every batch size)")
     doc = deploy.run(

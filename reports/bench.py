@@ -2,11 +2,12 @@
 
 Every model runs the same path: ``eval()``, ``torch.no_grad()``, this project's models (ClusterViG
 and the ViG baselines alike) in their inference form (:func:`clustervig.deploy`; timm's as timm
-builds them), optionally ``torch.compile`` (fullgraph) and, on a GPU, autocast to bf16/fp16. Models are timed interleaved, one batch size at
-a time. Warm-up calls (which include compilation) are excluded; each row records the median and
-p10/p90 of the timed calls, throughput, peak memory (device allocator, or the process's peak RSS
-on a CPU), the load average around it, whether the series looks like noise and why, and
-``"oom"`` or ``"failed"`` instead of a crash.
+builds them), optionally ``torch.compile`` (fullgraph) and, on a GPU, autocast to bf16/fp16.
+Models are timed interleaved, one batch size at a time. Warm-up calls (which include
+compilation) are excluded; each row records the median and p10/p90 of the timed calls,
+throughput, peak memory (device allocator, or the process's peak RSS on a CPU), the load average
+around it, whether the series looks like noise and why, and ``"oom"`` or ``"failed"`` instead of
+a crash.
 """
 
 from __future__ import annotations

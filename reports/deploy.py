@@ -274,3 +274,91 @@ def omp_policy_note() -> str | None:
             "(OMP_WAIT_POLICY=PASSIVE python -m reports deploy) for comparable timings"
         )
     return None
+
+
+def calibrated(name: str, seed: int) -> torch.nn.Module:
+    """``name`` with random weights (``seed``) and batch-norm statistics from four random
+    images: eval activations of a sane scale, as a trained model has, instead of random init's
+    exploding ones (random init gives logits of 1e4 and every decision a near-tie)."""
+    torch.manual_seed(seed)
+    model = create_model(name)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 224, 224))
+    return model.eval()
+
+
+def onnx_parity(models: list[str], seeds: list[int], images: int = 4, *, threads: int = 2) -> dict:
+    """ONNX Runtime against PyTorch at full depth: per model and seed, the exported inference
+    form on ``images`` images drawn independently of the export's example, beside PyTorch in
+    float32 (the reference) and in float64. A row per image: the largest logit difference of
+    ONNX Runtime and of float64 PyTorch from float32 PyTorch, relative to the image's logit
+    scale, and whether their top-1 equals it. Where float64 moves the answer as far as ONNX
+    Runtime does, the difference is a near-tie decided by rounding, not an op computing
+    something else."""
+    import numpy as np
+
+    from clustervig.export import export_onnx
+
+    torch.set_num_threads(threads)
+    doc = {
+        "schema": SCHEMA_VERSION,
+        "kind": "parity",
+        "environment": environment(torch.device("cpu")),
+        "settings": {"threads": threads, "images": images, "onnxruntime": _ort_version()},
+        "rows": [],
+        "complete": True,
+    }
+    with tempfile.TemporaryDirectory(prefix="clustervig-parity-") as tmp:
+        for name in models:
+            for seed in seeds:
+                progress(f"[parity] {DISPLAY.get(name, name)} seed {seed}")
+                model = calibrated(name, seed)
+                path = export_onnx(deploy(model), Path(tmp) / "m.onnx")
+                session = _ort_session(path, threads)
+                gen = torch.Generator().manual_seed(10_000 + seed)
+                x = torch.randn(images, 3, 224, 224, generator=gen)
+                with torch.no_grad():
+                    want = model(x)
+                    exact = model.double()(x.double())
+                got = torch.from_numpy(np.asarray(session.run(None, {"images": x.numpy()})[0]))
+                scale = want.abs().amax(1)
+                ort = (got - want).abs().amax(1) / scale
+                f64 = (exact - want.double()).abs().amax(1) / scale
+                for i in range(images):
+                    doc["rows"].append(
+                        {
+                            "model": name,
+                            "seed": seed,
+                            "image": i,
+                            "batch_size": images,
+                            "status": "ok",
+                            "ort_rel_diff": float(ort[i]),
+                            "ort_top1_equal": bool(got[i].argmax() == want[i].argmax()),
+                            "float64_rel_diff": float(f64[i]),
+                            "float64_top1_equal": bool(exact[i].argmax() == want[i].argmax()),
+                        }
+                    )
+    return doc
+
+
+def parity_summary(doc: dict, tolerance: float = 1e-3) -> str:
+    """Per model: images within ``tolerance`` of the scale with equal top-1, for ONNX Runtime
+    and for float64 PyTorch, each against float32 PyTorch."""
+    lines = [
+        "| model | images | ONNX Runtime within 1e-3, same top-1 | float64 PyTorch within "
+        "1e-3, same top-1 | largest ORT difference where float64 agrees |",
+        "|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["model"] for r in doc["rows"]):
+        rows = [r for r in doc["rows"] if r["model"] == name]
+        ort = sum(r["ort_rel_diff"] <= tolerance and r["ort_top1_equal"] for r in rows)
+        f64 = sum(r["float64_rel_diff"] <= tolerance and r["float64_top1_equal"] for r in rows)
+        agreeing = [r["ort_rel_diff"] for r in rows if r["float64_rel_diff"] <= 1e-4]
+        worst = f"{max(agreeing):.1e}" if agreeing else "-"
+        lines.append(f"| {DISPLAY.get(name, name)} | {len(rows)} | {ort} | {f64} | {worst} |")
+    return "\n".join(lines) + "\n"

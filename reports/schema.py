@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 SCHEMA_VERSION = 1
-KINDS = ("models", "micro", "scaling", "deploy")
+KINDS = ("models", "micro", "scaling", "deploy", "parity")
 STATUSES = ("ok", "oom", "failed", "skipped")  # skipped: the run's time cap came first
 
 _ENVIRONMENT_KEYS = ("device", "device_type", "device_slug", "torch", "triton", "date")
@@ -15,8 +15,10 @@ _ROW_KEYS = {
     "micro": ("case", "op", "impl", "batch_size", "dtype", "median_ms"),
     "scaling": ("layer", "nodes", "batch_size", "dtype", "status"),
     "deploy": ("model", "display", "form", "runtime", "batch_size", "status"),
+    "parity": ("model", "seed", "image", "batch_size", "ort_rel_diff", "float64_rel_diff"),
 }
 _TIMED_KEYS = ("median_ms", "p10_ms", "p90_ms", "repeats")
+_UNTIMED_KINDS = ("parity",)  # rows of numbers other than timings
 
 
 class ResultError(ValueError):
@@ -47,7 +49,7 @@ def validate(doc: object, source: str = "result") -> dict:
         status = row.get("status", "ok")
         if status not in STATUSES:
             raise ResultError(f"{source}: row {i} has status {status!r}, not one of {STATUSES}")
-        if status == "ok":
+        if status == "ok" and kind not in _UNTIMED_KINDS:
             absent = [k for k in _TIMED_KEYS if not isinstance(row.get(k), (int, float))]
             if absent:
                 raise ResultError(f"{source}: row {i} is 'ok' but lacks numbers for {absent}")

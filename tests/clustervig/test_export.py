@@ -186,6 +186,18 @@ def test_knn_translation_equals_the_op_on_ragged_partitions(B, N, kappa, k, tmp_
     assert np.array_equal(session.run(None, feed)[0], want.numpy())
 
 
+def test_grouped_local_update_exports_its_products(tmp_path):
+    """CViG-S's local-update MLP has 4 channel groups; in PyTorch inference each group's
+    products are written into their columns of one output (``out=``), which a trace does not
+    follow: the export takes the separate products."""
+    model = calibrated_model("cvig_s", img_size=64, depth=2)
+    x = torch.randn(2, 3, 64, 64)
+    got = _ort(export_onnx(model, tmp_path / "s.onnx", img_size=64), x)
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
 def test_exported_model_takes_any_batch_size(tmp_path):
     model = calibrated_model("cvig_ti", img_size=64, depth=2)
     path = export_onnx(model, tmp_path / "dyn.onnx", img_size=64, batch=2)
