@@ -8,8 +8,10 @@ inside the convolution (its post-ops, the fusions ``torch.compile`` uses on CPUs
 for CViG-Ti's FFN at batch 1 and 8 on 2 threads.
 
 That op is not public API, so it is used only where it has been seen to work: CPU float32
-tensors without gradient, eager mode (not while exporting, scripting or compiling, which take
-the standard ops), after a one-time probe in the process compared it with the standard ops.
+tensors without gradient, eager mode (not while exporting, scripting, compiling or under a
+dispatch mode such as the FLOP counter, which take the standard ops), after a one-time probe in
+the process compared it with the standard ops. The local update's row products use the same
+convolution (:func:`multiply_rows`: rows ``(M, C)`` are a channels-last ``1 x M`` map).
 Anywhere else :class:`ConvAct` runs ``conv2d -> gelu -> + residual`` as separate ops.
 """
 
@@ -20,8 +22,9 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ["ConvAct", "onednn_fusion_available"]
+__all__ = ["ConvAct", "can_multiply_rows", "multiply_rows", "onednn_fusion_available"]
 
 
 @functools.cache
@@ -124,8 +127,7 @@ class ConvAct(nn.Conv2d):
         return cached[1]
 
     def __getstate__(self):
-        state = super().__getstate__()
-        state = dict(state)
+        state = self.__dict__.copy()
         state.pop("_packed", None)  # a cache in oneDNN's layout: rebuilt, never copied or saved
         return state
 
@@ -133,6 +135,8 @@ class ConvAct(nn.Conv2d):
         if torch.jit.is_scripting() or torch.compiler.is_compiling():
             return False
         if torch.onnx.is_in_onnx_export() or x.device.type != "cpu":
+            return False
+        if _get_current_dispatch_mode() is not None:  # a FLOP counter, fake tensors
             return False
         if x.dtype != torch.float32 or x.requires_grad or self.weight.requires_grad:
             return False
@@ -147,3 +151,70 @@ class ConvAct(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", gelu=True" if self.gelu else "")
+
+
+def _rows_as_map(rows: Tensor) -> Tensor:
+    """Rows ``(M, L)``, contiguous, as the channels-last map ``(1, L, 1, M)`` they already are
+    in memory (no copy)."""
+    return rows.view(1, 1, rows.shape[0], rows.shape[1]).permute(0, 3, 1, 2)
+
+
+def can_multiply_rows(x: Tensor, weight: Tensor) -> bool:
+    """Whether :func:`multiply_rows` runs oneDNN's packed product here: CPU float32 inference
+    (no gradient, no autocast, not exporting, scripting or compiling) on contiguous 2-D
+    operands, after the probe of :func:`onednn_fusion_available`."""
+    if torch.is_grad_enabled() or torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False
+    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return False
+    if torch.is_autocast_enabled("cpu"):  # the products autocast would run in another dtype
+        return False
+    if _get_current_dispatch_mode() is not None:  # a FLOP counter, fake tensors: standard ops
+        return False
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.dim() == 2
+        and x.shape[0] > 0
+        and x.is_contiguous()
+        and weight.is_contiguous()
+        and onednn_fusion_available()
+    )
+
+
+def multiply_rows(x: Tensor, weight: Tensor, cache: dict, add: Tensor | None = None) -> Tensor:
+    """``x @ weight.T (+ add)``: rows ``x (M, L)`` times ``weight (O, L)`` (plus ``add (M, O)``
+    contiguous) as oneDNN's 1x1 convolution of the rows seen as a channels-last map, the weight
+    reordered once into its blocked layout and kept in ``cache`` (by the weight tensor, which
+    must not be changed in place afterwards) and the add done inside the product. Measured
+    against MKL's ``linear`` / ``addmm`` on 2 threads for CViG-Ti's local update (196 and 1568
+    rows of 192 -> 384): 1.5x and 3x faster. Call only where :func:`can_multiply_rows` is true."""
+    # By identity, the weight kept with its packed copy (so its id cannot be reused): the
+    # callers pass cached column tensors that are replaced, not changed, when the weight is.
+    entry = cache.get(id(weight))
+    if entry is None or entry[0] is not weight:
+        if len(cache) >= 64:  # replaced weights' entries: drop them all now and then
+            cache.clear()
+        try:
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                weight[:, :, None, None].contiguous().to_mkldnn(),
+                [0, 0],
+                [1, 1],
+                [1, 1],
+                1,
+                [1, x.shape[1], 1, x.shape[0]],
+            )
+        except (RuntimeError, AttributeError, NotImplementedError):
+            packed = weight[:, :, None, None].contiguous()
+        entry = cache[id(weight)] = (weight, packed)
+    packed = entry[1]
+    args = ([0, 0], [1, 1], [1, 1], 1)
+    rows = _rows_as_map(x)
+    if add is None:
+        out = torch.ops.mkldnn._convolution_pointwise(rows, packed, None, *args, "none", [None], "")
+    else:
+        out = torch.ops.mkldnn._convolution_pointwise.binary(
+            rows, _rows_as_map(add), packed, None, *args, "add", 1.0, None, [], None
+        )
+    return out.permute(0, 2, 3, 1).reshape(x.shape[0], weight.shape[0])

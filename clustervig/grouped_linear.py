@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fused import can_multiply_rows, multiply_rows
+
 __all__ = ["GroupedLinear"]
 
 
@@ -140,6 +142,12 @@ class GroupedLinear(nn.Module):
             # The whole tensor when the group takes all its columns: a view in PyTorch, but a
             # Slice (a copy) in an exported graph.
             x = t if first == 0 and stop == t.shape[1] else t[:, first:stop]
+            if into is None and can_multiply_rows(x, columns):
+                # CPU float32 inference: oneDNN's packed product, the previous part's product
+                # added inside it (clustervig.fused.multiply_rows).
+                cache = self.__dict__.setdefault("_packed_columns", {})
+                total = multiply_rows(x, columns, cache, add=total)
+                continue
             if total is None:
                 total = F.linear(x, columns) if into is None else torch.mm(x, columns.t(), out=into)
             elif into is None:
@@ -147,6 +155,11 @@ class GroupedLinear(nn.Module):
             else:
                 total.addmm_(x, columns.t())
         return total
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_packed_columns", None)  # oneDNN-layout copies: rebuilt, never copied or saved
+        return state
 
     def _columns(self, g: int, first: int, step: int, count: int) -> Tensor:
         """Columns ``first, first + step, ...`` (``count`` of them) of group g's weight,

@@ -153,3 +153,27 @@ def test_inference_form_compiles_fullgraph():
     with torch.no_grad():
         compiled = torch.compile(model, fullgraph=True)(x)
         assert _max_error(compiled, model(x)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("rows", [1, 7, 196])
+def test_multiply_rows_equals_the_product_and_follows_a_replaced_weight(rows):
+    """oneDNN's packed row product (float32 CPU inference) against ``x @ w.T + add``; a new
+    weight tensor (the local update's column cache is replaced, never changed in place, when
+    the weight changes) is packed anew, and sizes other than the first reuse the packing."""
+    gen = torch.Generator().manual_seed(rows)
+    cache: dict = {}
+    w = torch.randn(24, 10, generator=gen)
+    for m in (rows, rows + 5):
+        x = torch.randn(m, 10, generator=gen)
+        add = torch.randn(m, 24, generator=gen)
+        with torch.no_grad():
+            assert fused.can_multiply_rows(x, w) == fused.onednn_fusion_available()
+            if not fused.can_multiply_rows(x, w):
+                pytest.skip("no oneDNN fused convolution in this build")
+            assert relative_error(fused.multiply_rows(x, w, cache), x @ w.T) <= 1e-5
+            got = fused.multiply_rows(x, w, cache, add=add)
+            assert relative_error(got, x @ w.T + add) <= 1e-5
+    w2 = torch.randn(24, 10, generator=gen)
+    with torch.no_grad():
+        assert relative_error(fused.multiply_rows(x, w2, cache), x @ w2.T) <= 1e-5
+    assert not fused.can_multiply_rows(x.requires_grad_(), w)  # autograd: the standard ops
