@@ -215,17 +215,18 @@ def add_residual(layer: nn.Module, h: Tensor, residual: Tensor) -> Tensor:
 SMALL_BATCH_ROWS = 512
 
 
-class PositionConv(nn.Conv2d):
+class PositionConv(ConvAct):
     """The conditional position encoding (CPE): a depthwise 7x7 convolution, ``(B, C, H, W)``
-    -> same. A small batch runs on one CPU thread (``SMALL_BATCH_ROWS``)."""
+    -> same, plus ``residual`` if given (in one op in CPU inference: :class:`ConvAct`). A small
+    batch runs on one CPU thread (``SMALL_BATCH_ROWS``)."""
 
     def __init__(self, channels: int, kernel_size: int = 7):
         super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         B, _, H, W = x.shape
         with one_cpu_thread(x, B * H * W <= SMALL_BATCH_ROWS):
-            return super().forward(x)
+            return super().forward(x, residual)
 
 
 class DropPath(nn.Module):
@@ -363,8 +364,10 @@ class ClassifierHead(nn.Module):
             self.head, self.dist_head = nn.Identity(), None
 
     def reparameterize(self) -> None:
-        """The inference form (timm's ``reparameterize`` convention): the eval-mode batch norm of
-        the pre-logits projection folded into its convolution, in place."""
+        """The inference form (timm's ``reparameterize`` convention), in place: the eval-mode
+        batch norm of the pre-logits projection folded into its convolution, and a distillation
+        head merged with the classifier (eval returns their mean: one classifier with the mean
+        weights does it; the model then returns one logit tensor in training mode too)."""
         pool, conv, norm, *rest = self.prediction
         if isinstance(norm, nn.BatchNorm2d):
             if norm.training:
@@ -375,6 +378,13 @@ class ClassifierHead(nn.Module):
             act, *rest = rest
             fused = ConvAct.from_conv(fuse_conv_bn_eval(conv, norm), gelu=True)
             self.prediction = nn.Sequential(pool, fused, nn.Identity(), nn.Identity(), *rest)
+        if self.dist_head is not None and not self.training:
+            # Eval returns the mean of the two classifiers: one classifier with the mean weights.
+            merged = nn.Conv2d(self.hidden, self.num_classes, 1, device=self.head.weight.device)
+            with torch.no_grad():
+                merged.weight.copy_((self.head.weight + self.dist_head.weight) / 2)
+                merged.bias.copy_((self.head.bias + self.dist_head.bias) / 2)
+            self.head, self.dist_head = merged, None
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         if not self.global_pool:

@@ -65,7 +65,7 @@ class Grapher(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.fc1(self.cpe(x) + x)
+        y = self.fc1(self.cpe(x, residual=x))  # CPE(X) + X
         if not self.training:
             return add_residual(self.fc2, self.degc(y), x)
         return x + self.drop_path(self.fc2(self.degc(y)))

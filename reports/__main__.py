@@ -235,8 +235,8 @@ def _parser() -> argparse.ArgumentParser:
         "--forms",
         nargs="+",
         choices=deploy.FORMS,
-        help=f"forms of our models (default all: {' '.join(deploy.FORMS)}); timm's run "
-        f"{' and '.join(deploy.PEER_FORMS)}",
+        help=f"forms of our models (default all: {' '.join(deploy.FORMS)}); timm's run eager, "
+        "and in ONNX Runtime when onnx is among them",
     )
     de.add_argument(
         "--batch-sizes", type=_positive_ints, metavar="'1 8'", help="batch sizes (default 1 8)"
