@@ -25,6 +25,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 from .common import FIGURES_DIR, RESULTS_DIR  # noqa: E402
 from .schema import ResultError, load  # noqa: E402
@@ -435,6 +436,9 @@ def plot_deploy(doc: dict, out: Path) -> Path:
                     fontsize=7,
                 )
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel("throughput (images / s)")
         ax.set_ylabel("ImageNet-1k top-1 (%), published")
         ax.set_title(f"batch {batch}", fontsize=10)
@@ -443,7 +447,7 @@ def plot_deploy(doc: dict, out: Path) -> Path:
         plt.Line2D([], [], linestyle="", marker=m, color="grey", label=label)
         for label, m in DEPLOY_FORMS.values()
     ]
-    axes[0][-1].legend(handles=handles, loc="lower right", fontsize=8)
+    axes[0][-1].legend(handles=handles, loc="center right", fontsize=8)
     env, settings = doc["environment"], doc.get("settings", {})
     fig.suptitle(
         f"CPU deployment: {env['device']}, {settings.get('threads')} threads, float32 | "
