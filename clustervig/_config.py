@@ -5,18 +5,25 @@ from __future__ import annotations
 import dataclasses
 from typing import TypeVar
 
-__all__ = ["apply_overrides", "parse_override"]
+__all__ = ["UnknownOptionError", "apply_overrides", "parse_override"]
 
 C = TypeVar("C")
 
 
+class UnknownOptionError(TypeError, ValueError):
+    """An option the model does not have: a ``TypeError``, as an unexpected keyword argument is
+    in Python (what timm's factory expects), and a ``ValueError`` like every other bad option
+    here (what this package's CLIs report in one line)."""
+
+
 def apply_overrides(owner: str, config: C, overrides: dict) -> C:
-    """``config`` with ``overrides`` applied; an unknown option raises ``ValueError`` listing the
-    valid ones (instead of the dataclass's ``unexpected keyword argument``)."""
+    """``config`` with ``overrides`` applied; an unknown option raises
+    :class:`UnknownOptionError` listing the valid ones (instead of the dataclass's ``unexpected
+    keyword argument``)."""
     fields = [f.name for f in dataclasses.fields(config)]
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ValueError(
+        raise UnknownOptionError(
             f"{owner}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
             f"valid options: {', '.join(fields)}"
         )

@@ -10,6 +10,8 @@ training scripts and detection frameworks expect: ``num_classes`` / ``num_featur
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -20,6 +22,7 @@ __all__ = [
     "IMAGENET_STD",
     "BackboneConventions",
     "isotropic_taps",
+    "min_input_side",
     "pretrained_cfg",
 ]
 
@@ -45,11 +48,26 @@ class FeatureInfo(list):
         return self._get("module", idx)
 
 
+def min_input_side(reduction: int, min_nodes: int) -> int:
+    """The smallest square input whose coarsest grid (the input over ``reduction``) has
+    ``min_nodes`` nodes."""
+    return reduction * math.ceil(math.sqrt(min_nodes))
+
+
 def pretrained_cfg(
-    num_classes: int, img_size: int, in_channels: int, pool_size: int, first_conv: str
+    num_classes: int,
+    img_size: int,
+    in_channels: int,
+    pool_size: int,
+    first_conv: str,
+    min_side: int | None = None,
 ) -> dict:
-    """A timm ``pretrained_cfg`` (no weights are downloaded: ``url`` is empty)."""
+    """A timm ``pretrained_cfg`` (no weights are downloaded: ``url`` is empty);
+    ``min_input_size`` when ``min_side`` is given (timm's tests and resolvers size inputs by
+    it)."""
+    extra = {} if min_side is None else {"min_input_size": (in_channels, min_side, min_side)}
     return {
+        **extra,
         "url": "",
         "num_classes": num_classes,
         "input_size": (in_channels, img_size, img_size),
@@ -72,6 +90,27 @@ def isotropic_taps(depth: int, channels: int, reduction: int) -> list[tuple[int,
     return [(2 * b - 1, channels, reduction) for b in blocks]
 
 
+def _tap_indices(method: str, indices, count: int) -> list[int]:
+    """timm's ``indices``: None (all taps), an int ``n`` (the last n) or a sequence of taps."""
+    if indices is None:
+        chosen = list(range(count))
+    elif isinstance(indices, int) and not isinstance(indices, bool):
+        chosen = list(range(count - indices, count)) if 0 < indices <= count else []
+    else:
+        chosen = [
+            i + count if isinstance(i, int) and not isinstance(i, bool) and i < 0 else i
+            for i in indices
+        ]
+    if not chosen or any(
+        isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count for i in chosen
+    ):
+        raise ValueError(
+            f"{method}: argument 'indices' must select among {count} taps (0..{count - 1}, or "
+            f"a count 1..{count}), got {indices!r}"
+        )
+    return chosen
+
+
 class BackboneConventions:
     """Mixin for ``nn.Module`` models with ``stem``, ``pos_embed``, ``backbone`` (Sequential),
     ``head`` (ClassifierHead), ``config``, ``_embed(x)`` (checked input -> stem -> + position
@@ -92,8 +131,16 @@ class BackboneConventions:
 
     @property
     def num_features(self) -> int:
-        """Channels of ``forward_features``' output."""
+        """Channels of ``forward_features``' output (the last tap's after
+        :meth:`prune_intermediate_layers`)."""
+        if getattr(self, "_tap_count", None):
+            return self.feature_taps()[-1][1]
         return self.head.in_channels
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels, under timm's name."""
+        return self.config.in_channels
 
     @property
     def head_hidden_size(self) -> int:
@@ -131,7 +178,13 @@ class BackboneConventions:
     # -- features for dense prediction ---------------------------------------------------------
     def feature_taps(self) -> list[tuple[int, int, int]]:
         """``(backbone index, channels, reduction)`` per feature tap; an isotropic model's (the
-        default): after 4 evenly spaced blocks. Pyramid models override it."""
+        default): after 4 evenly spaced blocks. Pyramid models override :meth:`all_taps`.
+        After :meth:`prune_intermediate_layers`, the taps its blocks still reach."""
+        taps = self.all_taps()
+        return taps[: getattr(self, "_tap_count", len(taps))]
+
+    def all_taps(self) -> list[tuple[int, int, int]]:
+        """The taps of the unpruned model (see :meth:`feature_taps`)."""
         return isotropic_taps(self.config.depth, self.config.channels, self.reduction)
 
     @property
@@ -145,36 +198,76 @@ class BackboneConventions:
     def forward_intermediates(
         self,
         x: Tensor,
-        indices: int | list[int] | None = None,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """The feature maps at the taps of ``feature_info`` (``indices``: which taps, an int
-        ``n`` for the last n; default all), and the final features unless
-        ``intermediates_only`` (which stops after the last tap)."""
-        taps = self.feature_taps()
-        if indices is None:
-            chosen = list(range(len(taps)))
-        elif isinstance(indices, int):
-            chosen = list(range(len(taps) - indices, len(taps)))
-        else:
-            chosen = list(indices)
-        if not chosen or any(not 0 <= i < len(taps) for i in chosen):
+        """The feature maps at the taps of ``feature_info``, timm's way.
+
+        Args:
+            indices: which taps (a list), the last ``n`` (an int), or all (None).
+            norm: apply the final norm to the taps (these models have none: no change).
+            stop_early: run no block after the last tap asked for (the final features
+                returned are then the last tap's map).
+            output_fmt: ``"NCHW"`` or ``"NHWC"`` (the maps permuted).
+            intermediates_only: return the taps only (and stop after the last of them).
+
+        Returns ``(final features, taps)`` or the taps alone.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(
-                f"forward_intermediates: argument 'indices' must select among {len(taps)} taps "
-                f"(0..{len(taps) - 1}, or a count), got {indices!r}"
+                f"forward_intermediates: argument 'output_fmt' must be 'NCHW' or 'NHWC', "
+                f"got {output_fmt!r}"
             )
+        taps = self.feature_taps()
+        chosen = _tap_indices("forward_intermediates", indices, len(taps))
         wanted = {taps[i][0]: i for i in chosen}
-        last = max(wanted) if intermediates_only else len(self.backbone) - 1
+        last = max(wanted) if (intermediates_only or stop_early) else len(self.backbone) - 1
         outputs: dict[int, Tensor] = {}
         x = self._embed(x)
         for j, block in enumerate(self.backbone):
-            x = block(x)
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
             if j in wanted:
-                outputs[wanted[j]] = x
+                outputs[wanted[j]] = x if output_fmt == "NCHW" else x.permute(0, 2, 3, 1)
             if j == last:
                 break
         intermediates = [outputs[i] for i in chosen]
         return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] | tuple[int, ...] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop every block after the last tap in ``indices`` (as
+        :meth:`forward_intermediates` takes them) and, with ``prune_head``, the head (the model
+        then returns its unpooled features); ``prune_norm`` has nothing to drop here. Returns
+        the tap indices taken, for :meth:`forward_intermediates`."""
+        taps = self.feature_taps()
+        chosen = _tap_indices("prune_intermediate_layers", indices, len(taps))
+        last_block = taps[max(chosen)][0]
+        self.backbone = nn.Sequential(*list(self.backbone)[: last_block + 1])
+        self._tap_count = max(chosen) + 1
+        if prune_head:
+            self.head.remove()
+        return chosen
+
+    def __prepare_scriptable__(self):
+        """TorchScript cannot compile these models (their graph steps are custom ops with
+        Python-side dispatch and type-generic layers): say so, and what works instead. timm's
+        own test suite declares them unscriptable the way it does its ``hiera`` / ``hrnet``
+        families (``tests/timm_suite.py``)."""
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be scripted with torch.jit.script: use "
+            "torch.compile(model), torch.export.export(model, ...) or "
+            "`python -m clustervig export NAME` (ONNX) instead"
+        )
 
     # -- training ------------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:

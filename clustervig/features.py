@@ -67,6 +67,22 @@ class FeaturePyramid(nn.Module):
         self.necks = nn.ModuleList(necks)
         self.feature_info = FeatureInfo(info[i] for i in out_indices)
 
+    @property
+    def pretrained_cfg(self) -> dict:
+        """The wrapped model's (timm's feature wrappers carry their model's), with a
+        ``min_input_size`` that also gives the coarsest level (stride 32) a pixel."""
+        cfg = dict(self.model.pretrained_cfg)
+        if "min_input_size" in cfg:
+            channels, side, _ = cfg["min_input_size"]
+            step = self.model.reduction
+            side = max(side, -(-max(PYRAMID_STRIDES) // step) * step)
+            cfg["min_input_size"] = (channels, side, side)
+        return cfg
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
     def forward(self, x: Tensor) -> list[Tensor]:
         maps = self.model.forward_intermediates(x, self.out_indices, intermediates_only=True)
         return [self.necks[i](m) for i, m in zip(self.out_indices, maps, strict=True)]

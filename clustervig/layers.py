@@ -148,6 +148,11 @@ def layout_of(x: Tensor) -> torch.memory_format:
     return torch.channels_last if is_channels_last(x) else torch.contiguous_format
 
 
+# A leaf under torch.fx symbolic tracing (timm / torchvision feature extraction): it reads the
+# strides of its input.
+torch.fx.wrap("layout_of")
+
+
 def nodes_to_map(rows: Tensor, B: int, H: int, W: int, channels_last: bool = False) -> Tensor:
     """Node rows ``(B * H * W, C)`` or ``(B, H * W, C)`` (node n = h * W + w) -> the feature map
     ``(B, C, H, W)``: a channels-last view of the rows (no copy) when ``channels_last``, else
@@ -342,7 +347,8 @@ class ClassifierHead(nn.Module):
         self.reset(num_classes)
 
     def reset(self, num_classes: int, global_pool: str | None = None) -> None:
-        """New classifiers for ``num_classes`` (0: none); ``global_pool`` ``"avg"`` or ``""``."""
+        """New classifiers for ``num_classes`` (0: none); ``global_pool`` ``"avg"`` or ``""``.
+        They take the device, dtype and training mode of the head's projection."""
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(
                 f"reset_classifier: argument 'num_classes' must be an int >= 0, got {num_classes!r}"
@@ -353,15 +359,38 @@ class ClassifierHead(nn.Module):
                     "reset_classifier: argument 'global_pool' must be 'avg' or '' (no pooling), "
                     f"got {global_pool!r}"
                 )
+            if global_pool and self.removed:
+                raise ValueError(
+                    "reset_classifier: the head was removed (prune_intermediate_layers with "
+                    "prune_head): pooled features need the unpruned model"
+                )
             self.global_pool = global_pool
+        if num_classes and self.removed:
+            raise ValueError(
+                "reset_classifier: the head was removed (prune_intermediate_layers with "
+                "prune_head): a classifier needs the unpruned model"
+            )
         self.num_classes = num_classes
-        device = self.prediction[1].weight.device
         if num_classes:
-            self.head = nn.Conv2d(self.hidden, num_classes, 1, device=device)
-            dist = nn.Conv2d(self.hidden, num_classes, 1, device=device)
+            like = self.prediction[1].weight
+            options = {"device": like.device, "dtype": like.dtype}
+            self.head = nn.Conv2d(self.hidden, num_classes, 1, **options).train(self.training)
+            dist = nn.Conv2d(self.hidden, num_classes, 1, **options).train(self.training)
             self.dist_head = dist if self.distillation else None
         else:
             self.head, self.dist_head = nn.Identity(), None
+
+    @property
+    def removed(self) -> bool:
+        """Whether :meth:`remove` took the head away."""
+        return len(self.prediction) == 0
+
+    def remove(self) -> None:
+        """Drop the pooling, the projection and the classifiers: the model returns its unpooled
+        features (``prune_intermediate_layers(prune_head=True)``)."""
+        self.num_classes, self.global_pool = 0, ""
+        self.prediction = nn.Sequential()
+        self.head, self.dist_head = nn.Identity(), None
 
     def reparameterize(self) -> None:
         """The inference form (timm's ``reparameterize`` convention), in place: the eval-mode

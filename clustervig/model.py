@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from kernels._common import MAX_NEIGHBORS
 
 from ._config import apply_overrides
-from .conventions import BackboneConventions, pretrained_cfg
+from .conventions import BackboneConventions, min_input_side, pretrained_cfg
 from .degc import DEGC
 from .layers import (
     FFN,
@@ -201,7 +201,10 @@ class CViG(BackboneConventions, nn.Module):
     @property
     def pretrained_cfg(self) -> dict:
         c = self.config
-        return pretrained_cfg(self.num_classes, c.img_size, c.in_channels, c.grid, "stem.convs.0.0")
+        side = min_input_side(self.reduction, c.num_clusters)
+        return pretrained_cfg(
+            self.num_classes, c.img_size, c.in_channels, c.grid, "stem.convs.0.0", side
+        )
 
     def degc_layers(self) -> list[DEGC]:
         return [m for m in self.modules() if isinstance(m, DEGC)]

@@ -5,7 +5,8 @@ imported, in either order: ``import clustervig`` registers them at once if timm 
 imported, and otherwise arranges for registration right after timm's own import finishes (an
 import hook; nothing is imported early, so ``import clustervig`` stays as fast without timm).
 
-What timm passes to an entry point is translated: ``in_chans`` -> ``in_channels``,
+What timm passes to an entry point is translated: ``in_chans`` -> ``in_channels``, ``device``
+/ ``dtype`` -> built under that device and converted,
 ``global_pool`` -> ``reset_classifier``, ``features_only`` / ``out_indices`` -> this project's
 :class:`~clustervig.features.FeaturePyramid`, ``pretrained=True`` with
 ``pretrained_cfg_overlay=dict(file=PATH)`` -> :func:`clustervig.load_checkpoint` (any layout it
@@ -17,12 +18,14 @@ The DEGC and ViG graph layers are registered as FX leaves, so timm's FX feature 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import sys
 import warnings
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 __all__ = ["install", "register"]
@@ -60,13 +63,17 @@ def _entrypoint(name: str) -> Callable[..., nn.Module]:
             )
         if isinstance(out_indices, int):
             out_indices = tuple(range(4 - out_indices, 4))
-        model = create_model(
-            name,
-            features_only=bool(features_only),
-            out_indices=tuple(out_indices),
-            pretrained=checkpoint if pretrained else False,
-            **kwargs,
-        )
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = create_model(
+                name,
+                features_only=bool(features_only),
+                out_indices=tuple(out_indices),
+                pretrained=checkpoint if pretrained else False,
+                **kwargs,
+            )
+        if device is not None or dtype is not None:  # fixed tables are built on the CPU
+            model.to(device=device, dtype=dtype)
         if global_pool is not None and not features_only:
             model.reset_classifier(model.num_classes, global_pool)
         return model
@@ -109,12 +116,21 @@ def _default_cfg(name: str, display: str) -> dict:
     """The model's ``pretrained_cfg`` as timm keeps it in its registry (no weights: no url).
     Written out rather than read off a built model, which would cost seconds at ``import timm``;
     tests/clustervig/test_timm.py checks it against every model's own ``pretrained_cfg``."""
-    from .conventions import pretrained_cfg
+    from .baselines import IVIG_VARIANTS, PVIG_VARIANTS, IViG, PViG
+    from .conventions import min_input_side, pretrained_cfg
+    from .model import VARIANTS
 
     pool = {"cvig_b_hr": 28}.get(name, 7 if name.startswith("pvig") else 14)
     first_conv = "stem.convs.0.0" if name.startswith("cvig") else "stem.0.0"
+    if name in VARIANTS:
+        config = VARIANTS[name]
+        side = min_input_side(config.img_size // config.grid, config.num_clusters)
+    elif name in PVIG_VARIANTS:
+        side = min_input_side(PViG.reduction, PViG.nodes_needed(PVIG_VARIANTS[name]))
+    else:
+        side = min_input_side(IViG.reduction, IViG.nodes_needed(IVIG_VARIANTS[name]))
     return {
-        **pretrained_cfg(1000, 224, 3, pool, first_conv),
+        **pretrained_cfg(1000, 224, 3, pool, first_conv, side),
         "paper_name": "ClusterViG" if name.startswith("cvig") else "Vision GNN",
         "notes": (display,),
     }

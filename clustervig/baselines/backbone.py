@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..conventions import BackboneConventions, pretrained_cfg
+from ..conventions import BackboneConventions, min_input_side, pretrained_cfg
 from ..layers import add_position_embedding, check_images
 
 __all__ = ["ViGBaseline"]
@@ -44,4 +44,5 @@ class ViGBaseline(BackboneConventions):
     def pretrained_cfg(self) -> dict:
         c = self.config
         size = c.img_size // self.reduction
-        return pretrained_cfg(self.num_classes, c.img_size, c.in_channels, size, "stem.0.0")
+        side = min_input_side(self.reduction, self.min_nodes)
+        return pretrained_cfg(self.num_classes, c.img_size, c.in_channels, size, "stem.0.0", side)

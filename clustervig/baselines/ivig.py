@@ -57,6 +57,15 @@ class IViG(ViGBaseline, nn.Module):
 
     reduction = 16
 
+    @classmethod
+    def nodes_needed(cls, config: IViGConfig) -> int:
+        """The fewest nodes an input may give the graphs of ``config``: the largest
+        ``k * dilation`` of its blocks (the dilation schedule fixed by the configured size)."""
+        num_nodes = (config.img_size // cls.reduction) ** 2
+        ks = neighbour_schedule(config.depth, config.k_min, config.k_max)
+        max_dilation = num_nodes // max(ks)
+        return max(k * min(i // 4 + 1, max_dilation) for i, k in enumerate(ks))
+
     def __init__(self, config: IViGConfig | None = None, **overrides):
         super().__init__()
         config = apply_overrides("IViG", config or IViGConfig(), overrides)
@@ -76,7 +85,7 @@ class IViG(ViGBaseline, nn.Module):
             blocks.append(FFN(c, 4 * c, drop_path=drop[i]))
         self.backbone = nn.Sequential(*blocks)
         # The coarsest graph needs k * dilation keys: the fewest nodes an input may give.
-        self.min_nodes = max(g.k * g.dilation for g in blocks if isinstance(g, ViGGrapher))
+        self.min_nodes = self.nodes_needed(config)
         self.head = ClassifierHead(c, config.num_classes, drop_rate=config.drop_rate)
         self.validate_inputs = True
         _init_weights(self)

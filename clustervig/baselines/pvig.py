@@ -94,8 +94,13 @@ class PViG(ViGBaseline, nn.Module):
     @property
     def min_nodes(self) -> int:
         """The fewest nodes an input may give: the coarsest graph's k * dilation keys."""
-        return self.config.k * (49 // self.config.k)
+        return self.nodes_needed(self.config)
 
-    def feature_taps(self) -> list[tuple[int, int, int]]:
+    @staticmethod
+    def nodes_needed(config: PViGConfig) -> int:
+        """The fewest nodes an input may give the coarsest graph of ``config``."""
+        return config.k * (49 // config.k)
+
+    def all_taps(self) -> list[tuple[int, int, int]]:
         """``(backbone index, channels, reduction)`` at the end of each of the four stages."""
         return list(self._stage_ends)

@@ -143,3 +143,74 @@ def test_forward_intermediates_and_feature_info(model):
 def test_bad_out_indices_are_a_clear_error():
     with pytest.raises(ValueError, match="'out_indices'"):
         create_model("pvig_ti", features_only=True, out_indices=(0, 4))
+
+
+def test_forward_intermediates_takes_timms_arguments(model):
+    """timm's signature: ``norm`` (no final norm here: no change), ``stop_early``,
+    ``output_fmt`` NCHW / NHWC, negative indices; anything else is a clear error."""
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        early, first = model.forward_intermediates(x, indices=[0], norm=True, stop_early=True)
+        nhwc = model.forward_intermediates(
+            x, indices=[-1], output_fmt="NHWC", intermediates_only=True
+        )
+    torch.testing.assert_close(early, first[0])
+    torch.testing.assert_close(first[0], maps[0])
+    torch.testing.assert_close(nhwc[0], maps[-1].permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="'output_fmt'"):
+        model.forward_intermediates(x, output_fmt="NLC")
+    with pytest.raises(ValueError, match="'indices'"):
+        model.forward_intermediates(x, indices=0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_prune_intermediate_layers_keeps_the_taps_and_trains(name):
+    """Pruned to tap 1: its map is the unpruned model's, the blocks after it and (by default)
+    the head are gone, forward_features ends at the tap, every remaining parameter trains; a
+    classifier cannot come back on a removed head."""
+    import copy
+
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        taps = model.forward_intermediates(x, intermediates_only=True)
+        pruned = copy.deepcopy(model)
+        taken = pruned.prune_intermediate_layers([1])
+        assert taken == [1] and len(pruned.feature_info) == 2
+        torch.testing.assert_close(pruned.forward_intermediates(x, indices=taken)[1][0], taps[1])
+        torch.testing.assert_close(pruned.forward_features(x), taps[1])
+        torch.testing.assert_close(pruned(x), taps[1])  # no head: the unpooled features
+    assert pruned.num_features == taps[1].shape[1]
+    assert len(list(pruned.parameters())) < len(list(model.parameters()))
+    pruned.train()
+    pruned.forward_features(torch.randn(2, 3, 224, 224)).sum().backward()
+    assert all(p.grad is not None for p in pruned.parameters())
+    with pytest.raises(ValueError, match="removed"):
+        pruned.reset_classifier(10)
+    kept = copy.deepcopy(model)
+    kept.prune_intermediate_layers([3], prune_head=False)
+    with torch.no_grad():
+        torch.testing.assert_close(kept(x), model(x))
+
+
+def test_scripting_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="torch.compile"):
+        torch.jit.script(create_model("cvig_ti", img_size=64))
+
+
+def test_min_input_size_is_declared_and_enforced():
+    """The smallest input each model takes (PViG's coarsest graph needs 45 keys at stride 32:
+    224 px); below it a clear error; the feature pyramid's also gives its stride-32 level a
+    pixel (CViG-B† runs at 24 px, its pyramid at 32)."""
+    for name, side in [("cvig_ti", 32), ("pvig_ti", 224), ("ivig_ti", 128), ("cvig_b_hr", 24)]:
+        with torch.device("meta"):
+            model = create_model(name)
+        assert model.pretrained_cfg["min_input_size"] == (3, side, side)
+    model = create_model("pvig_ti").eval()
+    with pytest.raises(ValueError, match="at least 224x224"):
+        model(torch.randn(1, 3, 192, 192))
+    pyramid = create_model("cvig_b_hr", features_only=True)
+    assert pyramid.pretrained_cfg["min_input_size"] == (3, 32, 32)
+    assert pyramid.default_cfg is not None and pyramid.pretrained_cfg["input_size"] == (3, 224, 224)

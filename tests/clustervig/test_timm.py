@@ -141,3 +141,19 @@ def test_pretrained_needs_a_local_file(tmp_path):
 def test_unknown_feature_class_is_a_clear_error():
     with pytest.raises(ValueError, match="feature_cls"):
         timm.create_model("cvig_ti", features_only=True, feature_cls="hook")
+
+
+def test_timm_factory_device_dtype_and_unknown_arguments():
+    """timm's factory passes ``device`` / ``dtype`` (every tensor made there) and expects an
+    unknown argument to raise ``TypeError`` (still the ``ValueError`` the CLIs report)."""
+    model = timm.create_model("pvig_ti", device="meta", dtype=torch.float64)
+    tensors = [*model.parameters(), *model.buffers()]
+    assert all(t.device.type == "meta" for t in tensors)
+    assert all(t.dtype == torch.float64 for t in tensors if t.is_floating_point())
+    with pytest.raises(TypeError, match="not_an_option"):
+        timm.create_model("cvig_ti", not_an_option=1)
+    with pytest.raises(ValueError, match="not_an_option"):
+        timm.create_model("cvig_ti", not_an_option=1)
+    model.reset_classifier(7)  # a new classifier in the model's device and dtype
+    assert model.get_classifier().weight.dtype == torch.float64
+    assert model.get_classifier().weight.device.type == "meta"
