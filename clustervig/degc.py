@@ -15,7 +15,7 @@ from kernels import batched_kmeans, center_tokens, one_cpu_thread, partition, pa
 from kernels._common import MAX_CLUSTERS, MAX_NEIGHBORS, SINGLE_THREAD_ROWS
 
 from .graph_updates import LOCAL_UPDATES, GATv2GlobalUpdate
-from .layers import SMALL_BATCH_ROWS, is_channels_last, nodes_to_map
+from .layers import SMALL_BATCH_ROWS, nodes_to_map
 
 __all__ = ["DEGC", "PartitionGraph"]
 
@@ -102,7 +102,7 @@ class DEGC(nn.Module):
         # (4) Local update: a G-GCN on every partition, aware of its updated centroid.
         with one_cpu_thread(x, rows <= SMALL_BATCH_ROWS):
             out = self.local_update(nodes, graph.neighbours, z, graph.segment, graph.degree)
-        return nodes_to_map(out, B, H, W, channels_last=is_channels_last(x))
+        return nodes_to_map(out, B, H, W)
 
     @staticmethod
     def tokens(x: Tensor) -> Tensor:

@@ -153,12 +153,11 @@ def layout_of(x: Tensor) -> torch.memory_format:
 torch.fx.wrap("layout_of")
 
 
-def nodes_to_map(rows: Tensor, B: int, H: int, W: int, channels_last: bool = False) -> Tensor:
+def nodes_to_map(rows: Tensor, B: int, H: int, W: int) -> Tensor:
     """Node rows ``(B * H * W, C)`` or ``(B, H * W, C)`` (node n = h * W + w) -> the feature map
-    ``(B, C, H, W)``: a channels-last view of the rows (no copy) when ``channels_last``, else
-    a standard-layout copy."""
-    grid = rows.reshape(B, H, W, -1).permute(0, 3, 1, 2)
-    return grid if channels_last else grid.contiguous()
+    ``(B, C, H, W)`` as a view of the rows: channels-last strides, no copy (the convolution
+    that follows reads either layout)."""
+    return rows.reshape(B, H, W, rows.shape[-1]).permute(0, 3, 1, 2)
 
 
 class ConvBN(nn.Sequential):

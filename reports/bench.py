@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from clustervig import DISPLAY_NAMES, canonical_name, count_parameters, create_model, deploy
+from clustervig.conventions import BackboneConventions
 
 from .common import (
     PeakMemory,
@@ -149,7 +150,7 @@ def _failure(err: BaseException) -> dict:
 def _build_runner(key: str, device: torch.device, compile_mode: str):
     model = build_model(key).eval().to(device)
     params = round(count_parameters(model) / 1e6, 2)
-    if not key.startswith("timm:"):
+    if isinstance(model, BackboneConventions):
         # Ours (ClusterViG and the ViG baselines alike) in the inference form: batch norms
         # folded, channels-last maps, fused CPU convolutions; the same function. timm's models
         # run as timm builds them.
@@ -342,7 +343,7 @@ def _base(key: str, mode: str, dtype: torch.dtype, img_size: int) -> dict:
     return {
         "model": key,
         "display": display_name(key),
-        "form": "timm" if key.startswith("timm:") else "inference",
+        "form": "timm" if key.startswith("timm:") else "inference",  # see _build_runner
         "compile": mode,
         "dtype": str(dtype).replace("torch.", ""),
         "img_size": img_size,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import ConvBN, DropPath, add_residual, is_channels_last, nodes_to_map
+from ..layers import ConvBN, DropPath, add_residual, nodes_to_map
 
 __all__ = ["relative_position_table", "dense_dilated_knn", "MRConv", "ViGGrapher"]
 
@@ -104,7 +104,7 @@ class MRConv(nn.Module):
         neighbours = flat[idx + offset]  # (B, N, k, C)
         relative = neighbours.amax(dim=2) - nodes  # = max_u (y_u - x_v)
         h = torch.stack([nodes, relative], dim=-1).reshape(B, H * W, 2 * C)
-        return self.nn(nodes_to_map(h, B, H, W, channels_last=is_channels_last(x)))
+        return self.nn(nodes_to_map(h, B, H, W))
 
 
 class ViGGrapher(nn.Module):
