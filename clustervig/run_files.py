@@ -30,7 +30,9 @@ __all__ = [
     "load_pretrained",
     "read_checkpoint_blob",
     "read_metrics",
+    "replacing",
     "resume_checkpoint",
+    "save_file",
     "write_epoch",
 ]
 
@@ -131,7 +133,7 @@ def resume_checkpoint(
 
 
 @contextlib.contextmanager
-def _replacing(path: Path):
+def replacing(path: Path):
     """A private temporary file beside ``path`` (unique: two writers never share one), renamed
     over ``path`` when the block succeeds and removed when it fails."""
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -144,9 +146,9 @@ def _replacing(path: Path):
         tmp.unlink(missing_ok=True)
 
 
-def _save(path: Path, blob: dict) -> None:
+def save_file(path: Path, blob: dict) -> None:
     """Write atomically: a crash mid-write never leaves a truncated checkpoint."""
-    with _replacing(path) as tmp:
+    with replacing(path) as tmp:
         torch.save(blob, tmp)
 
 
@@ -170,7 +172,7 @@ def _plot(metrics: list[dict], path: Path) -> None:
     right.legend()
     fig.tight_layout()
     try:
-        with _replacing(path) as tmp:
+        with replacing(path) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
@@ -178,10 +180,10 @@ def _plot(metrics: list[dict], path: Path) -> None:
 
 def write_epoch(out: Path, checkpoint: dict, improved: bool, metrics: list[dict]) -> None:
     """``last.pt`` (and ``best.pt`` when validation improved), ``metrics.jsonl``, the curves."""
-    _save(out / "last.pt", checkpoint)
+    save_file(out / "last.pt", checkpoint)
     if improved:
-        _save(out / "best.pt", checkpoint)
-    with _replacing(out / "metrics.jsonl") as tmp:
+        save_file(out / "best.pt", checkpoint)
+    with replacing(out / "metrics.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(m) + "\n" for m in metrics))
     _plot(metrics, out / "curves.png")
 
