@@ -117,6 +117,8 @@ class BackboneConventions:
     embedding) and ``feature_taps()`` (``(backbone index, channels, reduction)`` per tap)."""
 
     grad_checkpointing: bool = False
+    #: The registry name the model was built by (``create_model``), timm's ``architecture``.
+    architecture: str | None = None
     #: Run the blocks on channels-last feature maps (set by :func:`clustervig.deploy`, the
     #: inference form; every block keeps its input's layout, so one model runs in either).
     channels_last: bool = False
@@ -150,6 +152,13 @@ class BackboneConventions:
     @property
     def default_cfg(self) -> dict:
         return self.pretrained_cfg
+
+    def _with_architecture(self, cfg: dict) -> dict:
+        """``cfg`` with timm's ``architecture`` (and ``tag``) when the model has a registry
+        name: ``timm.models.save_for_hf`` writes it, ``local-dir:`` reads it back."""
+        if self.architecture:
+            cfg = {"architecture": self.architecture, "tag": "", **cfg}
+        return cfg
 
     # -- classifier ----------------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:

@@ -202,8 +202,10 @@ class CViG(BackboneConventions, nn.Module):
     def pretrained_cfg(self) -> dict:
         c = self.config
         side = min_input_side(self.reduction, c.num_clusters)
-        return pretrained_cfg(
-            self.num_classes, c.img_size, c.in_channels, c.grid, "stem.convs.0.0", side
+        return self._with_architecture(
+            pretrained_cfg(
+                self.num_classes, c.img_size, c.in_channels, c.grid, "stem.convs.0.0", side
+            )
         )
 
     def degc_layers(self) -> list[DEGC]:

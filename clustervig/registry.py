@@ -100,6 +100,7 @@ def create_model(
         source, recorded = read_with_config(pretrained)  # the file read once
         name, kwargs = model_options(name, kwargs, recorded)
     model = _BUILDERS[name](**kwargs)
+    model.architecture = name  # timm's pretrained_cfg names it (save_for_hf, local-dir:)
     if pretrained:
         load_checkpoint(model, source)
     if features_only:

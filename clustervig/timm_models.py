@@ -24,6 +24,7 @@ import importlib.machinery
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -40,7 +41,8 @@ def _entrypoint(name: str) -> Callable[..., nn.Module]:
         from .registry import create_model
 
         overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
-        kwargs.pop("pretrained_cfg", None)
+        cfg = kwargs.pop("pretrained_cfg", None)
+        kwargs.pop("pretrained_model_args", None)  # also passed as keywords themselves
         kwargs.pop("cache_dir", None)
         if "in_chans" in kwargs:
             kwargs["in_channels"] = kwargs.pop("in_chans")
@@ -55,6 +57,8 @@ def _entrypoint(name: str) -> Callable[..., nn.Module]:
                 f"timm.models.create_feature_extractor on the classification model"
             )
         checkpoint = overlay.get("file") if isinstance(overlay, dict) else None
+        if checkpoint is None and pretrained and cfg is not None:
+            checkpoint = _weights_file(cfg)
         if pretrained and not checkpoint:
             raise ValueError(
                 f"{name}: no pretrained weights are downloaded; pass a local checkpoint as "
@@ -74,7 +78,8 @@ def _entrypoint(name: str) -> Callable[..., nn.Module]:
             )
         if device is not None or dtype is not None:  # fixed tables are built on the CPU
             model.to(device=device, dtype=dtype)
-        if global_pool is not None and not features_only:
+        if global_pool is not None and not features_only and global_pool != model.head.global_pool:
+            # a new pooling only: the classifier (pretrained, maybe) is kept
             model.reset_classifier(model.num_classes, global_pool)
         return model
 
@@ -82,6 +87,21 @@ def _entrypoint(name: str) -> Callable[..., nn.Module]:
     build.__module__ = __name__
     build.__doc__ = f"{name}: this project's model, built by :func:`clustervig.create_model`."
     return build
+
+
+def _weights_file(cfg) -> str | None:
+    """The weights a timm ``pretrained_cfg`` points at: its ``file``, or inside a
+    ``local-dir:`` folder (``timm.models.save_for_hf``'s layout) its safetensors or pickle."""
+    source = cfg.get("file") if isinstance(cfg, dict) else getattr(cfg, "file", None)
+    if not source:
+        return None
+    folder = Path(source)
+    if folder.is_dir():
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (folder / name).is_file():
+                return str(folder / name)
+        return None
+    return str(folder)
 
 
 def register() -> None:

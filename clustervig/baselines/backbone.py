@@ -45,4 +45,6 @@ class ViGBaseline(BackboneConventions):
         c = self.config
         size = c.img_size // self.reduction
         side = min_input_side(self.reduction, self.min_nodes)
-        return pretrained_cfg(self.num_classes, c.img_size, c.in_channels, size, "stem.0.0", side)
+        return self._with_architecture(
+            pretrained_cfg(self.num_classes, c.img_size, c.in_channels, size, "stem.0.0", side)
+        )

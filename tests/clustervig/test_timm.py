@@ -157,3 +157,19 @@ def test_timm_factory_device_dtype_and_unknown_arguments():
     model.reset_classifier(7)  # a new classifier in the model's device and dtype
     assert model.get_classifier().weight.dtype == torch.float64
     assert model.get_classifier().weight.device.type == "meta"
+
+
+def test_save_for_hf_layout_loads_back_from_a_local_directory(tmp_path):
+    """timm's Hugging Face layout (``save_for_hf``: config.json naming the architecture, and the
+    weights) read back with ``local-dir:``, no network: the same model and outputs."""
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    model = timm.create_model("cvig_ti", num_classes=10, img_size=64).eval()
+    save_for_hf(model, tmp_path / "hf")
+    assert (tmp_path / "hf" / "config.json").is_file()
+    again = timm.create_model(f"local-dir:{tmp_path / 'hf'}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))
+    assert again.pretrained_cfg["architecture"] == "cvig_ti"
