@@ -32,6 +32,7 @@ __all__ = [
     "read_metrics",
     "replacing",
     "resume_checkpoint",
+    "save_figure",
     "save_file",
     "write_epoch",
 ]
@@ -170,6 +171,13 @@ def _plot(metrics: list[dict], path: Path) -> None:
         right.plot(epochs, [m.get("ema_val_top1") for m in metrics], "^--", label="EMA top-1")
     right.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy", ylim=(0, 100))
     right.legend()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lay out, write atomically as PNG and close a matplotlib figure (a run's curves)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     try:
         with replacing(path) as tmp:

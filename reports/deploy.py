@@ -278,12 +278,13 @@ def omp_policy_note() -> str | None:
     return None
 
 
-def calibrated(name: str, seed: int) -> torch.nn.Module:
-    """``name`` with random weights (``seed``) and batch-norm statistics from four random
-    images: eval activations of a sane scale, as a trained model has, instead of random init's
-    exploding ones (random init gives logits of 1e4 and every decision a near-tie)."""
+def calibrated(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """``name`` (with config ``overrides``) with random weights (``seed``) and batch-norm
+    statistics from four random 224 x 224 images: eval activations of a sane scale, as a
+    trained model has, instead of random init's exploding ones (logits of 1e4, every decision a
+    near-tie). In eval mode."""
     torch.manual_seed(seed)
-    model = create_model(name)
+    model = create_model(name, **overrides)
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()

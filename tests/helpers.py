@@ -82,20 +82,10 @@ def integer_features(
 
 def calibrated_model(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
     """A model of this package with random weights (``seed``) and batch-norm statistics taken
-    from four random 224 x 224 images (eval-mode activations of a sane scale instead of random
-    init's exploding ones), in eval mode."""
-    from clustervig import create_model
+    from random images, in eval mode (:func:`reports.deploy.calibrated`)."""
+    from reports.deploy import calibrated
 
-    torch.manual_seed(seed)
-    model = create_model(name, **overrides)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(4, 3, 224, 224))
-    return model.eval()
+    return calibrated(name, seed, **overrides)
 
 
 def run_as_a_user(args: list[str], timeout: int = 600, **env: str) -> subprocess.CompletedProcess:

@@ -175,7 +175,7 @@ def _plot(metrics: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..run_files import replacing
+    from ..run_files import save_figure
 
     epochs = [m["epoch"] for m in metrics]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -186,12 +186,7 @@ def _plot(metrics: list[dict], path: Path) -> None:
             right.plot(epochs, [100 * m.get(key, math.nan) for m in metrics], "o-", label=label)
     right.set(xlabel="epoch", ylabel="COCO AP (%)", title="validation (pycocotools)")
     right.legend()
-    fig.tight_layout()
-    try:
-        with replacing(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def train(args) -> list[dict]:
