@@ -1,16 +1,19 @@
 """The inference form of a model: ``clustervig.deploy(model)``.
 
-A trained model runs faster on a CPU (and exports a smaller graph) after three rewrites that do
-not change its function:
+A trained model runs faster on a CPU (and exports a smaller graph) after rewrites that do not
+change its function:
 
 - every eval-mode batch norm that follows a convolution is folded into that convolution's weight
   and bias (:meth:`clustervig.layers.ConvBN.fuse`, :meth:`ClassifierHead.reparameterize`: timm's
   ``fuse`` / ``reparameterize`` conventions, so ``timm.utils.reparameterize_model`` does the same
-  folding); the local update's batch norm is already one op with its bias and GELU in
-  inference (:func:`kernels.segment_norm_gelu`);
+  folding), and a distillation head is merged with the classifier (eval returns their mean);
+  the local update's batch norm is already one op with its bias and GELU in inference
+  (:func:`kernels.segment_norm_gelu`);
 - the feature maps are channels-last throughout (``(B, H, W, C)`` in memory), the layout oneDNN's
   1x1 and depthwise convolutions run without reorders and in which a map's nodes ``(B, N, C)``
   are a view, so a DEGC layer's input and output are not copied between layouts;
+- on a CPU in float32 the convolutions run with their GELU and residual add inside, on weights
+  reordered once into oneDNN's layout (:mod:`clustervig.fused`);
 - the model is in eval mode, its parameters frozen (``requires_grad=False``).
 
 The original model (its state dict, its training) is left as it is unless ``inplace=True``. The
