@@ -8,11 +8,18 @@ import math
 
 import torch
 
-from .gpus import GPU, L2_RESIDENT_SHARE, LAUNCH_FLOOR_US, SM_BANDWIDTH_SHARE
+from .gpus import (
+    DEPENDENT_LATENCY_CYCLES,
+    GPU,
+    L2_RESIDENT_SHARE,
+    LAUNCH_FLOOR_US,
+    SCHEDULERS_PER_SM,
+    SM_BANDWIDTH_SHARE,
+)
 from .sass import loop_roles, parse_sass
 from .work import Work
 
-__all__ = ["compiled_facts", "estimate_us", "programs_per_sm"]
+__all__ = ["compiled_facts", "estimate_us", "issue_rate_per_sm", "programs_per_sm"]
 
 _COMPILED: dict[tuple, dict] = {}
 
@@ -56,6 +63,14 @@ def programs_per_sm(gpu: GPU, warps: int, registers: int, shared: int) -> int:
     return max(1, min(by_regs, by_smem, by_warps, gpu.max_programs_per_sm))
 
 
+def issue_rate_per_sm(warps_per_sm: float) -> float:
+    """Warp instructions an SM issues per cycle with ``warps_per_sm`` resident warps: each of
+    its schedulers one a cycle when it holds at least ``DEPENDENT_LATENCY_CYCLES`` warps, else
+    one per warp every ``DEPENDENT_LATENCY_CYCLES`` cycles (latency not hidden)."""
+    per_scheduler = warps_per_sm / SCHEDULERS_PER_SM
+    return SCHEDULERS_PER_SM * min(1.0, per_scheduler / DEPENDENT_LATENCY_CYCLES)
+
+
 def estimate_us(gpu: GPU, work: Work, facts: dict, warps: int, dtype: torch.dtype) -> dict:
     """The three bounds and the estimate (their max, at least the launch floor), in us."""
     active = max(1, work.active_programs)
@@ -85,8 +100,10 @@ def estimate_us(gpu: GPU, work: Work, facts: dict, warps: int, dtype: torch.dtyp
         per_warp = facts["sass_instructions"] + facts["hot_loop_instructions"] * max(
             0.0, work.hot_trips - 1
         )
+    # Warps resident per SM: as many programs as registers and shared memory allow, or as
+    # there are to run; the schedulers hide dependent latency only with enough of them.
     warps_per_sm = min(gpu.max_warps_per_sm, warps * min(per_sm, math.ceil(active / busy_sms)))
-    issue_rate = busy_sms * min(4, warps_per_sm) * gpu.clock_ghz * 1e9  # warp instr / s
+    issue_rate = busy_sms * issue_rate_per_sm(warps_per_sm) * gpu.clock_ghz * 1e9  # warp instr/s
     issue = active * warps * per_warp / issue_rate * 1e6
     return {
         "memory_us": memory,

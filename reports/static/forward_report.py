@@ -13,7 +13,15 @@ from clustervig import __version__
 from clustervig.cli import canonical_model_name
 
 from .estimate import compiled_facts, estimate_us
-from .gpus import GPU, GPUS, L2_RESIDENT_SHARE, LAUNCH_FLOOR_US, SM_BANDWIDTH_SHARE
+from .gpus import (
+    DEPENDENT_LATENCY_CYCLES,
+    GPU,
+    GPUS,
+    L2_RESIDENT_SHARE,
+    LAUNCH_FLOOR_US,
+    SCHEDULERS_PER_SM,
+    SM_BANDWIDTH_SHARE,
+)
 from .tracing import trace
 from .work import WORK_MODELS
 
@@ -115,7 +123,10 @@ def report(
             f"a launch's re-reads of data it already read are L2 hits at "
             f"{gpu.l2_bandwidth_tbs:g} TB/s (approximate) when that data fits in "
             f"{L2_RESIDENT_SHARE:g} of the {gpu.l2_mib} MiB L2, DRAM traffic otherwise",
-            "issue bound: 4 warp instructions per SM per cycle at boost clock",
+            f"issue bound at boost clock: each of an SM's {SCHEDULERS_PER_SM} schedulers issues "
+            f"one warp instruction a cycle with {DEPENDENT_LATENCY_CYCLES}+ resident warps, one "
+            f"per warp every {DEPENDENT_LATENCY_CYCLES} cycles with fewer (dependent-instruction "
+            "latency; warps resident from registers and shared memory)",
             "matmuls: the block's FLOPs at dense tensor-core peak, or per call its operands and "
             "result at DRAM bandwidth (at least the launch floor), whichever is larger; glue "
             "ops at DRAM bandwidth or the launch floor",

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GPU", "GPUS", "L2_RESIDENT_SHARE", "LAUNCH_FLOOR_US", "SM_BANDWIDTH_SHARE"]
+__all__ = [
+    "DEPENDENT_LATENCY_CYCLES",
+    "GPU",
+    "GPUS",
+    "L2_RESIDENT_SHARE",
+    "LAUNCH_FLOOR_US",
+    "SCHEDULERS_PER_SM",
+    "SM_BANDWIDTH_SHARE",
+]
 
 
 @dataclass(frozen=True)
@@ -49,3 +57,10 @@ L2_RESIDENT_SHARE = 0.5
 LAUNCH_FLOOR_US = 2.5
 #: The fraction of DRAM bandwidth one busy SM can draw (so few programs cannot saturate HBM).
 SM_BANDWIDTH_SHARE = 2.0
+#: Warp schedulers per SM (Volta to Hopper): each issues at most one warp instruction a cycle.
+SCHEDULERS_PER_SM = 4
+#: Cycles before a warp can issue again on a dependent chain (an FMA or ALU result feeding the
+#: next instruction, the common case in the kernels' loops; shared-memory and global loads take
+#: longer, and are counted by the memory bound). A scheduler stays busy only with at least this
+#: many resident warps: with fewer, it issues ``warps / DEPENDENT_LATENCY_CYCLES`` a cycle.
+DEPENDENT_LATENCY_CYCLES = 6

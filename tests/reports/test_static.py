@@ -110,3 +110,25 @@ def test_every_loop_role_is_found_in_float32_and_bfloat16():
         assert roles == expected, case
         if "_partition_knn_kernel" in case:  # the product loop is not the norms loop
             assert sizes["dot"] != sizes["norms"], case
+
+
+def test_issue_model_ranks_a_255_register_program_slower_than_a_64_register_one():
+    """Same instructions, 4 warps a program, enough programs for every SM: with 255 registers a
+    thread two programs fit an SM (two warps per scheduler: dependent latency not hidden), with
+    64 registers eight do (eight warps per scheduler: every cycle issues)."""
+    import torch
+
+    from reports.static.estimate import estimate_us, issue_rate_per_sm
+    from reports.static.gpus import DEPENDENT_LATENCY_CYCLES, GPUS
+    from reports.static.work import Work
+
+    gpu = GPUS["h100"]
+    work = Work(bytes=1.0, flops=0.0, tc_flops=0.0, hot_trips=1.0, active_programs=16 * gpu.sms)
+    common = {"shared_bytes": 0, "sass_instructions": 100_000, "hot_loop_instructions": 0}
+    fat = estimate_us(gpu, work, {**common, "registers": 255}, 4, torch.float32)
+    lean = estimate_us(gpu, work, {**common, "registers": 64}, 4, torch.float32)
+    assert fat["programs_per_sm"] == 2 and lean["programs_per_sm"] == 8
+    assert fat["issue_us"] > lean["issue_us"]
+    # 8 resident warps: 2 per scheduler, each issuing once per DEPENDENT_LATENCY_CYCLES
+    assert abs(fat["issue_us"] / lean["issue_us"] - DEPENDENT_LATENCY_CYCLES / 2) < 1e-9
+    assert issue_rate_per_sm(64) == 4.0 and issue_rate_per_sm(4) < 1.0
