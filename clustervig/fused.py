@@ -40,15 +40,21 @@ def onednn_fusion_available() -> bool:
         w = torch.randn(8, 8, 1, 1, generator=gen).contiguous(memory_format=torch.channels_last)
         b = torch.randn(8, generator=gen)
         with torch.no_grad():
-            act = op(x, w, b, [0, 0], [1, 1], [1, 1], 1, "gelu", [None], "none")
-            add = op.binary(act, x, w, b, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, None, [], None)
+            # the weight as the layers pass it: reordered into oneDNN's blocked layout
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                w.to_mkldnn(), [0, 0], [1, 1], [1, 1], 1, list(x.shape)
+            )
+            act = op(x, packed, b, [0, 0], [1, 1], [1, 1], 1, "gelu", [None], "none")
+            add = op.binary(
+                act, x, packed, b, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, None, [], None
+            )
             want_act = F.gelu(F.conv2d(x, w, b))
             want_add = x + F.conv2d(want_act, w, b)
         return bool(
             torch.allclose(act, want_act, rtol=1e-4, atol=1e-5)
             and torch.allclose(add, want_add, rtol=1e-4, atol=1e-5)
         )
-    except (RuntimeError, TypeError, NotImplementedError):
+    except (RuntimeError, TypeError, NotImplementedError, AttributeError):
         return False
 
 
