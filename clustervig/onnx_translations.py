@@ -89,7 +89,7 @@ def _scripted_lloyd():
 
 def kmeans(x: Tensor, num_clusters: int, max_iters: int = 20) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`kernels.batched_kmeans` as a loop of standard operators (module docstring). The
-    iteration count returned is the batch's (every image gets the loop's count)."""
+    iteration counts returned are the cap for every image (the model does not read them)."""
     B, N, _ = x.shape
     z = x[:, kmeans_init_index(N, num_clusters)]
     lloyd = _scripted_lloyd() if torch.jit.is_tracing() else _lloyd
