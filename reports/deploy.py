@@ -16,8 +16,9 @@ Every runner is warmed up first; then the timed calls are interleaved (one call 
 in turn, ``repeats`` rounds), so a change of machine load hits all of them alike. ONNX Runtime
 runs with the same thread count and without spinning idle threads (the counterpart of
 ``OMP_WAIT_POLICY=PASSIVE`` for PyTorch: a spinning pool would steal the CPU from the runner
-timed next). Rows record median, p10/p90 and a noise verdict; random weights (speed does not
-depend on them, except through k-means iterations, which the result records for ours).
+timed next). Rows record median, p10/p90 and a noise verdict. Random weights: speed does not
+depend on them, except through the k-means iterations ours run (trained weights may converge
+in fewer or more passes).
 """
 
 from __future__ import annotations
