@@ -24,7 +24,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ["ConvAct", "can_multiply_rows", "multiply_rows", "onednn_fusion_available"]
+__all__ = [
+    "ConvAct",
+    "can_multiply_rows",
+    "cache_stamp",
+    "multiply_rows",
+    "onednn_fusion_available",
+]
+
+
+def cache_stamp(t: Tensor) -> tuple:
+    """What an inference cache built from ``t`` is valid for: its storage, version counter,
+    dtype and device. A tensor made under ``torch.inference_mode`` (a model built or deployed
+    there) has no version counter: its stamp holds ``None`` instead, so an in-place change of
+    it inside inference mode goes unseen (it cannot be changed outside it)."""
+    version = None if t.is_inference() else t._version
+    return (t.data_ptr(), version, t.dtype, t.device)
 
 
 @functools.cache
@@ -113,9 +128,9 @@ class ConvAct(nn.Conv2d):
     def _packed_weight(self, x: Tensor) -> Tensor:
         """The weight in oneDNN's blocked layout for this convolution, reordered once (a
         reorder per call costs more than the convolution itself at batch 1) and again only when
-        the weight changed (its version counter); the first input's size picks the layout, and
+        the weight changed (:func:`cache_stamp`); the first input's size picks the layout, and
         any other size runs with it. The plain weight where the reorder is not available."""
-        key = (self.weight.data_ptr(), self.weight._version)
+        key = cache_stamp(self.weight)
         cached = self.__dict__.get("_packed")
         if cached is None or cached[0] != key:
             try:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from kernels import gatv2_attention, max_aggregate, segment_norm_gelu
 
+from .fused import cache_stamp
 from .grouped_linear import GroupedLinear
 
 __all__ = ["GATv2GlobalUpdate", "GMRGCN", "GEdgeConv", "GGraphSAGE", "GGIN", "LOCAL_UPDATES"]
@@ -107,7 +108,7 @@ class _NodeMLP(nn.Sequential):
         parts = (linear.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
         if torch.compiler.is_compiling():  # Inductor fuses the stack into what follows
             return torch.stack(parts)
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in parts)
+        key = tuple(cache_stamp(t) for t in parts)
         cached = self.__dict__.get("_norm_cache")
         if cached is None or cached[0] != key:
             cached = self.__dict__["_norm_cache"] = (key, torch.stack([t.detach() for t in parts]))

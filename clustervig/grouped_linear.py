@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fused import can_multiply_rows, multiply_rows
+from .fused import cache_stamp, can_multiply_rows, multiply_rows
 
 __all__ = ["GroupedLinear"]
 
@@ -172,7 +172,7 @@ class GroupedLinear(nn.Module):
             return columns
         weight = self.weight
         inference = torch.is_inference_mode_enabled()
-        stamp = (weight.data_ptr(), weight._version, weight.dtype, inference)
+        stamp = (*cache_stamp(weight), inference)
         key = (g, first, step, count)
         cached = self._column_cache.get(key)
         if cached is None or cached[0] != stamp:

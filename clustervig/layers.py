@@ -395,7 +395,10 @@ class ClassifierHead(nn.Module):
         """The inference form (timm's ``reparameterize`` convention), in place: the eval-mode
         batch norm of the pre-logits projection folded into its convolution, and a distillation
         head merged with the classifier (eval returns their mean: one classifier with the mean
-        weights does it; the model then returns one logit tensor in training mode too)."""
+        weights does it; the model then returns one logit tensor in training mode too). A
+        removed head (:meth:`remove`) has nothing to fold."""
+        if self.removed:
+            return
         pool, conv, norm, *rest = self.prediction
         if isinstance(norm, nn.BatchNorm2d):
             if norm.training:
@@ -408,7 +411,10 @@ class ClassifierHead(nn.Module):
             self.prediction = nn.Sequential(pool, fused, nn.Identity(), nn.Identity(), *rest)
         if self.dist_head is not None and not self.training:
             # Eval returns the mean of the two classifiers: one classifier with the mean weights.
-            merged = nn.Conv2d(self.hidden, self.num_classes, 1, device=self.head.weight.device)
+            like = self.head.weight
+            merged = nn.Conv2d(
+                self.hidden, self.num_classes, 1, device=like.device, dtype=like.dtype
+            )
             with torch.no_grad():
                 merged.weight.copy_((self.head.weight + self.dist_head.weight) / 2)
                 merged.bias.copy_((self.head.bias + self.dist_head.bias) / 2)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clustervig import deploy, fused
+from clustervig import create_model, deploy, fused
 from clustervig.fused import ConvAct
 from clustervig.layers import ConvBN, is_channels_last
 from tests.helpers import calibrated_model, relative_error
@@ -195,3 +195,34 @@ def test_multiply_rows_equals_the_product_and_follows_a_replaced_weight(rows):
     with torch.no_grad():
         assert relative_error(fused.multiply_rows(x, w2, cache), x @ w2.T) <= 1e-5
     assert not fused.can_multiply_rows(x.requires_grad_(), w)  # autograd: the standard ops
+
+
+def test_inference_form_of_a_pruned_and_of_a_float64_model():
+    """A head removed by prune_intermediate_layers has nothing to fold; a float64 model's merged
+    classifier stays float64 (same outputs as the eval model); the form made under
+    ``torch.inference_mode`` (its folded weights inference tensors) runs."""
+    pruned = calibrated_model("cvig_ti", img_size=64, depth=4)
+    pruned.prune_intermediate_layers([1])
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert _max_error(deploy(pruned)(x), pruned(x)) <= TOLERANCE
+    wide = calibrated_model("cvig_ti", img_size=64, depth=1).double()
+    inference = deploy(wide)
+    assert inference.head.head.weight.dtype == torch.float64
+    with torch.inference_mode():
+        want = wide(x.double())
+        assert _max_error(inference(x.double()), want) <= 1e-10
+
+
+def test_a_model_built_under_inference_mode_runs_and_its_caches_follow_it():
+    """Its weights are inference tensors (no version counter): the layers' inference caches
+    (weight columns, stacked norms, packed weights) key them by storage instead."""
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        model = create_model("cvig_ti", img_size=64, depth=2).eval()
+        x = torch.randn(2, 3, 64, 64)
+        first = model(x)
+        torch.testing.assert_close(model(x), first)
+        torch.testing.assert_close(
+            deploy(model)(x), first, atol=1e-4 * float(first.abs().max()), rtol=0
+        )
