@@ -8,10 +8,11 @@ inside the convolution (its post-ops, the fusions ``torch.compile`` uses on CPUs
 for CViG-Ti's FFN at batch 1 and 8 on 2 threads.
 
 That op is not public API, so it is used only where it has been seen to work: CPU float32
-tensors without gradient, eager mode (not while exporting, scripting, compiling or under a
-dispatch mode such as the FLOP counter, which take the standard ops), after a one-time probe in
-the process compared it with the standard ops. The local update's row products use the same
-convolution (:func:`multiply_rows`: rows ``(M, C)`` are a channels-last ``1 x M`` map).
+tensors without gradient, eager mode (not while exporting, scripting, tracing, compiling, under
+CPU autocast or a dispatch mode such as the FLOP counter, which take the standard ops), after a
+one-time probe in the process compared it with the standard ops. The local update's row
+products use the same convolution (:func:`multiply_rows`: rows ``(M, C)`` are a channels-last
+``1 x M`` map).
 Anywhere else :class:`ConvAct` runs ``conv2d -> gelu -> + residual`` as separate ops.
 """
 
@@ -42,6 +43,36 @@ def cache_stamp(t: Tensor) -> tuple:
     return (t.data_ptr(), version, t.dtype, t.device)
 
 
+def _reorder(weight: Tensor, padding, stride, dilation, groups: int, input_size) -> Tensor:
+    """A 4-D convolution weight in oneDNN's blocked layout for inputs of ``input_size`` (reordered
+    once: a reorder per call costs more than the convolution itself at batch 1); the plain
+    weight where this build cannot reorder."""
+    try:
+        return torch._C._nn.mkldnn_reorder_conv2d_weight(
+            weight.detach().contiguous().to_mkldnn(),
+            list(padding),
+            list(stride),
+            list(dilation),
+            groups,
+            list(input_size),
+        )
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return weight
+
+
+def _eager_cpu_float32(x: Tensor) -> bool:
+    """Whether a call on ``x`` may take oneDNN's fused ops: a CPU float32 tensor in eager mode
+    (not scripting, tracing, compiling or exporting, no CPU autocast, no dispatch mode such as
+    the FLOP counter or fake tensors), after the probe of :func:`onednn_fusion_available`."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    if torch.onnx.is_in_onnx_export() or torch.is_autocast_enabled("cpu"):
+        return False
+    if _get_current_dispatch_mode() is not None:
+        return False
+    return x.device.type == "cpu" and x.dtype == torch.float32 and onednn_fusion_available()
+
+
 @functools.cache
 def onednn_fusion_available() -> bool:
     """Whether oneDNN's fused convolution (with GELU and with an add) runs here and matches the
@@ -56,9 +87,7 @@ def onednn_fusion_available() -> bool:
         b = torch.randn(8, generator=gen)
         with torch.no_grad():
             # the weight as the layers pass it: reordered into oneDNN's blocked layout
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                w.to_mkldnn(), [0, 0], [1, 1], [1, 1], 1, list(x.shape)
-            )
+            packed = _reorder(w, [0, 0], [1, 1], [1, 1], 1, x.shape)
             act = op(x, packed, b, [0, 0], [1, 1], [1, 1], 1, "gelu", [None], "none")
             add = op.binary(
                 act, x, packed, b, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, None, [], None
@@ -126,25 +155,14 @@ class ConvAct(nn.Conv2d):
         return y if residual is None else residual + y
 
     def _packed_weight(self, x: Tensor) -> Tensor:
-        """The weight in oneDNN's blocked layout for this convolution, reordered once (a
-        reorder per call costs more than the convolution itself at batch 1) and again only when
-        the weight changed (:func:`cache_stamp`); the first input's size picks the layout, and
-        any other size runs with it. The plain weight where the reorder is not available."""
+        """The weight in oneDNN's blocked layout for this convolution (:func:`_reorder`), again
+        only when the weight changed (:func:`cache_stamp`); the first input's size picks the
+        layout, and any other size runs with it."""
         key = cache_stamp(self.weight)
         cached = self.__dict__.get("_packed")
         if cached is None or cached[0] != key:
-            try:
-                packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                    self.weight.detach().to_mkldnn(),
-                    list(self.padding),
-                    list(self.stride),
-                    list(self.dilation),
-                    self.groups,
-                    list(x.shape),
-                )
-            except (RuntimeError, AttributeError, NotImplementedError):
-                packed = self.weight
-            cached = self.__dict__["_packed"] = (key, packed)
+            args = (self.padding, self.stride, self.dilation, self.groups, x.shape)
+            cached = self.__dict__["_packed"] = (key, _reorder(self.weight, *args))
         return cached[1]
 
     def __getstate__(self):
@@ -153,22 +171,14 @@ class ConvAct(nn.Conv2d):
         return state
 
     def _use_onednn(self, x: Tensor, residual: Tensor | None) -> bool:
-        if torch.jit.is_scripting() or torch.compiler.is_compiling():
+        if x.requires_grad or self.weight.requires_grad or not _eager_cpu_float32(x):
             return False
-        if torch.onnx.is_in_onnx_export() or x.device.type != "cpu":
-            return False
-        if _get_current_dispatch_mode() is not None:  # a FLOP counter, fake tensors
-            return False
-        if x.dtype != torch.float32 or x.requires_grad or self.weight.requires_grad:
-            return False
-        if residual is not None and (
-            residual.dtype != torch.float32
-            or residual.requires_grad
-            or not residual.is_contiguous(memory_format=torch.channels_last)
-            or not x.is_contiguous(memory_format=torch.channels_last)
-        ):
-            return False
-        return onednn_fusion_available()
+        return residual is None or (
+            residual.dtype == torch.float32
+            and not residual.requires_grad
+            and residual.is_contiguous(memory_format=torch.channels_last)
+            and x.is_contiguous(memory_format=torch.channels_last)
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", gelu=True" if self.gelu else "")
@@ -181,26 +191,16 @@ def _rows_as_map(rows: Tensor) -> Tensor:
 
 
 def can_multiply_rows(x: Tensor, weight: Tensor) -> bool:
-    """Whether :func:`multiply_rows` runs oneDNN's packed product here: CPU float32 inference
-    (no gradient, no autocast, not exporting, scripting or compiling) on contiguous 2-D
-    operands, after the probe of :func:`onednn_fusion_available`."""
-    if torch.is_grad_enabled() or torch.jit.is_scripting() or torch.jit.is_tracing():
-        return False
-    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
-        return False
-    if torch.is_autocast_enabled("cpu"):  # the products autocast would run in another dtype
-        return False
-    if _get_current_dispatch_mode() is not None:  # a FLOP counter, fake tensors: standard ops
-        return False
+    """Whether :func:`multiply_rows` runs oneDNN's packed product here: float32 inference with no
+    gradient recorded (:func:`_eager_cpu_float32`) on contiguous 2-D operands."""
     return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
+        not torch.is_grad_enabled()
+        and _eager_cpu_float32(x)
         and weight.dtype == torch.float32
         and x.dim() == 2
         and x.shape[0] > 0
         and x.is_contiguous()
         and weight.is_contiguous()
-        and onednn_fusion_available()
     )
 
 
@@ -217,17 +217,8 @@ def multiply_rows(x: Tensor, weight: Tensor, cache: dict, add: Tensor | None = N
     if entry is None or entry[0] is not weight:
         if len(cache) >= 64:  # replaced weights' entries: drop them all now and then
             cache.clear()
-        try:
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                weight[:, :, None, None].contiguous().to_mkldnn(),
-                [0, 0],
-                [1, 1],
-                [1, 1],
-                1,
-                [1, x.shape[1], 1, x.shape[0]],
-            )
-        except (RuntimeError, AttributeError, NotImplementedError):
-            packed = weight[:, :, None, None].contiguous()
+        size = (1, x.shape[1], 1, x.shape[0])
+        packed = _reorder(weight[:, :, None, None], [0, 0], [1, 1], [1, 1], 1, size)
         entry = cache[id(weight)] = (weight, packed)
     packed = entry[1]
     args = ([0, 0], [1, 1], [1, 1], 1)
