@@ -186,14 +186,17 @@ def save_figure(fig, path: Path) -> None:
         plt.close(fig)
 
 
-def write_epoch(out: Path, checkpoint: dict, improved: bool, metrics: list[dict]) -> None:
-    """``last.pt`` (and ``best.pt`` when validation improved), ``metrics.jsonl``, the curves."""
+def write_epoch(
+    out: Path, checkpoint: dict, improved: bool, metrics: list[dict], plot=None
+) -> None:
+    """``last.pt`` (and ``best.pt`` when validation improved), ``metrics.jsonl``, the curves
+    (``plot(metrics, path)``: by default the classification curves)."""
     save_file(out / "last.pt", checkpoint)
     if improved:
         save_file(out / "best.pt", checkpoint)
     with replacing(out / "metrics.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(m) + "\n" for m in metrics))
-    _plot(metrics, out / "curves.png")
+    (plot or _plot)(metrics, out / "curves.png")
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -54,8 +54,10 @@ from .run_files import (
 from .transforms import eval_transform, train_transform
 
 __all__ = [
+    "AMP_DTYPES",
     "RECIPES",
     "auto_grid",
+    "autocast",
     "build_model",
     "build_parser",
     "eval_transform",
@@ -413,7 +415,7 @@ def recalibrate_batch_norm(
             break
         if len(targets) < min_batch:
             continue
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             model(images.to(device))
         seen += 1
     for m, momentum in zip(norms, momenta, strict=True):
@@ -435,7 +437,7 @@ def evaluate(model: nn.Module, loader, device, amp_dtype, dist: Distributed) -> 
         if not len(targets):
             continue
         images, targets = images.to(device), targets.to(device)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             logits = _head_outputs(model(images))[0].float()
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -456,7 +458,12 @@ def evaluate(model: nn.Module, loader, device, amp_dtype, dist: Distributed) -> 
     }
 
 
-def _autocast(device: torch.device, dtype):
+#: ``--amp`` of the training, validation and detection commands -> the autocast dtype.
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, dtype):
+    """Autocast to ``dtype`` on ``device`` (an ``AMP_DTYPES`` value), or nothing for None."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
@@ -536,7 +543,7 @@ def _run(args, device: torch.device, dist: Distributed, out: Path) -> dict:
         warmup_lr_init=lr / 100,
         t_in_epochs=False,
     )
-    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    amp_dtype = AMP_DTYPES[args.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     ema = ModelEmaV3(model, decay=args.ema_decay) if args.ema else None
     mixup = None
@@ -589,7 +596,7 @@ def _run(args, device: torch.device, dist: Distributed, out: Path) -> dict:
             soft = None
             if mixup is not None and len(targets) % 2 == 0:
                 images, soft = mixup(images, targets)
-            with _autocast(device, amp_dtype):
+            with autocast(device, amp_dtype):
                 outputs = train_model(images)
                 loss = _loss(args, outputs, targets, soft, images, teacher)
             optimizer.zero_grad(set_to_none=True)

@@ -55,7 +55,7 @@ def validate(args) -> dict:
     from .distributed import Distributed
     from .registry import canonical_name
     from .run_files import read_checkpoint_blob
-    from .train import build_model, evaluate
+    from .train import AMP_DTYPES, build_model, evaluate
     from .transforms import eval_transform
 
     path = Path(args.checkpoint)
@@ -112,7 +112,7 @@ def validate(args) -> dict:
         num_workers=args.workers,
         collate_fn=collate_skipping_unreadable,
     )
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    amp = AMP_DTYPES[args.amp]
     result = evaluate(model, loader, device, amp, Distributed(device))
     return {"model": model_name, "checkpoint": str(path), "split": args.split, **result}
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import sys
 import time
@@ -112,13 +111,6 @@ def _split(data: Path, split: str) -> tuple[Path, Path]:
     return images, data / "annotations" / f"instances_{split}.json"
 
 
-def _autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 @torch.no_grad()
 def evaluate(model, dataset, device, batch_size: int = 4, masks: bool = True) -> dict:
     """COCO box (and mask) AP of ``model`` on ``dataset`` (:class:`CocoInstances`), computed by
@@ -195,7 +187,8 @@ def train(args) -> list[dict]:
 
     from .._config import parse_override
     from ..distributed import Distributed
-    from ..run_files import RunOutput, read_checkpoint_blob, replacing, save_file
+    from ..run_files import RunOutput, read_checkpoint_blob, write_epoch
+    from ..train import AMP_DTYPES, autocast
     from .data import CocoInstances, collate
     from .model import build_detector, split_name
 
@@ -271,7 +264,7 @@ def train(args) -> list[dict]:
                     {k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
                     for t in targets
                 ]
-                with _autocast(device, args.amp):
+                with autocast(device, AMP_DTYPES[args.amp]):
                     loss_parts = trained(images, targets)
                     loss = sum(loss_parts.values())
                 if not torch.isfinite(loss):
@@ -318,12 +311,7 @@ def train(args) -> list[dict]:
                     "metrics": metrics,
                     "classes": [c["name"] for c in train_set.coco.loadCats(train_set.category_ids)],
                 }
-                save_file(run.path / "last.pt", blob)
-                if improved:
-                    save_file(run.path / "best.pt", blob)
-                with replacing(run.path / "metrics.jsonl") as tmp:
-                    tmp.write_text("".join(json.dumps(m) + "\n" for m in metrics))
-                _plot(metrics, run.path / "curves.png")
+                write_epoch(run.path, blob, improved, metrics, plot=_plot)
                 shown = ", ".join(f"{k} {v:.3f}" for k, v in result.items() if k.endswith("_ap"))
                 print(
                     f"epoch {epoch + 1}/{args.epochs}: train loss {row['train_loss']:.4f}, {shown}"
