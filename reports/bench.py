@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import statistics
 import time
 import traceback
 from collections.abc import Callable
@@ -31,7 +30,6 @@ from .common import (
     load_average,
     noise_verdict,
     progress,
-    quantile,
     time_once,
 )
 from .schema import SCHEMA_VERSION
@@ -218,9 +216,7 @@ def _measure_batch(
     load_after = load_average()
     threads = torch.get_num_threads()
     for key, times in samples.items():
-        timing = Timing(
-            statistics.median(times), quantile(times, 0.1), quantile(times, 0.9), len(times)
-        )
+        timing = Timing.of(times)
         noise = noise_verdict(
             timing,
             threads,

@@ -178,6 +178,13 @@ class Timing:
     p90: float
     repeats: int
 
+    @classmethod
+    def of(cls, samples: list[float]) -> Timing:
+        """Median and p10 / p90 of ``samples`` (seconds), over their count."""
+        return cls(
+            statistics.median(samples), quantile(samples, 0.1), quantile(samples, 0.9), len(samples)
+        )
+
     def as_dict(self) -> dict:
         return {
             "median_ms": self.median * 1e3,
@@ -231,9 +238,7 @@ def time_call(
     while len(samples) < repeats or spent < min_seconds:
         samples.append(time_once(fn, device))
         spent += samples[-1]
-    return Timing(
-        statistics.median(samples), quantile(samples, 0.1), quantile(samples, 0.9), len(samples)
-    )
+    return Timing.of(samples)
 
 
 def measure_peaks(device: torch.device) -> dict | None:

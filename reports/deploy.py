@@ -24,7 +24,6 @@ in fewer or more passes).
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import time
 import warnings
@@ -42,7 +41,6 @@ from .common import (
     load_average,
     noise_verdict,
     progress,
-    quantile,
 )
 from .schema import SCHEMA_VERSION
 
@@ -128,12 +126,6 @@ def _build(name: str, form: str, peer: bool, threads: int, workdir: Path):
         export_onnx(model, path, batch=1, dynamic_batch=True)
     session = _ort_session(path, threads)
     return lambda x: session.run(None, {"images": x.numpy()})
-
-
-def _timing(samples: list[float]) -> Timing:
-    return Timing(
-        statistics.median(samples), quantile(samples, 0.1), quantile(samples, 0.9), len(samples)
-    )
 
 
 def run(
@@ -260,7 +252,7 @@ def _measure_batch(doc, entries, runners, batch, threads, warmup, repeats, deadl
             if status != "skipped":
                 row["error"] = status.removeprefix("failed: ")
         else:
-            timing = _timing(samples[key])
+            timing = Timing.of(samples[key])
             row.update(status="ok", **timing.as_dict())
             row["throughput"] = batch / timing.median
             noise = noise_verdict(timing, threads, load_before, load_after)

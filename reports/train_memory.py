@@ -32,7 +32,7 @@ def _one(model_name: str, size: int, batch: int, steps: int, device_name: str) -
 
     from clustervig import create_model
 
-    from .common import PeakMemory, Timing, load_average, noise_verdict, quantile
+    from .common import PeakMemory, Timing, load_average, noise_verdict
 
     device = torch.device(device_name)
     torch.manual_seed(0)
@@ -60,7 +60,7 @@ def _one(model_name: str, size: int, batch: int, steps: int, device_name: str) -
             step()
             times.append(time.perf_counter() - start)
     load_after = load_average() if device.type == "cpu" else None
-    timing = Timing(statistics.median(times), quantile(times, 0.1), quantile(times, 0.9), steps)
+    timing = Timing.of(times)  # one sample per step
     noise = noise_verdict(timing, torch.get_num_threads(), load_before, load_after)
     return {
         "model": model_name,
