@@ -236,11 +236,9 @@ class BackboneConventions:
         last = max(wanted) if (intermediates_only or stop_early) else len(self.backbone) - 1
         outputs: dict[int, Tensor] = {}
         x = self._embed(x)
+        checkpointing = self._checkpointing()
         for j, block in enumerate(self.backbone):
-            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if checkpointing else block(x)
             if j in wanted:
                 outputs[wanted[j]] = x if output_fmt == "NCHW" else x.permute(0, 2, 3, 1)
             if j == last:
@@ -294,8 +292,12 @@ class BackboneConventions:
 
     def run_blocks(self, x: Tensor) -> Tensor:
         """The backbone, block by block under checkpointing when enabled and training."""
-        if self.grad_checkpointing and self.training:
+        if self._checkpointing():
             for block in self.backbone:
                 x = checkpoint(block, x, use_reentrant=False)
             return x
         return self.backbone(x)
+
+    def _checkpointing(self) -> bool:
+        """Whether blocks are recomputed in the backward (:meth:`set_grad_checkpointing`)."""
+        return self.grad_checkpointing and self.training

@@ -198,13 +198,22 @@ class CViG(BackboneConventions, nn.Module):
         self.check_input(x)
         return add_position_embedding(self.stem(self.input_layout(x)), self.pos_embed)
 
+    @staticmethod
+    def smallest_input_side(config: CViGConfig) -> int:
+        """The smallest square input ``config`` takes: ``num_clusters`` nodes."""
+        return min_input_side(config.img_size // config.grid, config.num_clusters)
+
     @property
     def pretrained_cfg(self) -> dict:
         c = self.config
-        side = min_input_side(self.reduction, c.num_clusters)
         return self._with_architecture(
             pretrained_cfg(
-                self.num_classes, c.img_size, c.in_channels, c.grid, "stem.convs.0.0", side
+                self.num_classes,
+                c.img_size,
+                c.in_channels,
+                c.grid,
+                "stem.convs.0.0",
+                self.smallest_input_side(c),
             )
         )
 

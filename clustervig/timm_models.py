@@ -137,18 +137,17 @@ def _default_cfg(name: str, display: str) -> dict:
     Written out rather than read off a built model, which would cost seconds at ``import timm``;
     tests/clustervig/test_timm.py checks it against every model's own ``pretrained_cfg``."""
     from .baselines import IVIG_VARIANTS, PVIG_VARIANTS, IViG, PViG
-    from .conventions import min_input_side, pretrained_cfg
-    from .model import VARIANTS
+    from .conventions import pretrained_cfg
+    from .model import VARIANTS, CViG
 
     pool = {"cvig_b_hr": 28}.get(name, 7 if name.startswith("pvig") else 14)
     first_conv = "stem.convs.0.0" if name.startswith("cvig") else "stem.0.0"
-    if name in VARIANTS:
-        config = VARIANTS[name]
-        side = min_input_side(config.img_size // config.grid, config.num_clusters)
-    elif name in PVIG_VARIANTS:
-        side = min_input_side(PViG.reduction, PViG.nodes_needed(PVIG_VARIANTS[name]))
-    else:
-        side = min_input_side(IViG.reduction, IViG.nodes_needed(IVIG_VARIANTS[name]))
+    family, configs = next(
+        (f, c)
+        for f, c in ((CViG, VARIANTS), (PViG, PVIG_VARIANTS), (IViG, IVIG_VARIANTS))
+        if name in c
+    )
+    side = family.smallest_input_side(configs[name])
     return {
         **pretrained_cfg(1000, 224, 3, pool, first_conv, side),
         "paper_name": "ClusterViG" if name.startswith("cvig") else "Vision GNN",

@@ -40,11 +40,17 @@ class ViGBaseline(BackboneConventions):
         )
         return add_position_embedding(self.stem(self.input_layout(x)), self.pos_embed)
 
+    @classmethod
+    def smallest_input_side(cls, config) -> int:
+        """The smallest square input ``config``'s graphs take: ``nodes_needed(config)`` nodes at
+        the coarsest stage."""
+        return min_input_side(cls.reduction, cls.nodes_needed(config))
+
     @property
     def pretrained_cfg(self) -> dict:
         c = self.config
         size = c.img_size // self.reduction
-        side = min_input_side(self.reduction, self.min_nodes)
+        side = self.smallest_input_side(c)
         return self._with_architecture(
             pretrained_cfg(self.num_classes, c.img_size, c.in_channels, size, "stem.0.0", side)
         )

@@ -58,13 +58,19 @@ class IViG(ViGBaseline, nn.Module):
     reduction = 16
 
     @classmethod
-    def nodes_needed(cls, config: IViGConfig) -> int:
-        """The fewest nodes an input may give the graphs of ``config``: the largest
-        ``k * dilation`` of its blocks (the dilation schedule fixed by the configured size)."""
+    def graph_plan(cls, config: IViGConfig) -> list[tuple[int, int]]:
+        """``(K, dilation)`` of every block: K from ``neighbour_schedule``, dilation
+        ``min(i // 4 + 1, N // max K)`` with N the nodes of the configured size."""
         num_nodes = (config.img_size // cls.reduction) ** 2
         ks = neighbour_schedule(config.depth, config.k_min, config.k_max)
         max_dilation = num_nodes // max(ks)
-        return max(k * min(i // 4 + 1, max_dilation) for i, k in enumerate(ks))
+        return [(k, min(i // 4 + 1, max_dilation)) for i, k in enumerate(ks)]
+
+    @classmethod
+    def nodes_needed(cls, config: IViGConfig) -> int:
+        """The fewest nodes an input may give the graphs of ``config``: the largest
+        ``k * dilation`` of its blocks."""
+        return max(k * dilation for k, dilation in cls.graph_plan(config))
 
     def __init__(self, config: IViGConfig | None = None, **overrides):
         super().__init__()
@@ -75,13 +81,10 @@ class IViG(ViGBaseline, nn.Module):
         num_nodes = grid * grid
         self.stem = ViGStem(c, config.in_channels)
         self.pos_embed = nn.Parameter(torch.zeros(1, c, grid, grid))
-        ks = neighbour_schedule(config.depth, config.k_min, config.k_max)
-        max_dilation = num_nodes // max(ks)
         drop = torch.linspace(0, config.drop_path_rate, config.depth, device="cpu").tolist()
         blocks: list[nn.Module] = []
-        for i in range(config.depth):
-            dilation = min(i // 4 + 1, max_dilation)
-            blocks.append(ViGGrapher(c, ks[i], dilation, 1, num_nodes, False, drop[i]))
+        for i, (k, dilation) in enumerate(self.graph_plan(config)):
+            blocks.append(ViGGrapher(c, k, dilation, 1, num_nodes, False, drop[i]))
             blocks.append(FFN(c, 4 * c, drop_path=drop[i]))
         self.backbone = nn.Sequential(*blocks)
         # The coarsest graph needs k * dilation keys: the fewest nodes an input may give.
