@@ -273,18 +273,16 @@ def omp_policy_note() -> str | None:
 
 def calibrated(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
     """``name`` (with config ``overrides``) with random weights (``seed``) and batch-norm
-    statistics from four random 224 x 224 images: eval activations of a sane scale, as a
+    statistics re-estimated on four random 224 x 224 images (the training's
+    ``recalibrate_batch_norm``): eval activations of a sane scale, as a
     trained model has, instead of random init's exploding ones (logits of 1e4, every decision a
     near-tie). In eval mode."""
+    from clustervig.train import recalibrate_batch_norm
+
     torch.manual_seed(seed)
     model = create_model(name, **overrides)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(4, 3, 224, 224))
+    batch = (torch.randn(4, 3, 224, 224), torch.zeros(4), 0)  # (images, targets, skipped)
+    recalibrate_batch_norm(model, [batch], torch.device("cpu"), None, batches=1)
     return model.eval()
 
 
